@@ -1,0 +1,1 @@
+fn main() -> tollgate::lambda::Exit { tollgate::lambda::run_tool(lookup_customer::tool) }

@@ -1,0 +1,151 @@
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::*;
+use crate::http::event_from_parts;
+use crate::store::{AgentRecord, MemoryStore, Store as _};
+
+async fn seeded() -> (Arc<MemoryStore>, String, String) {
+    let store = Arc::new(MemoryStore::new());
+    let agent = AgentRecord {
+        agent_id: "bot".to_owned(),
+        description: String::new(),
+        status: AgentStatus::Active,
+        scopes: BTreeSet::from(["customers:read".to_owned()]),
+        created_at_ms: 0,
+    };
+    store.create_agent(&agent).await.expect("agent");
+    let k = keys::issue();
+    store
+        .create_key(&KeyRecord {
+            key_id: k.key_id.clone(),
+            agent_id: "bot".to_owned(),
+            digest_hex: k.digest_hex.clone(),
+            status: KeyStatus::Active,
+            created_at_ms: 0,
+            expires_at_ms: None,
+            agent_status: AgentStatus::Active,
+            scopes: agent.scopes.clone(),
+        })
+        .await
+        .expect("key");
+    (store, k.token, k.key_id)
+}
+
+fn event(auth: Option<&str>) -> aws_lambda_events::apigw::ApiGatewayV2httpRequest {
+    let headers: Vec<(&str, &str)> = auth.map(|a| ("authorization", a)).into_iter().collect();
+    event_from_parts("POST", "/mcp", headers, Some(b"{}"), "r1", "127.0.0.1")
+}
+
+async fn run(a: &Authenticator, auth: Option<&str>) -> Result<Principal, AuthError> {
+    let ev = event(auth);
+    a.authenticate(&Request::new(&ev)).await
+}
+
+#[tokio::test]
+async fn valid_key_yields_principal_with_scopes() {
+    let (store, token, key_id) = seeded().await;
+    let a = Authenticator::new(store, Duration::from_secs(30));
+    let p = run(&a, Some(&format!("Bearer {token}"))).await.expect("principal");
+    assert_eq!(p.agent_id, "bot");
+    assert_eq!(p.credential_id, key_id);
+    assert_eq!(p.method, AuthMethod::ApiKey);
+    assert!(p.has_scope("customers:read"));
+    assert!(!p.has_scope("tickets:write"));
+}
+
+#[tokio::test]
+async fn scheme_is_case_insensitive() {
+    let (store, token, _) = seeded().await;
+    let a = Authenticator::new(store, Duration::from_secs(30));
+    assert!(run(&a, Some(&format!("bearer {token}"))).await.is_ok());
+}
+
+#[tokio::test]
+async fn missing_malformed_and_unknown_are_distinct() {
+    let (store, token, _) = seeded().await;
+    let a = Authenticator::new(store, Duration::from_secs(30));
+    assert_eq!(run(&a, None).await, Err(AuthError::Missing));
+    assert_eq!(run(&a, Some("Basic abc")).await, Err(AuthError::Malformed));
+    assert_eq!(run(&a, Some("Bearer")).await, Err(AuthError::Malformed));
+    assert_eq!(run(&a, Some("Bearer a b")).await, Err(AuthError::Malformed));
+    assert_eq!(run(&a, Some("Bearer nope")).await, Err(AuthError::UnknownToken));
+    // Right key id, wrong secret: the digest comparison refuses it.
+    let mut forged = token.clone();
+    forged.replace_range(token.len() - 4.., "AAAA");
+    assert_eq!(run(&a, Some(&format!("Bearer {forged}"))).await, Err(AuthError::UnknownToken));
+    let unknown = keys::issue().token;
+    assert_eq!(run(&a, Some(&format!("Bearer {unknown}"))).await, Err(AuthError::UnknownToken));
+    let huge = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
+    assert_eq!(run(&a, Some(&huge)).await, Err(AuthError::Malformed));
+}
+
+#[tokio::test]
+async fn revoked_key_is_refused_permanently_after_the_cache_ttl() {
+    let (store, token, key_id) = seeded().await;
+    let ttl = Duration::from_millis(200);
+    let a = Authenticator::new(store.clone(), ttl);
+    let header = format!("Bearer {token}");
+    assert!(run(&a, Some(&header)).await.is_ok());
+    store.revoke_key(&key_id).await.expect("revoke");
+    // Within the TTL the cached record may still admit the key ...
+    assert!(run(&a, Some(&header)).await.is_ok());
+    assert_eq!(store.key_reads(), 1, "second call served from cache");
+    // ... and once the TTL has passed it is refused, permanently.
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await;
+    let err = run(&a, Some(&header)).await.expect_err("revoked");
+    assert_eq!(err, AuthError::Revoked);
+    assert!(err.is_permanent());
+}
+
+#[tokio::test]
+async fn disabled_agent_and_expired_key() {
+    let (store, token, _) = seeded().await;
+    let mut agent = store.get_agent("bot").await.expect("get").expect("some");
+    agent.status = AgentStatus::Disabled;
+    store.update_agent(&agent).await.expect("disable");
+    let a = Authenticator::new(store.clone(), Duration::from_secs(30));
+    assert_eq!(run(&a, Some(&format!("Bearer {token}"))).await, Err(AuthError::AgentDisabled));
+
+    let k = keys::issue();
+    agent.status = AgentStatus::Active;
+    store.update_agent(&agent).await.expect("enable");
+    store
+        .create_key(&KeyRecord {
+            key_id: k.key_id.clone(),
+            agent_id: "bot".to_owned(),
+            digest_hex: k.digest_hex.clone(),
+            status: KeyStatus::Active,
+            created_at_ms: 0,
+            expires_at_ms: Some(1),
+            agent_status: AgentStatus::Active,
+            scopes: BTreeSet::new(),
+        })
+        .await
+        .expect("key");
+    let err = run(&a, Some(&format!("Bearer {}", k.token))).await.expect_err("expired");
+    assert_eq!(err, AuthError::Expired);
+    assert!(!err.is_permanent());
+}
+
+mod arbitrary_headers {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        #[test]
+        fn arbitrary_authorization_never_panics(value in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let store = Arc::new(MemoryStore::new());
+            let a = Authenticator::new(store, Duration::from_secs(30));
+            let mut ev = event(None);
+            if let Ok(v) = http::HeaderValue::from_bytes(&value) {
+                ev.headers.insert(http::header::AUTHORIZATION, v);
+            }
+            let result = rt.block_on(a.authenticate(&Request::new(&ev)));
+            prop_assert!(result.is_err());
+        }
+    }
+}

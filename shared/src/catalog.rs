@@ -1,0 +1,275 @@
+//! The tools a function serves: each registered once at cold start with its generated schema,
+//! compiled validator and log plan.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::FutureExt as _;
+use futures::future::BoxFuture;
+use rmcp::model::{CallToolResult, ToolAnnotations};
+use schemars::JsonSchema;
+
+use crate::tool::{LogAs, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
+
+/// A JSON object.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// The JSON Schema (draft 2020-12) of `T`, as an object.
+pub fn schema_object<T: JsonSchema>() -> JsonObject {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let schema = generator.into_root_schema_for::<T>();
+    match schema.to_value() {
+        serde_json::Value::Object(map) => map,
+        // `true` / `false` schemas: any object.
+        _ => JsonObject::from_iter([("type".to_owned(), "object".into())]),
+    }
+}
+
+/// A tool registration was refused at startup.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatalogError {
+    /// Two tools share a name.
+    #[error("tool {0} is registered twice")]
+    Duplicate(String),
+    /// The tool name is not valid for MCP.
+    #[error("tool name {0:?} is invalid: use 1-64 characters of A-Z, a-z, 0-9, '_', '-', '.'")]
+    InvalidName(String),
+    /// The input schema is not an object schema or does not compile.
+    #[error("tool {tool}: input schema unusable: {reason}")]
+    Schema {
+        /// Tool name.
+        tool: String,
+        /// Why.
+        reason: String,
+    },
+    /// The log plan names a field the input does not have.
+    #[error("tool {tool}: log plan names unknown field {field}")]
+    UnknownLogField {
+        /// Tool name.
+        tool: String,
+        /// The field.
+        field: String,
+    },
+}
+
+trait ErasedTool: Send + Sync {
+    fn call(
+        &self,
+        ctx: ToolContext,
+        args: serde_json::Value,
+    ) -> BoxFuture<'_, Result<CallToolResult, ToolError>>;
+}
+
+struct Typed<T>(T);
+
+impl<T: Tool> ErasedTool for Typed<T> {
+    fn call(
+        &self,
+        ctx: ToolContext,
+        args: serde_json::Value,
+    ) -> BoxFuture<'_, Result<CallToolResult, ToolError>> {
+        async move {
+            let input: T::Input = serde_json::from_value(args).map_err(|e| {
+                // Serde's message names the field and the expected type, not the value.
+                ToolError::business(format!("Invalid arguments: {}", masked_serde_error(&e)))
+            })?;
+            let output = self.0.call(ctx, input).await?;
+            Ok(output.into_result())
+        }
+        .boxed()
+    }
+}
+
+fn masked_serde_error(e: &serde_json::Error) -> String {
+    // serde_json includes offending string values in some messages ("unknown variant `x`");
+    // keep only the classification and position.
+    let text = e.to_string();
+    match text.find('`') {
+        Some(i) => format!("{} (line {}, column {})", text[..i].trim_end(), e.line(), e.column()),
+        None => text,
+    }
+}
+
+/// One registered tool.
+pub struct RegisteredTool {
+    spec: ToolSpec,
+    descriptor: rmcp::model::Tool,
+    validator: jsonschema::Validator,
+    log_plan: BTreeMap<String, LogAs>,
+    inner: Box<dyn ErasedTool>,
+}
+
+impl std::fmt::Debug for RegisteredTool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegisteredTool").field("name", &self.spec.name).finish_non_exhaustive()
+    }
+}
+
+impl RegisteredTool {
+    /// Registers `tool`: generates its schemas, compiles the validator, checks the log plan.
+    pub fn new<T: Tool>(tool: T) -> Result<Self, CatalogError> {
+        let spec = tool.spec();
+        let name = spec.name;
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        {
+            return Err(CatalogError::InvalidName(name.to_owned()));
+        }
+        let input_schema = schema_object::<T::Input>();
+        if input_schema.get("type").and_then(|t| t.as_str()) != Some("object") {
+            return Err(CatalogError::Schema {
+                tool: name.to_owned(),
+                reason: "the input type must be a struct (schema type \"object\")".to_owned(),
+            });
+        }
+        let validator = jsonschema::options()
+            .should_validate_formats(true)
+            .build(&serde_json::Value::Object(input_schema.clone()))
+            .map_err(|e| CatalogError::Schema {
+                tool: name.to_owned(),
+                reason: e.to_string(),
+            })?;
+        let properties = input_schema.get("properties").and_then(|p| p.as_object());
+        for (field, _) in spec.log_fields {
+            if !properties.is_some_and(|p| p.contains_key(*field)) {
+                return Err(CatalogError::UnknownLogField {
+                    tool: name.to_owned(),
+                    field: (*field).to_owned(),
+                });
+            }
+        }
+        let a = spec.annotations;
+        let mut annotations = ToolAnnotations::new()
+            .read_only(a.read_only)
+            .destructive(a.destructive)
+            .idempotent(a.idempotent)
+            .open_world(a.open_world);
+        annotations.title = Some(spec.title.to_owned());
+        let mut descriptor = rmcp::model::Tool::new(name, spec.description, Arc::new(input_schema))
+            .with_title(spec.title)
+            .with_annotations(annotations);
+        if let Some(out) = T::Output::output_schema() {
+            descriptor = descriptor.with_raw_output_schema(Arc::new(out));
+        }
+        Ok(Self {
+            log_plan: spec
+                .log_fields
+                .iter()
+                .map(|(f, how)| ((*f).to_owned(), *how))
+                .collect(),
+            spec,
+            descriptor,
+            validator,
+            inner: Box::new(Typed(tool)),
+        })
+    }
+
+    /// The tool's declarations.
+    pub fn spec(&self) -> &ToolSpec {
+        &self.spec
+    }
+
+    /// The MCP `Tool` object listed to agents.
+    pub fn descriptor(&self) -> &rmcp::model::Tool {
+        &self.descriptor
+    }
+
+    /// How `field` may be logged.
+    pub fn log_as(&self, field: &str) -> LogAs {
+        self.log_plan.get(field).copied().unwrap_or(LogAs::Summarised)
+    }
+
+    /// Validates arguments against the input schema. On failure, returns a message for the
+    /// model that names each failing location without echoing the values.
+    pub fn validate(&self, args: &serde_json::Value) -> Result<(), String> {
+        let problems: Vec<String> = self
+            .validator
+            .iter_errors(args)
+            .take(5)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                let place = if path.is_empty() { "arguments".to_owned() } else { format!("`{path}`") };
+                format!("{place}: {}", e.masked_with("the value"))
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "Invalid arguments for tool {}. Fix these and call again: {}",
+                self.spec.name,
+                problems.join("; ")
+            ))
+        }
+    }
+
+    /// Runs the tool on validated arguments.
+    pub fn call(
+        &self,
+        ctx: ToolContext,
+        args: serde_json::Value,
+    ) -> BoxFuture<'_, Result<CallToolResult, ToolError>> {
+        self.inner.call(ctx, args)
+    }
+}
+
+/// The tools one function serves, by name.
+#[derive(Debug, Default, Clone)]
+pub struct Catalog {
+    tools: BTreeMap<String, Arc<RegisteredTool>>,
+}
+
+impl Catalog {
+    /// An empty catalog.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tool.
+    pub fn register<T: Tool>(mut self, tool: T) -> Result<Self, CatalogError> {
+        let registered = RegisteredTool::new(tool)?;
+        let name = registered.spec.name.to_owned();
+        if self.tools.contains_key(&name) {
+            return Err(CatalogError::Duplicate(name));
+        }
+        self.tools.insert(name, Arc::new(registered));
+        Ok(self)
+    }
+
+    /// One tool by name.
+    pub fn get(&self, name: &str) -> Option<&Arc<RegisteredTool>> {
+        self.tools.get(name)
+    }
+
+    /// Every tool, ordered by name.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<RegisteredTool>> {
+        self.tools.values()
+    }
+
+    /// A catalog holding only the tool `name` (a tool function's own view).
+    pub fn only(&self, name: &str) -> Option<Self> {
+        let tool = self.tools.get(name)?.clone();
+        Some(Self {
+            tools: BTreeMap::from([(name.to_owned(), tool)]),
+        })
+    }
+
+    /// Number of tools.
+    pub fn len(&self) -> usize {
+        self.tools.len()
+    }
+
+    /// Whether the catalog is empty.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_empty()
+    }
+
+    /// Every scope some tool requires, sorted and deduplicated.
+    pub fn scopes(&self) -> Vec<&'static str> {
+        let set: std::collections::BTreeSet<&'static str> =
+            self.tools.values().map(|t| t.spec.scope).collect();
+        set.into_iter().collect()
+    }
+}

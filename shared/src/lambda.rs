@@ -1,0 +1,119 @@
+//! The Lambda entry points: build configuration and clients once at cold start, then serve
+//! API Gateway v2 events through the real `lambda_runtime` loop.
+//!
+//! A tool function's `main` is one line: `tollgate::lambda::run_tool(MyTool::new)`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use lambda_runtime::{LambdaEvent, service_fn};
+
+use crate::audit::{AuditSink, StdoutSink};
+use crate::auth::Authenticator;
+use crate::catalog::Catalog;
+use crate::config::Config;
+use crate::gateway::LambdaInvoker;
+use crate::server::{Dispatch, Invocation, Server, ServerIdentity};
+use crate::store::DynamoStore;
+use crate::tool::{Clients, Tool};
+
+/// What a function's `main` returns.
+pub type Exit = Result<(), lambda_runtime::Error>;
+
+/// Serves one tool as its own function (`POST /tools/{tool}/mcp`, and the gateway's forwards).
+pub fn run_tool<T: Tool>(make: impl FnOnce() -> T) -> Exit {
+    run(move |_| Ok((Catalog::new().register(make())?, None)))
+}
+
+/// Serves the aggregating gateway (`POST /mcp`): lists every tool in `catalog`, forwards calls
+/// to `TOLLGATE_FUNCTION_PREFIX` + tool name by Lambda `Invoke`.
+pub fn run_gateway(catalog: impl FnOnce() -> Result<Catalog, crate::catalog::CatalogError>) -> Exit {
+    run(move |sdk| {
+        let prefix = std::env::var("TOLLGATE_FUNCTION_PREFIX")
+            .map_err(|_| "TOLLGATE_FUNCTION_PREFIX must be set for the gateway")?;
+        let invoker = LambdaInvoker::new(aws_sdk_lambda::Client::new(sdk), prefix);
+        Ok((catalog()?, Some(Dispatch::Forward(Arc::new(invoker)))))
+    })
+}
+
+type Setup = Result<(Catalog, Option<Dispatch>), lambda_runtime::Error>;
+
+fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
+    init_logging();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        let config = Arc::new(Config::from_env()?);
+        let sdk = aws_config::load_from_env().await;
+        let (catalog, dispatch) = setup(&sdk)?;
+        let clients = Arc::new(build_clients(&sdk, config.clone())?);
+        let server = Arc::new(build_server(catalog, dispatch.unwrap_or(Dispatch::Local), clients, Arc::new(StdoutSink)));
+        lambda_runtime::run(service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+            let server = server.clone();
+            async move {
+                let inv = invocation_of(&event.context);
+                Ok::<_, lambda_runtime::Error>(server.handle(event.payload, inv).await)
+            }
+        }))
+        .await
+    })
+}
+
+/// Clients shared by every call: one DynamoDB client, one pooled HTTP client.
+pub fn build_clients(
+    sdk: &aws_config::SdkConfig,
+    config: Arc<Config>,
+) -> Result<Clients, reqwest::Error> {
+    let http = reqwest::Client::builder()
+        .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(2))
+        .build()?;
+    Ok(Clients {
+        dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+        http,
+        config,
+    })
+}
+
+/// A server over `catalog` with the DynamoDB-backed authenticator.
+pub fn build_server(
+    catalog: Catalog,
+    dispatch: Dispatch,
+    clients: Arc<Clients>,
+    audit: Arc<dyn AuditSink>,
+) -> Server {
+    let store = Arc::new(DynamoStore::new(clients.dynamodb.clone(), clients.config.table.clone()));
+    let auth = Authenticator::new(store, clients.config.key_cache_ttl);
+    let identity = ServerIdentity {
+        name: clients.config.service.clone(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    };
+    Server::new(catalog, dispatch, auth, clients, audit, None, identity)
+}
+
+fn invocation_of(ctx: &lambda_runtime::Context) -> Invocation {
+    let now_ms = crate::store::now_ms();
+    let left = ctx.deadline.saturating_sub(now_ms);
+    Invocation {
+        request_id: ctx.request_id.clone(),
+        deadline: Instant::now() + Duration::from_millis(left),
+        trace_id: ctx.xray_trace_id.clone(),
+    }
+}
+
+/// JSON logs on stdout, filtered by `AWS_LAMBDA_LOG_LEVEL` (Lambda's log-level control) or
+/// `RUST_LOG`, default `info`.
+pub fn init_logging() {
+    let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
+        .or_else(|_| std::env::var("RUST_LOG"))
+        .unwrap_or_else(|_| "info".to_owned())
+        .to_lowercase();
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_current_span(false)
+        .with_span_list(false)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}

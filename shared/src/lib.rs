@@ -1,0 +1,39 @@
+//! tollgate: the shared runtime every tollgate Lambda function links.
+//!
+//! One pipeline serves every MCP request, in the order of the request path in DESIGN.md:
+//! transport and JSON-RPC checks ([`protocol`]), authentication ([`auth`]), authorization by
+//! scope, argument validation and the tool run ([`tool`], [`server`]), then one audit record
+//! ([`audit`]). The same handler is fed an API Gateway HTTP API (payload 2.0) event whoever calls
+//! it: the Lambda runtime ([`lambda`]), the gateway's forward ([`gateway`]) or the local stack.
+
+pub mod audit;
+pub mod auth;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod gateway;
+pub mod http;
+pub mod lambda;
+pub mod protocol;
+pub mod server;
+pub mod store;
+pub mod tool;
+
+pub mod admin;
+
+pub use auth::{AuthMethod, Principal};
+pub use catalog::Catalog;
+pub use config::Config;
+pub use server::{Invocation, Server};
+pub use tool::{
+    Annotations, DefaultBudget, Json, LogAs, Tool, ToolContext, ToolError, ToolSpec,
+};
+
+/// Re-exports tool crates need, so every tool builds against the same versions.
+pub mod deps {
+    pub use aws_sdk_dynamodb;
+    pub use reqwest;
+    pub use schemars;
+    pub use serde;
+    pub use serde_json;
+}

@@ -1,0 +1,428 @@
+//! The request pipeline: one stateless handler per function, fed an API Gateway v2 event.
+//!
+//! Order (DESIGN.md "Request path"), composed here and nowhere else:
+//! 1. transport checks and JSON-RPC parsing ([`crate::protocol`])
+//! 2. protocol-version negotiation and 2026-07-28 header rules
+//! 3. authentication ([`crate::auth`]) -> [`Principal`]
+//! 4. `tools/call`: tool lookup, scope check, argument validation
+//! 5. the tool run under a deadline, panics caught (or, in the gateway, the forward)
+//! 6. one audit record per tool call ([`crate::audit`])
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
+use futures::FutureExt as _;
+use rmcp::model::{CallToolResult, ContentBlock as Content};
+use serde_json::{Value, json};
+
+use crate::audit::{AuditRecord, AuditSink, CallStatus, HashKey, redact_arguments};
+use crate::auth::{Authenticator, Principal};
+use crate::catalog::{Catalog, RegisteredTool};
+use crate::config::Config;
+use crate::error::Rejection;
+use crate::gateway::Invoker;
+use crate::http::{Request, Response};
+use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
+use crate::protocol::version::{self, Era, Negotiated};
+use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS, transport};
+use crate::tool::{Clients, ToolContext, ToolError};
+
+/// Per-invocation facts from the runtime (Lambda context, or the local stack).
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    /// Request id (Lambda's `aws_request_id`, or a generated one locally).
+    pub request_id: String,
+    /// When the invocation must have answered.
+    pub deadline: Instant,
+    /// X-Ray trace header from the runtime, when present.
+    pub trace_id: Option<String>,
+}
+
+impl Invocation {
+    /// An invocation with `budget` left before its deadline.
+    pub fn new(request_id: impl Into<String>, budget: Duration) -> Self {
+        Self {
+            request_id: request_id.into(),
+            deadline: Instant::now() + budget,
+            trace_id: None,
+        }
+    }
+
+    /// The same invocation as seen by a tool function the gateway forwards to in-process.
+    pub fn forwarded(&self) -> Self {
+        self.clone()
+    }
+}
+
+/// How `tools/call` is carried out.
+#[derive(Debug, Clone)]
+pub enum Dispatch {
+    /// Run the tool in this process (tool functions).
+    Local,
+    /// Forward the event to the tool's own function (the gateway).
+    Forward(Arc<dyn Invoker>),
+}
+
+/// Server identity reported in `initialize` and `server/discover`.
+#[derive(Debug, Clone)]
+pub struct ServerIdentity {
+    /// Implementation name.
+    pub name: String,
+    /// Implementation version.
+    pub version: String,
+}
+
+/// One function's MCP server: its catalog, how it dispatches calls, and the shared parts.
+#[derive(Debug)]
+pub struct Server {
+    catalog: Catalog,
+    dispatch: Dispatch,
+    auth: Authenticator,
+    config: Arc<Config>,
+    clients: Arc<Clients>,
+    audit: Arc<dyn AuditSink>,
+    hash_key: Option<HashKey>,
+    identity: ServerIdentity,
+    served_any: AtomicBool,
+}
+
+/// How long clients may cache `tools/list` (per authorization context).
+const TOOLS_LIST_TTL_MS: u64 = 60_000;
+/// How long clients may cache `server/discover`.
+const DISCOVER_TTL_MS: u64 = 3_600_000;
+
+struct CallFacts<'a> {
+    inv: &'a Invocation,
+    started: Instant,
+    version: &'a str,
+    principal: Option<&'a Principal>,
+    tool: Option<&'a RegisteredTool>,
+    args: &'a Value,
+}
+
+impl Server {
+    /// Assembles a server. Built once per process at cold start.
+    pub fn new(
+        catalog: Catalog,
+        dispatch: Dispatch,
+        auth: Authenticator,
+        clients: Arc<Clients>,
+        audit: Arc<dyn AuditSink>,
+        hash_key: Option<HashKey>,
+        identity: ServerIdentity,
+    ) -> Self {
+        Self {
+            catalog,
+            dispatch,
+            auth,
+            config: clients.config.clone(),
+            clients,
+            audit,
+            hash_key,
+            identity,
+            served_any: AtomicBool::new(false),
+        }
+    }
+
+    /// The tools this server serves.
+    pub fn catalog(&self) -> &Catalog {
+        &self.catalog
+    }
+
+    /// Handles one API Gateway v2 event.
+    pub async fn handle(
+        &self,
+        event: ApiGatewayV2httpRequest,
+        inv: Invocation,
+    ) -> ApiGatewayV2httpResponse {
+        self.respond(&event, &inv).await.into_event_response()
+    }
+
+    /// Handles one event, returning the response before conversion (tests, local stack).
+    pub async fn respond(&self, event: &ApiGatewayV2httpRequest, inv: &Invocation) -> Response {
+        let started = Instant::now();
+        let req = Request::new(event);
+        if let Err(r) = transport::check(&req, &self.config) {
+            return self.reject(r, None);
+        }
+        let Ok(body) = req.body() else {
+            return self.reject(Rejection::Parse(jsonrpc::ParseError::NotJson), None);
+        };
+        let rpc = match jsonrpc::parse(&body) {
+            Ok(Message::Request(rpc)) => rpc,
+            Ok(Message::Notification { .. } | Message::Response) => {
+                return match self.auth.authenticate(&req).await {
+                    Ok(_) => Response::empty(202),
+                    Err(e) => self.reject(e.into(), None),
+                };
+            }
+            Err((e, id)) => return self.reject(Rejection::Parse(e), id.as_ref()),
+        };
+        let negotiated = match version::negotiate(&req, &rpc) {
+            Ok(n) => n,
+            Err(r) => return self.reject(r, Some(&rpc.id)),
+        };
+        if !is_known_method(negotiated.era, &rpc.method) {
+            let http_404 = negotiated.era == Era::Modern;
+            return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
+        }
+        if rpc.method == "tools/call" {
+            return self.tools_call(&req, event, &rpc, &negotiated, inv, started).await;
+        }
+        let principal = match self.auth.authenticate(&req).await {
+            Ok(p) => p,
+            Err(e) => return self.reject(e.into(), Some(&rpc.id)),
+        };
+        let result = match rpc.method.as_str() {
+            "initialize" => self.initialize_result(&negotiated.version),
+            "ping" => json!({}),
+            "server/discover" => self.discover_result(),
+            "tools/list" => self.tools_list_result(&principal, negotiated.era),
+            _ => return self.reject(Rejection::MethodNotFound { http_404: true }, Some(&rpc.id)),
+        };
+        self.ok(&rpc.id, result, negotiated.era)
+    }
+
+    fn reject(&self, r: Rejection, id: Option<&RequestId>) -> Response {
+        r.into_response(id, None)
+    }
+
+    fn ok(&self, id: &RequestId, mut result: Value, era: Era) -> Response {
+        if let Value::Object(obj) = &mut result {
+            match era {
+                Era::Modern => {
+                    obj.insert("resultType".to_owned(), json!("complete"));
+                    if let Some(meta) =
+                        obj.entry("_meta").or_insert_with(|| json!({})).as_object_mut()
+                    {
+                        meta.insert(
+                            META_SERVER_INFO.to_owned(),
+                            json!({"name": self.identity.name, "version": self.identity.version}),
+                        );
+                    }
+                }
+                Era::Legacy => {
+                    obj.remove("resultType");
+                }
+            }
+        }
+        Response::json(200, &jsonrpc::result_body(id, result))
+    }
+
+    fn initialize_result(&self, version: &str) -> Value {
+        json!({
+            "protocolVersion": version,
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": self.identity.name, "version": self.identity.version},
+            "instructions": INSTRUCTIONS,
+        })
+    }
+
+    fn discover_result(&self) -> Value {
+        let server_info = json!({"name": self.identity.name, "version": self.identity.version});
+        json!({
+            "supportedVersions": SUPPORTED_VERSIONS,
+            "capabilities": {"tools": {}},
+            "serverInfo": server_info,
+            "instructions": INSTRUCTIONS,
+            "ttlMs": DISCOVER_TTL_MS,
+            "cacheScope": "public",
+        })
+    }
+
+    fn tools_list_result(&self, principal: &Principal, era: Era) -> Value {
+        let tools: Vec<Value> = self
+            .catalog
+            .iter()
+            .filter(|t| principal.has_scope(t.spec().scope))
+            .filter_map(|t| serde_json::to_value(t.descriptor()).ok())
+            .collect();
+        let mut result = json!({"tools": tools});
+        if era == Era::Modern {
+            result["ttlMs"] = json!(TOOLS_LIST_TTL_MS);
+            // The list depends on the caller's scopes: never share it across callers.
+            result["cacheScope"] = json!("private");
+        }
+        result
+    }
+
+    #[tracing::instrument(name = "tools/call", skip_all, fields(
+        mcp.method.name = "tools/call",
+        gen_ai.tool.name = tracing::field::Empty,
+        enduser.id = tracing::field::Empty,
+    ))]
+    async fn tools_call(
+        &self,
+        req: &Request<'_>,
+        event: &ApiGatewayV2httpRequest,
+        rpc: &RpcRequest,
+        negotiated: &Negotiated,
+        inv: &Invocation,
+        started: Instant,
+    ) -> Response {
+        let empty = json!({});
+        let args = rpc.params.get("arguments").unwrap_or(&empty);
+        let name = rpc.params.get("name").and_then(Value::as_str);
+        let mut facts = CallFacts {
+            inv,
+            started,
+            version: &negotiated.version,
+            principal: None,
+            tool: None,
+            args,
+        };
+        let principal = match self.auth.authenticate(req).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.write_audit(&facts, CallStatus::DeniedAuth, Some(e.reason()));
+                return self.reject(e.into(), Some(&rpc.id));
+            }
+        };
+        tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
+        facts.principal = Some(&principal);
+        let Some(name) = name else {
+            self.write_audit(&facts, CallStatus::InvalidInput, Some("invalid_params"));
+            return self.reject(
+                Rejection::InvalidParams("params.name must be a string".into()),
+                Some(&rpc.id),
+            );
+        };
+        let Some(tool) = self.catalog.get(name) else {
+            self.write_audit(&facts, CallStatus::InvalidInput, Some("unknown_tool"));
+            return self.reject(Rejection::UnknownTool(printable(name)), Some(&rpc.id));
+        };
+        tracing::Span::current().record("gen_ai.tool.name", tool.spec().name);
+        facts.tool = Some(tool);
+        if !args.is_object() {
+            self.write_audit(&facts, CallStatus::InvalidInput, Some("invalid_params"));
+            return self.reject(
+                Rejection::InvalidParams("params.arguments must be an object".into()),
+                Some(&rpc.id),
+            );
+        }
+        let scope = tool.spec().scope;
+        if !principal.has_scope(scope) {
+            self.write_audit(&facts, CallStatus::DeniedScope, Some("insufficient_scope"));
+            return self.reject(
+                Rejection::InsufficientScope {
+                    scope: scope.to_owned(),
+                },
+                Some(&rpc.id),
+            );
+        }
+        if let Dispatch::Forward(invoker) = &self.dispatch {
+            return match invoker.invoke(tool.spec().name, event, inv).await {
+                // The tool function wrote the audit record for this call.
+                Ok(resp) => resp,
+                Err(e) => {
+                    tracing::error!(error = %e, tool = tool.spec().name, "forward to tool function failed");
+                    self.write_audit(&facts, CallStatus::SystemError, Some("forward_failed"));
+                    self.reject(Rejection::Unavailable { retry_after_s: 1 }, Some(&rpc.id))
+                }
+            };
+        }
+        if let Err(message) = tool.validate(args) {
+            self.write_audit(&facts, CallStatus::InvalidInput, Some("schema_validation"));
+            let result = CallToolResult::error(vec![Content::text(message)]);
+            return self.call_result(&rpc.id, &result, negotiated.era);
+        }
+        let deadline = inv
+            .deadline
+            .checked_sub(self.config.deadline_margin)
+            .unwrap_or(inv.deadline);
+        let ctx = ToolContext {
+            principal: Arc::new(principal.clone()),
+            request_id: inv.request_id.clone(),
+            deadline,
+            clients: self.clients.clone(),
+        };
+        let run = AssertUnwindSafe(tool.call(ctx, args.clone())).catch_unwind();
+        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
+        let (status, reason, result) = match outcome {
+            Ok(Ok(Ok(result))) => (CallStatus::Success, None, result),
+            Ok(Ok(Err(ToolError::Business(message)))) => (
+                CallStatus::BusinessError,
+                None,
+                CallToolResult::error(vec![Content::text(message)]),
+            ),
+            Ok(Ok(Err(ToolError::System(err)))) => {
+                tracing::error!(error = %err, tool = tool.spec().name, request_id = %inv.request_id, "tool system error");
+                (CallStatus::SystemError, Some("tool_error"), self.system_error_result(inv))
+            }
+            Ok(Err(_panic)) => {
+                tracing::error!(tool = tool.spec().name, request_id = %inv.request_id, "tool panicked");
+                (CallStatus::SystemError, Some("tool_panic"), self.system_error_result(inv))
+            }
+            Err(_elapsed) => {
+                tracing::error!(tool = tool.spec().name, request_id = %inv.request_id, "tool timed out");
+                (CallStatus::SystemError, Some("deadline_exceeded"), self.system_error_result(inv))
+            }
+        };
+        self.write_audit(&facts, status, reason);
+        self.call_result(&rpc.id, &result, negotiated.era)
+    }
+
+    fn system_error_result(&self, inv: &Invocation) -> CallToolResult {
+        CallToolResult::error(vec![Content::text(format!(
+            "The tool failed because of an internal error (reference {}). \
+             Retrying later may succeed; the arguments were not at fault.",
+            inv.request_id
+        ))])
+    }
+
+    fn call_result(&self, id: &RequestId, result: &CallToolResult, era: Era) -> Response {
+        let value = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": [], "isError": true}));
+        self.ok(id, value, era)
+    }
+
+    fn write_audit(&self, facts: &CallFacts<'_>, status: CallStatus, reason: Option<&str>) {
+        let record = AuditRecord {
+            timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            level: if status == CallStatus::SystemError { "ERROR" } else { "INFO" },
+            kind: "audit",
+            service: self.config.service.clone(),
+            function: self.config.function_name.clone(),
+            cold_start: !self.served_any.swap(true, Ordering::Relaxed),
+            request_id: facts.inv.request_id.clone(),
+            trace_id: facts.inv.trace_id.clone(),
+            agent_id: facts.principal.map(|p| p.agent_id.clone()),
+            auth_method: facts.principal.map(|p| p.method.as_str()),
+            tool: facts.tool.map(|t| t.spec().name.to_owned()),
+            protocol_version: Some(facts.version.to_owned()),
+            latency_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            status,
+            reason: reason.map(str::to_owned),
+            budget_layer: None,
+            arguments: facts
+                .principal
+                .map(|_| redact_arguments(facts.tool, facts.args, self.hash_key.as_ref())),
+        };
+        self.audit.write(&record);
+    }
+}
+
+/// Methods served in each era; anything else is "method not found".
+fn is_known_method(era: Era, method: &str) -> bool {
+    match era {
+        Era::Legacy => matches!(method, "initialize" | "ping" | "tools/list" | "tools/call"),
+        Era::Modern => matches!(method, "server/discover" | "tools/list" | "tools/call"),
+    }
+}
+
+/// A tool name safe to echo: printable ASCII, at most 64 characters.
+fn printable(name: &str) -> String {
+    name.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
+
+const INSTRUCTIONS: &str = "Tools served by tollgate. Every call is authenticated, rate limited \
+and audited. A result with isError explains what to change; HTTP 429 means wait for Retry-After; \
+HTTP 403 with a permanently-denied code means do not retry.";
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,94 @@
+//! In-memory [`Store`] for unit tests of pure logic. Not used by any function.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::{AgentRecord, KeyRecord, KeyStatus, Store, StoreError};
+
+/// A [`Store`] in a mutex; counts key reads so cache tests can see them.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    agents: Mutex<BTreeMap<String, AgentRecord>>,
+    keys: Mutex<BTreeMap<String, KeyRecord>>,
+    key_reads: AtomicU64,
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many times `get_key` was called.
+    pub fn key_reads(&self) -> u64 {
+        self.key_reads.load(Ordering::Relaxed)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[async_trait::async_trait]
+impl Store for MemoryStore {
+    async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.key_reads.fetch_add(1, Ordering::Relaxed);
+        Ok(lock(&self.keys).get(key_id).cloned())
+    }
+
+    async fn create_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let mut agents = lock(&self.agents);
+        if agents.contains_key(&agent.agent_id) {
+            return Err(StoreError::AlreadyExists(format!("agent {}", agent.agent_id)));
+        }
+        agents.insert(agent.agent_id.clone(), agent.clone());
+        Ok(())
+    }
+
+    async fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        Ok(lock(&self.agents).get(agent_id).cloned())
+    }
+
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        Ok(lock(&self.agents).values().cloned().collect())
+    }
+
+    async fn update_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        let mut agents = lock(&self.agents);
+        let slot = agents
+            .get_mut(&agent.agent_id)
+            .ok_or_else(|| StoreError::NotFound(format!("agent {}", agent.agent_id)))?;
+        *slot = agent.clone();
+        for key in lock(&self.keys).values_mut().filter(|k| k.agent_id == agent.agent_id) {
+            key.agent_status = agent.status;
+            key.scopes = agent.scopes.clone();
+        }
+        Ok(())
+    }
+
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        if !lock(&self.agents).contains_key(&key.agent_id) {
+            return Err(StoreError::NotFound(format!("agent {}", key.agent_id)));
+        }
+        let mut keys = lock(&self.keys);
+        if keys.contains_key(&key.key_id) {
+            return Err(StoreError::AlreadyExists(format!("key {}", key.key_id)));
+        }
+        keys.insert(key.key_id.clone(), key.clone());
+        Ok(())
+    }
+
+    async fn list_keys(&self, agent_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        Ok(lock(&self.keys).values().filter(|k| k.agent_id == agent_id).cloned().collect())
+    }
+
+    async fn revoke_key(&self, key_id: &str) -> Result<KeyRecord, StoreError> {
+        let mut keys = lock(&self.keys);
+        let key = keys
+            .get_mut(key_id)
+            .ok_or_else(|| StoreError::NotFound(format!("key {key_id}")))?;
+        key.status = KeyStatus::Revoked;
+        Ok(key.clone())
+    }
+}

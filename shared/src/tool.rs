@@ -1,0 +1,218 @@
+//! The tool authoring API: what a tool declares and what its handler gets and returns.
+//!
+//! A tool is a type implementing [`Tool`]: typed input (`Deserialize + JsonSchema`, every field
+//! documented: the doc comments become the schema the agent reads), an output ([`Json`] for
+//! structured output with a generated output schema, or `String` for text), and a [`ToolSpec`]
+//! with its name, annotations, required scope, default budget and how each input field may
+//! appear in logs. The input schema is generated from the type, never written by hand.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Instant;
+
+use rmcp::model::{CallToolResult, ContentBlock as Content};
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::auth::Principal;
+use crate::config::Config;
+
+/// MCP tool annotations (hints to clients; see the MCP `ToolAnnotations`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Annotations {
+    /// The tool does not modify its environment.
+    pub read_only: bool,
+    /// The tool may perform destructive or irreversible updates.
+    pub destructive: bool,
+    /// Calling it again with the same arguments has no additional effect.
+    pub idempotent: bool,
+    /// The tool interacts with an open world of external entities.
+    pub open_world: bool,
+}
+
+/// What a tool does when the budget store cannot be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum StoreFailure {
+    /// Refuse the call with 503 and `Retry-After` (the default for tools with side effects).
+    FailClosed,
+    /// Admit on a per-instance local bucket (documented, logged, counted).
+    FailOpen,
+}
+
+/// A tool's default budget (calls per minute with a burst), overridable as data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct DefaultBudget {
+    /// Sustained calls per minute across every caller.
+    pub per_minute: u32,
+    /// Calls that may arrive at once on an idle bucket.
+    pub burst: u32,
+    /// Behaviour when the budget store fails.
+    pub on_store_failure: StoreFailure,
+}
+
+impl DefaultBudget {
+    /// A budget of `per_minute` calls with a burst of `burst`, failing closed.
+    pub const fn per_minute(per_minute: u32, burst: u32) -> Self {
+        Self {
+            per_minute,
+            burst,
+            on_store_failure: StoreFailure::FailClosed,
+        }
+    }
+
+    /// The same budget, failing open on a local bucket when the store is down.
+    pub const fn fail_open(mut self) -> Self {
+        self.on_store_failure = StoreFailure::FailOpen;
+        self
+    }
+}
+
+/// How an input field may appear in the audit log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum LogAs {
+    /// Keyed hash (HMAC-SHA256) of the value: joinable across records, not reversible.
+    Hashed,
+    /// Type and size only. The default for every field not declared otherwise.
+    Summarised,
+    /// The raw value (for enums, flags, small numbers: nothing personal).
+    Safe,
+}
+
+/// Everything a tool declares besides its types.
+#[derive(Debug, Clone)]
+pub struct ToolSpec {
+    /// Tool name as agents call it (`[A-Za-z0-9_.-]`, 1 to 64 characters).
+    pub name: &'static str,
+    /// Human-readable title.
+    pub title: &'static str,
+    /// What the tool does, written for the model.
+    pub description: &'static str,
+    /// The scope a principal must hold to list or call the tool.
+    pub scope: &'static str,
+    /// MCP annotations.
+    pub annotations: Annotations,
+    /// Default budget.
+    pub budget: DefaultBudget,
+    /// How input fields may be logged; fields not named here are [`LogAs::Summarised`].
+    pub log_fields: &'static [(&'static str, LogAs)],
+}
+
+/// Clients built once per process (at cold start) and borrowed by every call.
+#[derive(Debug, Clone)]
+pub struct Clients {
+    /// DynamoDB client (honours `AWS_ENDPOINT_URL_DYNAMODB`).
+    pub dynamodb: aws_sdk_dynamodb::Client,
+    /// HTTP client for downstream APIs (connection pool shared across calls).
+    pub http: reqwest::Client,
+    /// The process configuration.
+    pub config: Arc<Config>,
+}
+
+/// What a tool handler gets besides its input.
+#[derive(Debug, Clone)]
+pub struct ToolContext {
+    /// Who is calling.
+    pub principal: Arc<Principal>,
+    /// The invocation's request id (Lambda request id, or the local stack's).
+    pub request_id: String,
+    /// When the tool must have answered; the runtime cancels it at this instant.
+    pub deadline: Instant,
+    /// Shared AWS and HTTP clients.
+    pub clients: Arc<Clients>,
+}
+
+impl ToolContext {
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> std::time::Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+}
+
+/// A tool call did not succeed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ToolError {
+    /// The agent's fault (not found, not allowed by business rules...): the message is shown to
+    /// the model as an `isError` result, so it must say what to change and hold nothing secret.
+    #[error("{0}")]
+    Business(String),
+    /// The system's fault: logged with the request id; the model sees a generic message.
+    #[error("system error: {0}")]
+    System(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ToolError {
+    /// A business error with a message for the model.
+    pub fn business(message: impl Into<String>) -> Self {
+        Self::Business(message.into())
+    }
+
+    /// A system error from any error value.
+    pub fn system(err: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::System(err.into())
+    }
+}
+
+/// A tool's successful result type.
+pub trait ToolOutput: Send + 'static {
+    /// The output schema advertised in `tools/list`, when the output is structured.
+    fn output_schema() -> Option<serde_json::Map<String, serde_json::Value>>;
+    /// Into the MCP result.
+    fn into_result(self) -> CallToolResult;
+}
+
+impl ToolOutput for String {
+    fn output_schema() -> Option<serde_json::Map<String, serde_json::Value>> {
+        None
+    }
+
+    fn into_result(self) -> CallToolResult {
+        CallToolResult::success(vec![Content::text(self)])
+    }
+}
+
+/// Structured output: serialised as `structuredContent` (and, for older clients, as JSON text).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Json<T>(pub T);
+
+impl<T: Serialize + JsonSchema + Send + 'static> ToolOutput for Json<T> {
+    fn output_schema() -> Option<serde_json::Map<String, serde_json::Value>> {
+        Some(crate::catalog::schema_object::<T>())
+    }
+
+    fn into_result(self) -> CallToolResult {
+        match serde_json::to_value(&self.0) {
+            Ok(value) => {
+                let mut result = CallToolResult::structured(value);
+                result.result_type = None;
+                result
+            }
+            Err(_) => CallToolResult::error(vec![Content::text(
+                "The tool produced a result that could not be encoded.",
+            )]),
+        }
+    }
+}
+
+/// A tool: typed input, typed output, declared behaviour.
+pub trait Tool: Send + Sync + 'static {
+    /// Arguments, deserialised after they validate against the generated schema.
+    type Input: DeserializeOwned + JsonSchema + Send + 'static;
+    /// Successful result.
+    type Output: ToolOutput;
+
+    /// Name, scope, annotations, budget and log plan.
+    fn spec(&self) -> ToolSpec;
+
+    /// Runs the tool. Cancelled at `ctx.deadline`; a panic is caught and becomes a system error.
+    fn call(
+        &self,
+        ctx: ToolContext,
+        input: Self::Input,
+    ) -> impl Future<Output = Result<Self::Output, ToolError>> + Send;
+}
