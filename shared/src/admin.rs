@@ -1,1 +1,234 @@
-//! The admin CLI's operations (the `tollgate` binary parses arguments and calls these).
+//! Operations of the admin CLI (`tollgate` binary): agents, keys and scopes. The binary parses
+//! arguments and prints; everything that touches the store is here, against [`Store`], so it
+//! is tested against the in-memory store and, end to end, against a real DynamoDB server.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::auth::keys;
+use crate::store::{
+    AgentRecord, AgentStatus, KeyRecord, KeyStatus, Store, StoreError, now_ms, validate_agent_id,
+    validate_scope,
+};
+
+/// An admin operation failed; the message is meant for the operator.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AdminError {
+    /// The input is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The agent or key does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// The agent or key exists already.
+    #[error("{0} already exists")]
+    AlreadyExists(String),
+    /// The store failed.
+    #[error("store error: {0}")]
+    Store(String),
+}
+
+impl From<StoreError> for AdminError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound(what) => Self::NotFound(what),
+            StoreError::AlreadyExists(what) => Self::AlreadyExists(what),
+            other => Self::Store(other.to_string()),
+        }
+    }
+}
+
+fn checked_scopes(scopes: &[String]) -> Result<BTreeSet<String>, AdminError> {
+    scopes
+        .iter()
+        .map(|s| validate_scope(s).map(|()| s.clone()).map_err(AdminError::Invalid))
+        .collect()
+}
+
+/// Creates an agent.
+pub async fn create_agent(
+    store: &dyn Store,
+    agent_id: &str,
+    description: &str,
+    scopes: &[String],
+) -> Result<AgentRecord, AdminError> {
+    validate_agent_id(agent_id).map_err(AdminError::Invalid)?;
+    let agent = AgentRecord {
+        agent_id: agent_id.to_owned(),
+        description: description.to_owned(),
+        status: AgentStatus::Active,
+        scopes: checked_scopes(scopes)?,
+        created_at_ms: now_ms(),
+    };
+    store.create_agent(&agent).await?;
+    Ok(agent)
+}
+
+async fn existing_agent(store: &dyn Store, agent_id: &str) -> Result<AgentRecord, AdminError> {
+    validate_agent_id(agent_id).map_err(AdminError::Invalid)?;
+    store
+        .get_agent(agent_id)
+        .await?
+        .ok_or_else(|| AdminError::NotFound(format!("agent {agent_id}")))
+}
+
+/// Reads an agent and its keys.
+pub async fn show_agent(
+    store: &dyn Store,
+    agent_id: &str,
+) -> Result<(AgentRecord, Vec<KeyRecord>), AdminError> {
+    let agent = existing_agent(store, agent_id).await?;
+    let keys = store.list_keys(agent_id).await?;
+    Ok((agent, keys))
+}
+
+/// Sets an agent's status; disabling refuses every key of the agent (permanently, until enabled).
+pub async fn set_agent_status(
+    store: &dyn Store,
+    agent_id: &str,
+    status: AgentStatus,
+) -> Result<AgentRecord, AdminError> {
+    let mut agent = existing_agent(store, agent_id).await?;
+    agent.status = status;
+    store.update_agent(&agent).await?;
+    Ok(agent)
+}
+
+/// How to change an agent's scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeChange {
+    /// Add to the current scopes.
+    Add,
+    /// Remove from the current scopes.
+    Remove,
+    /// Replace the current scopes.
+    Set,
+}
+
+/// Changes an agent's scopes (and its keys' copies).
+pub async fn change_scopes(
+    store: &dyn Store,
+    agent_id: &str,
+    change: ScopeChange,
+    scopes: &[String],
+) -> Result<AgentRecord, AdminError> {
+    let given = checked_scopes(scopes)?;
+    let mut agent = existing_agent(store, agent_id).await?;
+    match change {
+        ScopeChange::Add => agent.scopes.extend(given),
+        ScopeChange::Remove => agent.scopes.retain(|s| !given.contains(s)),
+        ScopeChange::Set => agent.scopes = given,
+    }
+    store.update_agent(&agent).await?;
+    Ok(agent)
+}
+
+/// A created key: the token is shown once, never stored.
+#[derive(Debug)]
+pub struct CreatedKey {
+    /// The stored record.
+    pub record: KeyRecord,
+    /// The bearer token.
+    pub token: String,
+}
+
+/// Creates a key for an agent, optionally expiring after `ttl`.
+pub async fn create_key(
+    store: &dyn Store,
+    agent_id: &str,
+    ttl: Option<Duration>,
+) -> Result<CreatedKey, AdminError> {
+    let agent = existing_agent(store, agent_id).await?;
+    let issued = keys::issue();
+    let now = now_ms();
+    let record = KeyRecord {
+        key_id: issued.key_id,
+        agent_id: agent.agent_id,
+        digest_hex: issued.digest_hex,
+        status: KeyStatus::Active,
+        created_at_ms: now,
+        expires_at_ms: ttl.map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+        agent_status: agent.status,
+        scopes: agent.scopes,
+    };
+    store.create_key(&record).await?;
+    Ok(CreatedKey {
+        record,
+        token: issued.token,
+    })
+}
+
+/// Revokes a key by its id (the part after `tg_` in the token, or as listed).
+pub async fn revoke_key(store: &dyn Store, key_id: &str) -> Result<KeyRecord, AdminError> {
+    if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) || key_id.len() > 32 {
+        return Err(AdminError::Invalid(format!(
+            "key id {key_id:?} is invalid: use the id shown by `keys list` (not the token)"
+        )));
+    }
+    Ok(store.revoke_key(key_id).await?)
+}
+
+/// Parses a duration such as `30d`, `12h`, `90m` or `3600s`.
+pub fn parse_ttl(text: &str) -> Result<Duration, AdminError> {
+    let err = || AdminError::Invalid(format!("duration {text:?} is invalid: use e.g. 30d, 12h, 90m or 3600s"));
+    let (num, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: u64 = num.parse().map_err(|_| err())?;
+    let secs = match unit {
+        "d" => n.checked_mul(86_400),
+        "h" => n.checked_mul(3_600),
+        "m" => n.checked_mul(60),
+        "s" => Some(n),
+        _ => None,
+    }
+    .filter(|s| *s > 0)
+    .ok_or_else(err)?;
+    Ok(Duration::from_secs(secs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn lifecycle() {
+        let store = MemoryStore::new();
+        let scopes = vec!["customers:read".to_owned()];
+        create_agent(&store, "bot", "test", &scopes).await.expect("create");
+        assert!(matches!(create_agent(&store, "bot", "", &[]).await, Err(AdminError::AlreadyExists(_))));
+        let key = create_key(&store, "bot", Some(Duration::from_secs(60))).await.expect("key");
+        assert!(key.token.starts_with("tg_"));
+        assert!(key.record.expires_at_ms.is_some());
+        let agent = change_scopes(&store, "bot", ScopeChange::Add, &["tickets:write".into()]).await.expect("add");
+        assert_eq!(agent.scopes.len(), 2);
+        let (_, keys) = show_agent(&store, "bot").await.expect("show");
+        assert_eq!(keys[0].scopes.len(), 2, "key copies follow the agent");
+        let revoked = revoke_key(&store, &key.record.key_id).await.expect("revoke");
+        assert_eq!(revoked.status, KeyStatus::Revoked);
+        let disabled = set_agent_status(&store, "bot", AgentStatus::Disabled).await.expect("disable");
+        assert_eq!(disabled.status, AgentStatus::Disabled);
+    }
+
+    #[tokio::test]
+    async fn bad_input_is_refused_with_a_clear_message() {
+        let store = MemoryStore::new();
+        let e = create_agent(&store, "Bad Id", "", &[]).await.expect_err("id");
+        assert!(e.to_string().contains("agent id"));
+        let e = create_agent(&store, "ok", "", &["has space".into()]).await.expect_err("scope");
+        assert!(e.to_string().contains("scope"));
+        assert!(matches!(create_key(&store, "ghost", None).await, Err(AdminError::NotFound(_))));
+        assert!(matches!(revoke_key(&store, "tg_abc_def").await, Err(AdminError::Invalid(_))));
+        assert!(matches!(revoke_key(&store, "abc").await, Err(AdminError::NotFound(_))));
+        assert!(store.list_agents().await.expect("list").is_empty(), "nothing written on bad input");
+    }
+
+    #[test]
+    fn ttl_parsing() {
+        assert_eq!(parse_ttl("30d").expect("d"), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_ttl("90m").expect("m"), Duration::from_secs(5_400));
+        assert!(parse_ttl("0s").is_err());
+        assert!(parse_ttl("soon").is_err());
+        assert!(parse_ttl("").is_err());
+    }
+}

@@ -47,7 +47,9 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
         let sdk = aws_config::load_from_env().await;
         let (catalog, dispatch) = setup(&sdk)?;
         let clients = Arc::new(build_clients(&sdk, config.clone())?);
-        let server = Arc::new(build_server(catalog, dispatch.unwrap_or(Dispatch::Local), clients, Arc::new(StdoutSink)));
+        let function = config.function_name.clone();
+        let dispatch = dispatch.unwrap_or(Dispatch::Local);
+        let server = Arc::new(build_server(catalog, dispatch, clients, Arc::new(StdoutSink), &function));
         lambda_runtime::run(service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
             let server = server.clone();
             async move {
@@ -81,10 +83,12 @@ pub fn build_server(
     dispatch: Dispatch,
     clients: Arc<Clients>,
     audit: Arc<dyn AuditSink>,
+    function: &str,
 ) -> Server {
     let store = Arc::new(DynamoStore::new(clients.dynamodb.clone(), clients.config.table.clone()));
     let auth = Authenticator::new(store, clients.config.key_cache_ttl);
     let identity = ServerIdentity {
+        function: function.to_owned(),
         name: clients.config.service.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };

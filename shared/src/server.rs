@@ -69,6 +69,8 @@ pub enum Dispatch {
 /// Server identity reported in `initialize` and `server/discover`.
 #[derive(Debug, Clone)]
 pub struct ServerIdentity {
+    /// Function name in logs (the Lambda function, or the tool / `gateway` locally).
+    pub function: String,
     /// Implementation name.
     pub name: String,
     /// Implementation version.
@@ -384,7 +386,7 @@ impl Server {
             level: if status == CallStatus::SystemError { "ERROR" } else { "INFO" },
             kind: "audit",
             service: self.config.service.clone(),
-            function: self.config.function_name.clone(),
+            function: self.identity.function.clone(),
             cold_start: !self.served_any.swap(true, Ordering::Relaxed),
             request_id: facts.inv.request_id.clone(),
             trace_id: facts.inv.trace_id.clone(),

@@ -176,6 +176,18 @@ impl ToolOutput for String {
     }
 }
 
+/// A raw MCP result, for tools that return images, audio or embedded resources.
+impl ToolOutput for CallToolResult {
+    fn output_schema() -> Option<serde_json::Map<String, serde_json::Value>> {
+        None
+    }
+
+    fn into_result(mut self) -> CallToolResult {
+        self.result_type = None;
+        self
+    }
+}
+
 /// Structured output: serialised as `structuredContent` (and, for older clients, as JSON text).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Json<T>(pub T);

@@ -1,1 +1,7 @@
+//! The local stack and test support: serves the API Gateway routes over real HTTP on loopback,
+//! turning each request into the same API Gateway v2 event Lambda would deliver and feeding it
+//! to the same handlers (`tollgate::Server`). The gateway forwards `tools/call` in-process.
 
+pub mod carrier;
+pub mod devstack;
+pub mod http_front;

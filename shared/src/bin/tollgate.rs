@@ -1,1 +1,240 @@
-fn main() {}
+//! `tollgate`: the admin CLI. Agents, keys and scopes in the tollgate table (local or AWS).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tollgate::admin::{self, ScopeChange};
+use tollgate::store::{AgentRecord, AgentStatus, DynamoStore, KeyRecord, Store};
+
+#[derive(Parser)]
+#[command(name = "tollgate", version, about = "Administer tollgate agents, keys and scopes")]
+struct Cli {
+    /// DynamoDB table.
+    #[arg(long, env = "TOLLGATE_TABLE", default_value = "tollgate", global = true)]
+    table: String,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create the table (local stacks; on AWS the SAM template owns it).
+    Init,
+    /// Agents: programs that call tools.
+    #[command(subcommand)]
+    Agents(AgentsCmd),
+    /// Bearer keys of an agent.
+    #[command(subcommand)]
+    Keys(KeysCmd),
+    /// An agent's scopes.
+    #[command(subcommand)]
+    Scopes(ScopesCmd),
+}
+
+#[derive(Subcommand)]
+enum AgentsCmd {
+    /// Create an agent.
+    Create {
+        /// Agent id (a-z, 0-9, '.', '_', '-').
+        agent_id: String,
+        /// What the agent is, for operators.
+        #[arg(long, default_value = "")]
+        description: String,
+        /// Scopes to grant (repeatable).
+        #[arg(long = "scope")]
+        scopes: Vec<String>,
+    },
+    /// List agents.
+    List,
+    /// Show an agent and its keys.
+    Show {
+        /// Agent id.
+        agent_id: String,
+    },
+    /// Disable an agent: every key is refused permanently until enabled.
+    Disable {
+        /// Agent id.
+        agent_id: String,
+    },
+    /// Enable a disabled agent.
+    Enable {
+        /// Agent id.
+        agent_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeysCmd {
+    /// Create a key; the token is printed once and never stored.
+    Create {
+        /// Agent id.
+        agent_id: String,
+        /// Expire after this long (e.g. 90d, 12h).
+        #[arg(long)]
+        expires_in: Option<String>,
+    },
+    /// List an agent's keys.
+    List {
+        /// Agent id.
+        agent_id: String,
+    },
+    /// Revoke a key by id.
+    Revoke {
+        /// Key id, as listed.
+        key_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ScopesCmd {
+    /// Grant scopes.
+    Add {
+        /// Agent id.
+        agent_id: String,
+        /// Scopes.
+        #[arg(required = true)]
+        scopes: Vec<String>,
+    },
+    /// Withdraw scopes.
+    Remove {
+        /// Agent id.
+        agent_id: String,
+        /// Scopes.
+        #[arg(required = true)]
+        scopes: Vec<String>,
+    },
+    /// Replace all scopes.
+    Set {
+        /// Agent id.
+        agent_id: String,
+        /// Scopes (none to clear).
+        scopes: Vec<String>,
+    },
+}
+
+fn agent_json(a: &AgentRecord) -> serde_json::Value {
+    json!({"agent_id": a.agent_id, "description": a.description, "status": a.status,
+           "scopes": a.scopes, "created_at_ms": a.created_at_ms})
+}
+
+fn key_json(k: &KeyRecord) -> serde_json::Value {
+    json!({"key_id": k.key_id, "agent_id": k.agent_id, "status": k.status,
+           "created_at_ms": k.created_at_ms, "expires_at_ms": k.expires_at_ms})
+}
+
+fn print_agent(a: &AgentRecord) {
+    let scopes: Vec<&str> = a.scopes.iter().map(String::as_str).collect();
+    println!("{}\t{}\t{}\t{}", a.agent_id, a.status.as_str(), scopes.join(" "), a.description);
+}
+
+fn print_key(k: &KeyRecord) {
+    let expiry = k.expires_at_ms.map_or_else(|| "never".to_owned(), |e| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e)).to_string()
+    });
+    println!("{}\t{}\t{}\texpires {}", k.key_id, k.agent_id, k.status.as_str(), expiry);
+}
+
+async fn run(cli: Cli) -> Result<(), admin::AdminError> {
+    let sdk = aws_config::load_from_env().await;
+    let store = DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), cli.table.clone());
+    let out = |v: serde_json::Value| println!("{v}");
+    match cli.command {
+        Command::Init => {
+            let created = store.create_table().await?;
+            if cli.json {
+                out(json!({"table": cli.table, "created": created}));
+            } else if created {
+                println!("created table {}", cli.table);
+            } else {
+                println!("table {} already exists", cli.table);
+            }
+        }
+        Command::Agents(AgentsCmd::Create { agent_id, description, scopes }) => {
+            let a = admin::create_agent(&store, &agent_id, &description, &scopes).await?;
+            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+        }
+        Command::Agents(AgentsCmd::List) => {
+            let agents = store.list_agents().await.map_err(admin::AdminError::from)?;
+            if cli.json {
+                out(json!(agents.iter().map(agent_json).collect::<Vec<_>>()));
+            } else {
+                agents.iter().for_each(print_agent);
+            }
+        }
+        Command::Agents(AgentsCmd::Show { agent_id }) => {
+            let (a, keys) = admin::show_agent(&store, &agent_id).await?;
+            if cli.json {
+                let mut v = agent_json(&a);
+                v["keys"] = json!(keys.iter().map(key_json).collect::<Vec<_>>());
+                out(v);
+            } else {
+                print_agent(&a);
+                keys.iter().for_each(print_key);
+            }
+        }
+        Command::Agents(AgentsCmd::Disable { agent_id }) => {
+            let a = admin::set_agent_status(&store, &agent_id, AgentStatus::Disabled).await?;
+            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+        }
+        Command::Agents(AgentsCmd::Enable { agent_id }) => {
+            let a = admin::set_agent_status(&store, &agent_id, AgentStatus::Active).await?;
+            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+        }
+        Command::Keys(KeysCmd::Create { agent_id, expires_in }) => {
+            let ttl = expires_in.as_deref().map(admin::parse_ttl).transpose()?;
+            let created = admin::create_key(&store, &agent_id, ttl).await?;
+            if cli.json {
+                let mut v = key_json(&created.record);
+                v["token"] = json!(created.token);
+                out(v);
+            } else {
+                print_key(&created.record);
+                println!("token (shown once, store it now): {}", created.token);
+            }
+        }
+        Command::Keys(KeysCmd::List { agent_id }) => {
+            let (_, keys) = admin::show_agent(&store, &agent_id).await?;
+            if cli.json {
+                out(json!(keys.iter().map(key_json).collect::<Vec<_>>()));
+            } else {
+                keys.iter().for_each(print_key);
+            }
+        }
+        Command::Keys(KeysCmd::Revoke { key_id }) => {
+            let k = admin::revoke_key(&store, &key_id).await?;
+            if cli.json { out(key_json(&k)) } else { print_key(&k) }
+        }
+        Command::Scopes(cmd) => {
+            let (agent_id, change, scopes) = match cmd {
+                ScopesCmd::Add { agent_id, scopes } => (agent_id, ScopeChange::Add, scopes),
+                ScopesCmd::Remove { agent_id, scopes } => (agent_id, ScopeChange::Remove, scopes),
+                ScopesCmd::Set { agent_id, scopes } => (agent_id, ScopeChange::Set, scopes),
+            };
+            let a = admin::change_scopes(&store, &agent_id, change, &scopes).await?;
+            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! `make dev`: tables, demo data, the demo agent and its token, the carrier API, and every
+//! route of the API on loopback. Configuration comes from the environment (README table);
+//! `tests/stack/dev.sh` supplies local defaults and a DynamoDB-protocol server.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use aws_sdk_dynamodb::types::AttributeValue;
+use tollgate::audit::StdoutSink;
+use tollgate::lambda::{build_clients, build_server};
+use tollgate::server::Dispatch;
+use tollgate::store::{DynamoStore, Store as _};
+use tollgate::{Catalog, Config, admin};
+
+use crate::http_front::{Routes, app};
+
+/// The demo agent `make dev` seeds.
+pub const DEMO_AGENT: &str = "demo-agent";
+
+/// Demo customers: (customer id, email, name, tier, status).
+pub const DEMO_CUSTOMERS: &[(&str, &str, &str, &str, &str)] = &[
+    ("C-1001", "ada@example.com", "Ada Lovelace", "premium", "active"),
+    ("C-1002", "grace@example.com", "Grace Hopper", "enterprise", "active"),
+    ("C-1003", "linus@example.com", "Linus Pauling", "standard", "suspended"),
+];
+
+/// Every server of the local stack, sharing one set of clients.
+pub fn routes(catalog: &Catalog, clients: Arc<tollgate::tool::Clients>, timeout: Duration) -> anyhow::Result<Routes> {
+    let mut tools = HashMap::new();
+    for t in catalog.iter() {
+        let name = t.spec().name;
+        let own = catalog.only(name).context("tool vanished from catalog")?;
+        let server = build_server(own, Dispatch::Local, clients.clone(), Arc::new(StdoutSink), name);
+        tools.insert(name.to_owned(), Arc::new(server));
+    }
+    let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
+    let gateway = build_server(
+        catalog.clone(),
+        Dispatch::Forward(Arc::new(invoker)),
+        clients,
+        Arc::new(StdoutSink),
+        "gateway",
+    );
+    Ok(Routes {
+        gateway: Arc::new(gateway),
+        tools,
+        timeout,
+    })
+}
+
+/// Creates the app table the example tools use (idempotent).
+pub async fn create_app_table(db: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
+    let key = |n: &str, k| KeySchemaElement::builder().attribute_name(n).key_type(k).build();
+    let result = db
+        .create_table()
+        .table_name(table)
+        .billing_mode(BillingMode::PayPerRequest)
+        .attribute_definitions(attr("pk")?)
+        .attribute_definitions(attr("sk")?)
+        .key_schema(key("pk", KeyType::Hash)?)
+        .key_schema(key("sk", KeyType::Range)?)
+        .send()
+        .await;
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
+        Err(e) => Err(anyhow::anyhow!("create table {table}: {}", e.code().unwrap_or("error"))),
+    }
+}
+
+/// Writes the demo customers.
+pub async fn seed_customers(db: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
+    for (id, email, name, tier, status) in DEMO_CUSTOMERS {
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        for (pk, sk) in [(format!("EMAIL#{email}"), "CUSTOMER"), (format!("CUSTOMER#{id}"), "PROFILE")] {
+            db.put_item()
+                .table_name(table)
+                .item("pk", AttributeValue::S(pk))
+                .item("sk", s(sk))
+                .item("customer_id", s(id))
+                .item("name", s(name))
+                .item("tier", s(tier))
+                .item("status", s(status))
+                .send()
+                .await
+                .context("seed customer")?;
+        }
+    }
+    Ok(())
+}
+
+/// Ensures the demo agent exists with every tool's scope and mints it a fresh key.
+pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::Result<String> {
+    let scopes: Vec<String> = catalog.scopes().into_iter().map(str::to_owned).collect();
+    match store.get_agent(DEMO_AGENT).await? {
+        None => {
+            admin::create_agent(store, DEMO_AGENT, "Demo agent seeded by make dev", &scopes).await?;
+        }
+        Some(_) => {
+            admin::change_scopes(store, DEMO_AGENT, admin::ScopeChange::Add, &scopes).await?;
+        }
+    }
+    Ok(admin::create_key(store, DEMO_AGENT, None).await?.token)
+}
+
+/// Runs the local stack until interrupted.
+pub async fn run() -> anyhow::Result<()> {
+    tollgate::lambda::init_logging();
+    let port: u16 = std::env::var("PORT").ok().map_or(Ok(9000), |p| p.parse()).context("PORT")?;
+    let config = Arc::new(Config::from_env()?);
+    let sdk = aws_config::load_from_env().await;
+    let clients = Arc::new(build_clients(&sdk, config.clone())?);
+    let catalog = gateway::catalog()?;
+
+    let store = DynamoStore::new(clients.dynamodb.clone(), config.table.clone());
+    store.create_table().await.context("create the tollgate table (is the DynamoDB endpoint up?)")?;
+    let app_table = std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
+    create_app_table(&clients.dynamodb, &app_table).await?;
+    seed_customers(&clients.dynamodb, &app_table).await?;
+    let token = seed_demo_agent(&store, &catalog).await?;
+    let token_path = std::path::Path::new("target/dev/demo-token");
+    std::fs::create_dir_all("target/dev")?;
+    std::fs::write(token_path, format!("{token}\n"))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(token_path, std::fs::Permissions::from_mode(0o600))?;
+    }
+
+    if let Some(addr) = carrier_addr() {
+        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("bind carrier API on {addr}"))?;
+        tokio::spawn(async move { axum::serve(listener, crate::carrier::app()).await });
+    }
+
+    let timeout = Duration::from_millis(
+        std::env::var("TOLLGATE_DEV_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(29_000),
+    );
+    let routes = routes(&catalog, clients, timeout)?;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .with_context(|| format!("bind 127.0.0.1:{port} (set PORT to use another)"))?;
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    eprintln!(
+        "\ntollgate local stack ready on {url}\n\
+         tools: {}\n\
+         demo agent token (also in target/dev/demo-token):\n  {token}\n\
+         try it with the official MCP Python SDK:\n  \
+         .venv/bin/python tests/stack/mcp_client.py --url {url} --token \"$(cat target/dev/demo-token)\" list\n  \
+         .venv/bin/python tests/stack/mcp_client.py --url {url} --token \"$(cat target/dev/demo-token)\" call lookup_customer '{{\"email\":\"ada@example.com\"}}'\n",
+        catalog.iter().map(|t| t.spec().name).collect::<Vec<_>>().join(", ")
+    );
+    axum::serve(listener, app(routes))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}
+
+/// The carrier API's address when `TRACK_SHIPMENT_API_URL` points at loopback and
+/// `TOLLGATE_DEV_CARRIER` is not `0`.
+fn carrier_addr() -> Option<String> {
+    if std::env::var("TOLLGATE_DEV_CARRIER").is_ok_and(|v| v == "0") {
+        return None;
+    }
+    let url = std::env::var("TRACK_SHIPMENT_API_URL").ok()?;
+    let authority = url.strip_prefix("http://")?.split('/').next()?.to_owned();
+    (authority.starts_with("127.0.0.1:") || authority.starts_with("localhost:")).then_some(authority)
+}
