@@ -21,7 +21,11 @@ fn main() {
          \x20   let catalog = tollgate::Catalog::new();\n",
     );
     for t in &tools {
-        let _ = writeln!(code, "    let catalog = catalog.register({}::tool())?;", t.replace('-', "_"));
+        let _ = writeln!(
+            code,
+            "    let catalog = catalog.register({}::tool())?;",
+            t.replace('-', "_")
+        );
     }
     code.push_str("    Ok(catalog)\n}\n\n/// Tool crate names, in registration order.\npub const TOOL_CRATES: &[&str] = &[");
     for t in &tools {

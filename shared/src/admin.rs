@@ -42,7 +42,11 @@ impl From<StoreError> for AdminError {
 fn checked_scopes(scopes: &[String]) -> Result<BTreeSet<String>, AdminError> {
     scopes
         .iter()
-        .map(|s| validate_scope(s).map(|()| s.clone()).map_err(AdminError::Invalid))
+        .map(|s| {
+            validate_scope(s)
+                .map(|()| s.clone())
+                .map_err(AdminError::Invalid)
+        })
         .collect()
 }
 
@@ -148,7 +152,8 @@ pub async fn create_key(
         digest_hex: issued.digest_hex,
         status: KeyStatus::Active,
         created_at_ms: now,
-        expires_at_ms: ttl.map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+        expires_at_ms: ttl
+            .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         agent_status: agent.status,
         scopes: agent.scopes,
     };
@@ -161,7 +166,8 @@ pub async fn create_key(
 
 /// Revokes a key by its id (the part after `tg_` in the token, or as listed).
 pub async fn revoke_key(store: &dyn Store, key_id: &str) -> Result<KeyRecord, AdminError> {
-    if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) || key_id.len() > 32 {
+    if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) || key_id.len() > 32
+    {
         return Err(AdminError::Invalid(format!(
             "key id {key_id:?} is invalid: use the id shown by `keys list` (not the token)"
         )));
@@ -171,7 +177,11 @@ pub async fn revoke_key(store: &dyn Store, key_id: &str) -> Result<KeyRecord, Ad
 
 /// Parses a duration such as `30d`, `12h`, `90m` or `3600s`.
 pub fn parse_ttl(text: &str) -> Result<Duration, AdminError> {
-    let err = || AdminError::Invalid(format!("duration {text:?} is invalid: use e.g. 30d, 12h, 90m or 3600s"));
+    let err = || {
+        AdminError::Invalid(format!(
+            "duration {text:?} is invalid: use e.g. 30d, 12h, 90m or 3600s"
+        ))
+    };
     let (num, unit) = text.split_at(text.len().saturating_sub(1));
     let n: u64 = num.parse().map_err(|_| err())?;
     let secs = match unit {
@@ -195,37 +205,69 @@ mod tests {
     async fn lifecycle() {
         let store = MemoryStore::new();
         let scopes = vec!["customers:read".to_owned()];
-        create_agent(&store, "bot", "test", &scopes).await.expect("create");
-        assert!(matches!(create_agent(&store, "bot", "", &[]).await, Err(AdminError::AlreadyExists(_))));
-        let key = create_key(&store, "bot", Some(Duration::from_secs(60))).await.expect("key");
+        create_agent(&store, "bot", "test", &scopes)
+            .await
+            .expect("create");
+        assert!(matches!(
+            create_agent(&store, "bot", "", &[]).await,
+            Err(AdminError::AlreadyExists(_))
+        ));
+        let key = create_key(&store, "bot", Some(Duration::from_secs(60)))
+            .await
+            .expect("key");
         assert!(key.token.starts_with("tg_"));
         assert!(key.record.expires_at_ms.is_some());
-        let agent = change_scopes(&store, "bot", ScopeChange::Add, &["tickets:write".into()]).await.expect("add");
+        let agent = change_scopes(&store, "bot", ScopeChange::Add, &["tickets:write".into()])
+            .await
+            .expect("add");
         assert_eq!(agent.scopes.len(), 2);
         let (_, keys) = show_agent(&store, "bot").await.expect("show");
         assert_eq!(keys[0].scopes.len(), 2, "key copies follow the agent");
-        let revoked = revoke_key(&store, &key.record.key_id).await.expect("revoke");
+        let revoked = revoke_key(&store, &key.record.key_id)
+            .await
+            .expect("revoke");
         assert_eq!(revoked.status, KeyStatus::Revoked);
-        let disabled = set_agent_status(&store, "bot", AgentStatus::Disabled).await.expect("disable");
+        let disabled = set_agent_status(&store, "bot", AgentStatus::Disabled)
+            .await
+            .expect("disable");
         assert_eq!(disabled.status, AgentStatus::Disabled);
     }
 
     #[tokio::test]
     async fn bad_input_is_refused_with_a_clear_message() {
         let store = MemoryStore::new();
-        let e = create_agent(&store, "Bad Id", "", &[]).await.expect_err("id");
+        let e = create_agent(&store, "Bad Id", "", &[])
+            .await
+            .expect_err("id");
         assert!(e.to_string().contains("agent id"));
-        let e = create_agent(&store, "ok", "", &["has space".into()]).await.expect_err("scope");
+        let e = create_agent(&store, "ok", "", &["has space".into()])
+            .await
+            .expect_err("scope");
         assert!(e.to_string().contains("scope"));
-        assert!(matches!(create_key(&store, "ghost", None).await, Err(AdminError::NotFound(_))));
-        assert!(matches!(revoke_key(&store, "tg_abc_def").await, Err(AdminError::Invalid(_))));
-        assert!(matches!(revoke_key(&store, "abc").await, Err(AdminError::NotFound(_))));
-        assert!(store.list_agents().await.expect("list").is_empty(), "nothing written on bad input");
+        assert!(matches!(
+            create_key(&store, "ghost", None).await,
+            Err(AdminError::NotFound(_))
+        ));
+        assert!(matches!(
+            revoke_key(&store, "tg_abc_def").await,
+            Err(AdminError::Invalid(_))
+        ));
+        assert!(matches!(
+            revoke_key(&store, "abc").await,
+            Err(AdminError::NotFound(_))
+        ));
+        assert!(
+            store.list_agents().await.expect("list").is_empty(),
+            "nothing written on bad input"
+        );
     }
 
     #[test]
     fn ttl_parsing() {
-        assert_eq!(parse_ttl("30d").expect("d"), Duration::from_secs(30 * 86_400));
+        assert_eq!(
+            parse_ttl("30d").expect("d"),
+            Duration::from_secs(30 * 86_400)
+        );
         assert_eq!(parse_ttl("90m").expect("m"), Duration::from_secs(5_400));
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());

@@ -155,7 +155,9 @@ pub struct HashKey {
 
 impl std::fmt::Debug for HashKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("HashKey").field("version", &self.version).finish_non_exhaustive()
+        f.debug_struct("HashKey")
+            .field("version", &self.version)
+            .finish_non_exhaustive()
     }
 }
 
@@ -180,7 +182,11 @@ impl HashKey {
             Err(_) => return "hash_unavailable".to_owned(),
         };
         mac.update(canonical.as_bytes());
-        format!("hmac-sha256:{}:{}", self.version, hex::encode(mac.finalize().into_bytes()))
+        format!(
+            "hmac-sha256:{}:{}",
+            self.version,
+            hex::encode(mac.finalize().into_bytes())
+        )
     }
 }
 
@@ -211,9 +217,13 @@ pub fn redact_arguments(
     for (name, value) in fields {
         let how = tool.map_or(LogAs::Summarised, |t| t.log_as(name));
         // Unknown field names may themselves carry data: only declared names are kept.
-        let declared = tool.is_some_and(|t| t.descriptor().input_schema.get("properties")
-            .and_then(|p| p.as_object())
-            .is_some_and(|p| p.contains_key(name)));
+        let declared = tool.is_some_and(|t| {
+            t.descriptor()
+                .input_schema
+                .get("properties")
+                .and_then(|p| p.as_object())
+                .is_some_and(|p| p.contains_key(name))
+        });
         if !declared {
             continue;
         }

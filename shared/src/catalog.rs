@@ -86,7 +86,12 @@ fn masked_serde_error(e: &serde_json::Error) -> String {
     // keep only the classification and position.
     let text = e.to_string();
     match text.find('`') {
-        Some(i) => format!("{} (line {}, column {})", text[..i].trim_end(), e.line(), e.column()),
+        Some(i) => format!(
+            "{} (line {}, column {})",
+            text[..i].trim_end(),
+            e.line(),
+            e.column()
+        ),
         None => text,
     }
 }
@@ -102,7 +107,9 @@ pub struct RegisteredTool {
 
 impl std::fmt::Debug for RegisteredTool {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RegisteredTool").field("name", &self.spec.name).finish_non_exhaustive()
+        f.debug_struct("RegisteredTool")
+            .field("name", &self.spec.name)
+            .finish_non_exhaustive()
     }
 }
 
@@ -113,7 +120,9 @@ impl RegisteredTool {
         let name = spec.name;
         if name.is_empty()
             || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
         {
             return Err(CatalogError::InvalidName(name.to_owned()));
         }
@@ -178,7 +187,10 @@ impl RegisteredTool {
 
     /// How `field` may be logged.
     pub fn log_as(&self, field: &str) -> LogAs {
-        self.log_plan.get(field).copied().unwrap_or(LogAs::Summarised)
+        self.log_plan
+            .get(field)
+            .copied()
+            .unwrap_or(LogAs::Summarised)
     }
 
     /// Validates arguments against the input schema. On failure, returns a message for the
@@ -190,7 +202,11 @@ impl RegisteredTool {
             .take(5)
             .map(|e| {
                 let path = e.instance_path().to_string();
-                let place = if path.is_empty() { "arguments".to_owned() } else { format!("`{path}`") };
+                let place = if path.is_empty() {
+                    "arguments".to_owned()
+                } else {
+                    format!("`{path}`")
+                };
                 format!("{place}: {}", e.masked_with("the value"))
             })
             .collect();

@@ -64,13 +64,13 @@ impl Config {
             });
         }
         let resource_url = lookup("TOLLGATE_RESOURCE_URL").filter(|s| !s.is_empty());
-        if let Some(url) = &resource_url {
-            if !(url.starts_with("https://") || url.starts_with("http://")) {
-                return Err(ConfigError::Invalid {
-                    name: "TOLLGATE_RESOURCE_URL",
-                    reason: "must be an absolute http(s) URL".to_owned(),
-                });
-            }
+        if let Some(url) = &resource_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_RESOURCE_URL",
+                reason: "must be an absolute http(s) URL".to_owned(),
+            });
         }
         Ok(Self {
             table: lookup("TOLLGATE_TABLE").unwrap_or_else(|| "tollgate".to_owned()),
@@ -120,8 +120,10 @@ mod tests {
     use std::collections::HashMap;
 
     fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
-        let map: HashMap<String, String> =
-            pairs.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
+        let map: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
         Config::from_lookup(|k| map.get(k).cloned())
     }
 
@@ -147,9 +149,15 @@ mod tests {
 
     #[test]
     fn origins_are_split_and_normalised() {
-        let c = cfg(&[("TOLLGATE_ALLOWED_ORIGINS", "https://a.example/, http://localhost:5173")])
-            .expect("origins");
-        assert_eq!(c.allowed_origins, vec!["https://a.example", "http://localhost:5173"]);
+        let c = cfg(&[(
+            "TOLLGATE_ALLOWED_ORIGINS",
+            "https://a.example/, http://localhost:5173",
+        )])
+        .expect("origins");
+        assert_eq!(
+            c.allowed_origins,
+            vec!["https://a.example", "http://localhost:5173"]
+        );
     }
 
     #[test]

@@ -132,7 +132,9 @@ impl Rejection {
     fn retry_hint(&self) -> &'static str {
         match self {
             Self::Auth(a) if a.is_permanent() => "never",
-            Self::Auth(AuthError::StoreUnavailable) | Self::Unavailable { .. } => "after_retry_after",
+            Self::Auth(AuthError::StoreUnavailable) | Self::Unavailable { .. } => {
+                "after_retry_after"
+            }
             Self::Auth(_) => "with_new_credentials",
             Self::InsufficientScope { .. } => "after_scope_granted",
             Self::Internal => "later",
@@ -142,7 +144,10 @@ impl Rejection {
 
     fn code_and_message(&self) -> (i32, String) {
         match self {
-            Self::MethodNotAllowed => (codes::INVALID_REQUEST, "Method not allowed: use POST".into()),
+            Self::MethodNotAllowed => (
+                codes::INVALID_REQUEST,
+                "Method not allowed: use POST".into(),
+            ),
             Self::ForbiddenOrigin => (codes::FORBIDDEN_ORIGIN, "Origin not allowed".into()),
             Self::UnsupportedMediaType => (
                 codes::INVALID_REQUEST,
@@ -156,7 +161,9 @@ impl Rejection {
                 codes::INVALID_REQUEST,
                 format!("Request body too large: the limit is {limit} bytes"),
             ),
-            Self::Parse(ParseError::NotJson) => (codes::PARSE_ERROR, ParseError::NotJson.to_string()),
+            Self::Parse(ParseError::NotJson) => {
+                (codes::PARSE_ERROR, ParseError::NotJson.to_string())
+            }
             Self::Parse(e) => (codes::INVALID_REQUEST, e.to_string()),
             Self::InvalidParams(m) => (codes::INVALID_PARAMS, format!("Invalid params: {m}")),
             Self::HeaderMismatch(m) => (codes::HEADER_MISMATCH, format!("Header mismatch: {m}")),
@@ -174,8 +181,13 @@ impl Rejection {
                 codes::UNAVAILABLE,
                 "Temporarily unavailable: retry after the Retry-After delay".into(),
             ),
-            Self::Auth(AuthError::Missing) => (codes::UNAUTHENTICATED, "Authentication required".into()),
-            Self::Auth(_) => (codes::UNAUTHENTICATED, "Invalid or expired credentials".into()),
+            Self::Auth(AuthError::Missing) => {
+                (codes::UNAUTHENTICATED, "Authentication required".into())
+            }
+            Self::Auth(_) => (
+                codes::UNAUTHENTICATED,
+                "Invalid or expired credentials".into(),
+            ),
             Self::InsufficientScope { scope } => (
                 codes::INSUFFICIENT_SCOPE,
                 format!("Insufficient scope: this tool requires scope {scope}"),
@@ -185,7 +197,11 @@ impl Rejection {
     }
 
     /// The HTTP response, echoing `id` when it is known.
-    pub fn into_response(self, id: Option<&RequestId>, resource_metadata: Option<&str>) -> Response {
+    pub fn into_response(
+        self,
+        id: Option<&RequestId>,
+        resource_metadata: Option<&str>,
+    ) -> Response {
         let (code, message) = self.code_and_message();
         let mut data = json!({"reason": self.reason(), "retry": self.retry_hint()});
         match &self {
@@ -250,17 +266,26 @@ mod tests {
 
     #[test]
     fn invalid_token_challenge() {
-        let r = Rejection::Auth(AuthError::UnknownToken)
-            .into_response(None, Some("https://x.example/.well-known/oauth-protected-resource/mcp"));
+        let r = Rejection::Auth(AuthError::UnknownToken).into_response(
+            None,
+            Some("https://x.example/.well-known/oauth-protected-resource/mcp"),
+        );
         assert_eq!(r.status, 401);
-        let h = r.headers.get(WWW_AUTHENTICATE).and_then(|v| v.to_str().ok()).expect("header");
+        let h = r
+            .headers
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .expect("header");
         assert!(h.contains("error=\"invalid_token\""));
         assert!(h.contains("resource_metadata=\"https://x.example/"));
     }
 
     #[test]
     fn unsupported_version_lists_supported() {
-        let r = Rejection::UnsupportedVersion { requested: "v9".into() }.into_response(None, None);
+        let r = Rejection::UnsupportedVersion {
+            requested: "v9".into(),
+        }
+        .into_response(None, None);
         let body = r.body_json().expect("json");
         assert_eq!(body["error"]["code"], -32022);
         assert_eq!(body["error"]["data"]["requested"], "v9");

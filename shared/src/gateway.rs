@@ -119,7 +119,8 @@ impl Invoker for InProcessInvoker {
             .get(tool)
             .ok_or_else(|| InvokeError::UnknownTool(tool.to_owned()))?;
         // Round-trip through JSON, as a real Invoke would, so both paths see the same bytes.
-        let json = serde_json::to_value(event).map_err(|e| InvokeError::Transport(e.to_string()))?;
+        let json =
+            serde_json::to_value(event).map_err(|e| InvokeError::Transport(e.to_string()))?;
         let event: ApiGatewayV2httpRequest =
             serde_json::from_value(json).map_err(|e| InvokeError::Transport(e.to_string()))?;
         let resp = server.handle(event, invocation.forwarded()).await;

@@ -92,7 +92,10 @@ impl Response {
             http::header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        headers.insert(http::header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
         Self {
             status,
             headers,
@@ -119,7 +122,9 @@ impl Response {
 
     /// The parsed JSON body, for tests and the gateway's forward.
     pub fn body_json(&self) -> Option<serde_json::Value> {
-        self.body.as_deref().and_then(|b| serde_json::from_str(b).ok())
+        self.body
+            .as_deref()
+            .and_then(|b| serde_json::from_str(b).ok())
     }
 
     /// Into the API Gateway v2 response shape.
@@ -177,7 +182,7 @@ pub fn event_from_parts<'h>(
     }
     let (body, is_base64) = match body {
         None => (serde_json::Value::Null, false),
-        Some(bytes) if bytes.is_empty() => (serde_json::Value::Null, false),
+        Some([]) => (serde_json::Value::Null, false),
         Some(bytes) => match std::str::from_utf8(bytes) {
             Ok(text) => (serde_json::Value::String(text.to_owned()), false),
             Err(_) => (

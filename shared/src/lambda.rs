@@ -28,7 +28,9 @@ pub fn run_tool<T: Tool>(make: impl FnOnce() -> T) -> Exit {
 
 /// Serves the aggregating gateway (`POST /mcp`): lists every tool in `catalog`, forwards calls
 /// to `TOLLGATE_FUNCTION_PREFIX` + tool name by Lambda `Invoke`.
-pub fn run_gateway(catalog: impl FnOnce() -> Result<Catalog, crate::catalog::CatalogError>) -> Exit {
+pub fn run_gateway(
+    catalog: impl FnOnce() -> Result<Catalog, crate::catalog::CatalogError>,
+) -> Exit {
     run(move |sdk| {
         let prefix = std::env::var("TOLLGATE_FUNCTION_PREFIX")
             .map_err(|_| "TOLLGATE_FUNCTION_PREFIX must be set for the gateway")?;
@@ -41,7 +43,9 @@ type Setup = Result<(Catalog, Option<Dispatch>), lambda_runtime::Error>;
 
 fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
     init_logging();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async move {
         let config = Arc::new(Config::from_env()?);
         let sdk = aws_config::load_from_env().await;
@@ -49,14 +53,22 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
         let clients = Arc::new(build_clients(&sdk, config.clone())?);
         let function = config.function_name.clone();
         let dispatch = dispatch.unwrap_or(Dispatch::Local);
-        let server = Arc::new(build_server(catalog, dispatch, clients, Arc::new(StdoutSink), &function));
-        lambda_runtime::run(service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
-            let server = server.clone();
-            async move {
-                let inv = invocation_of(&event.context);
-                Ok::<_, lambda_runtime::Error>(server.handle(event.payload, inv).await)
-            }
-        }))
+        let server = Arc::new(build_server(
+            catalog,
+            dispatch,
+            clients,
+            Arc::new(StdoutSink),
+            &function,
+        ));
+        lambda_runtime::run(service_fn(
+            move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+                let server = server.clone();
+                async move {
+                    let inv = invocation_of(&event.context);
+                    Ok::<_, lambda_runtime::Error>(server.handle(event.payload, inv).await)
+                }
+            },
+        ))
         .await
     })
 }
@@ -85,7 +97,10 @@ pub fn build_server(
     audit: Arc<dyn AuditSink>,
     function: &str,
 ) -> Server {
-    let store = Arc::new(DynamoStore::new(clients.dynamodb.clone(), clients.config.table.clone()));
+    let store = Arc::new(DynamoStore::new(
+        clients.dynamodb.clone(),
+        clients.config.table.clone(),
+    ));
     let auth = Authenticator::new(store, clients.config.key_cache_ttl);
     let identity = ServerIdentity {
         function: function.to_owned(),

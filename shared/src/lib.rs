@@ -25,9 +25,7 @@ pub use auth::{AuthMethod, Principal};
 pub use catalog::Catalog;
 pub use config::Config;
 pub use server::{Invocation, Server};
-pub use tool::{
-    Annotations, DefaultBudget, Json, LogAs, Tool, ToolContext, ToolError, ToolSpec,
-};
+pub use tool::{Annotations, DefaultBudget, Json, LogAs, Tool, ToolContext, ToolError, ToolSpec};
 
 /// Re-exports tool crates need, so every tool builds against the same versions.
 pub mod deps {

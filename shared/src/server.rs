@@ -172,7 +172,9 @@ impl Server {
             return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
         }
         if rpc.method == "tools/call" {
-            return self.tools_call(&req, event, &rpc, &negotiated, inv, started).await;
+            return self
+                .tools_call(&req, event, &rpc, &negotiated, inv, started)
+                .await;
         }
         let principal = match self.auth.authenticate(&req).await {
             Ok(p) => p,
@@ -197,8 +199,10 @@ impl Server {
             match era {
                 Era::Modern => {
                     obj.insert("resultType".to_owned(), json!("complete"));
-                    if let Some(meta) =
-                        obj.entry("_meta").or_insert_with(|| json!({})).as_object_mut()
+                    if let Some(meta) = obj
+                        .entry("_meta")
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
                     {
                         meta.insert(
                             META_SERVER_INFO.to_owned(),
@@ -352,15 +356,27 @@ impl Server {
             ),
             Ok(Ok(Err(ToolError::System(err)))) => {
                 tracing::error!(error = %err, tool = tool.spec().name, request_id = %inv.request_id, "tool system error");
-                (CallStatus::SystemError, Some("tool_error"), self.system_error_result(inv))
+                (
+                    CallStatus::SystemError,
+                    Some("tool_error"),
+                    self.system_error_result(inv),
+                )
             }
             Ok(Err(_panic)) => {
                 tracing::error!(tool = tool.spec().name, request_id = %inv.request_id, "tool panicked");
-                (CallStatus::SystemError, Some("tool_panic"), self.system_error_result(inv))
+                (
+                    CallStatus::SystemError,
+                    Some("tool_panic"),
+                    self.system_error_result(inv),
+                )
             }
             Err(_elapsed) => {
                 tracing::error!(tool = tool.spec().name, request_id = %inv.request_id, "tool timed out");
-                (CallStatus::SystemError, Some("deadline_exceeded"), self.system_error_result(inv))
+                (
+                    CallStatus::SystemError,
+                    Some("deadline_exceeded"),
+                    self.system_error_result(inv),
+                )
             }
         };
         self.write_audit(&facts, status, reason);
@@ -376,14 +392,19 @@ impl Server {
     }
 
     fn call_result(&self, id: &RequestId, result: &CallToolResult, era: Era) -> Response {
-        let value = serde_json::to_value(result).unwrap_or_else(|_| json!({"content": [], "isError": true}));
+        let value = serde_json::to_value(result)
+            .unwrap_or_else(|_| json!({"content": [], "isError": true}));
         self.ok(id, value, era)
     }
 
     fn write_audit(&self, facts: &CallFacts<'_>, status: CallStatus, reason: Option<&str>) {
         let record = AuditRecord {
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            level: if status == CallStatus::SystemError { "ERROR" } else { "INFO" },
+            level: if status == CallStatus::SystemError {
+                "ERROR"
+            } else {
+                "INFO"
+            },
             kind: "audit",
             service: self.config.service.clone(),
             function: self.identity.function.clone(),

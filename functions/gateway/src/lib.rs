@@ -18,7 +18,10 @@ mod tests {
             .collect();
         folders.sort();
         let crates: Vec<&str> = super::TOOL_CRATES.to_vec();
-        assert_eq!(folders, crates, "every tool folder needs its line in gateway/Cargo.toml");
+        assert_eq!(
+            folders, crates,
+            "every tool folder needs its line in gateway/Cargo.toml"
+        );
         assert_eq!(catalog.len(), folders.len());
     }
 }

@@ -1,1 +1,3 @@
-fn main() -> tollgate::lambda::Exit { tollgate::lambda::run_gateway(gateway::catalog) }
+fn main() -> tollgate::lambda::Exit {
+    tollgate::lambda::run_gateway(gateway::catalog)
+}

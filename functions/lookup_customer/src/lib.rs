@@ -44,6 +44,15 @@ pub fn tool() -> LookupCustomer {
     }
 }
 
+impl LookupCustomer {
+    /// The tool reading and writing the app table `table`.
+    pub fn with_table(table: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+        }
+    }
+}
+
 impl Tool for LookupCustomer {
     type Input = LookupCustomerInput;
     type Output = Json<Customer>;
@@ -66,7 +75,11 @@ impl Tool for LookupCustomer {
         }
     }
 
-    async fn call(&self, ctx: ToolContext, input: LookupCustomerInput) -> Result<Json<Customer>, ToolError> {
+    async fn call(
+        &self,
+        ctx: ToolContext,
+        input: LookupCustomerInput,
+    ) -> Result<Json<Customer>, ToolError> {
         let email = input.email.trim().to_lowercase();
         let item = ctx
             .clients
@@ -108,18 +121,35 @@ mod tests {
     #[test]
     fn schema_requires_a_valid_email() {
         let t = RegisteredTool::new(tool()).expect("registers");
-        assert!(t.validate(&serde_json::json!({"email": "ada@example.com"})).is_ok());
-        let err = t.validate(&serde_json::json!({"email": "not-an-email"})).expect_err("format");
+        assert!(
+            t.validate(&serde_json::json!({"email": "ada@example.com"}))
+                .is_ok()
+        );
+        let err = t
+            .validate(&serde_json::json!({"email": "not-an-email"}))
+            .expect_err("format");
         assert!(err.contains("/email"), "{err}");
-        assert!(!err.contains("not-an-email"), "values are never echoed: {err}");
+        assert!(
+            !err.contains("not-an-email"),
+            "values are never echoed: {err}"
+        );
         assert!(t.validate(&serde_json::json!({})).is_err());
-        assert!(t.validate(&serde_json::json!({"email": "a@b.c", "x": 1})).is_err());
+        assert!(
+            t.validate(&serde_json::json!({"email": "a@b.c", "x": 1}))
+                .is_err()
+        );
     }
 
     #[test]
     fn email_is_hashed_in_logs() {
         let t = RegisteredTool::new(tool()).expect("registers");
         assert_eq!(t.log_as("email"), LogAs::Hashed);
-        assert_eq!(t.descriptor().annotations.as_ref().and_then(|a| a.read_only_hint), Some(true));
+        assert_eq!(
+            t.descriptor()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.read_only_hint),
+            Some(true)
+        );
     }
 }

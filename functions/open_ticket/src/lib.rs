@@ -83,6 +83,15 @@ fn ticket_id(agent_id: &str, idempotency_key: Option<&str>) -> String {
     }
 }
 
+impl OpenTicket {
+    /// The tool reading and writing the app table `table`.
+    pub fn with_table(table: impl Into<String>) -> Self {
+        Self {
+            table: table.into(),
+        }
+    }
+}
+
 impl Tool for OpenTicket {
     type Input = OpenTicketInput;
     type Output = Json<Ticket>;
@@ -112,12 +121,19 @@ impl Tool for OpenTicket {
         }
     }
 
-    async fn call(&self, ctx: ToolContext, input: OpenTicketInput) -> Result<Json<Ticket>, ToolError> {
+    async fn call(
+        &self,
+        ctx: ToolContext,
+        input: OpenTicketInput,
+    ) -> Result<Json<Ticket>, ToolError> {
         let db = &ctx.clients.dynamodb;
         let customer = db
             .get_item()
             .table_name(&self.table)
-            .key("pk", AttributeValue::S(format!("CUSTOMER#{}", input.customer_id)))
+            .key(
+                "pk",
+                AttributeValue::S(format!("CUSTOMER#{}", input.customer_id)),
+            )
             .key("sk", AttributeValue::S("PROFILE".to_owned()))
             .projection_expression("customer_id, #st")
             .expression_attribute_names("#st", "status")
@@ -131,7 +147,12 @@ impl Tool for OpenTicket {
                  use the customer_id it returns.",
             ));
         };
-        if customer.get("status").and_then(|v| v.as_s().ok()).map(String::as_str) == Some("suspended") {
+        if customer
+            .get("status")
+            .and_then(|v| v.as_s().ok())
+            .map(String::as_str)
+            == Some("suspended")
+        {
             return Err(ToolError::business(
                 "This customer's account is suspended; tickets for suspended accounts go \
                  through the billing team, not this tool.",
@@ -153,7 +174,10 @@ impl Tool for OpenTicket {
             .item("description", AttributeValue::S(input.description))
             .item("priority", AttributeValue::S(priority))
             .item("status", AttributeValue::S("open".to_owned()))
-            .item("opened_by", AttributeValue::S(ctx.principal.agent_id.clone()))
+            .item(
+                "opened_by",
+                AttributeValue::S(ctx.principal.agent_id.clone()),
+            )
             .item("request_id", AttributeValue::S(ctx.request_id.clone()))
             .condition_expression("attribute_not_exists(pk)")
             .send()
@@ -179,8 +203,14 @@ mod tests {
 
     #[test]
     fn idempotency_key_gives_a_stable_id_per_agent() {
-        assert_eq!(ticket_id("a", Some("k-12345678")), ticket_id("a", Some("k-12345678")));
-        assert_ne!(ticket_id("a", Some("k-12345678")), ticket_id("b", Some("k-12345678")));
+        assert_eq!(
+            ticket_id("a", Some("k-12345678")),
+            ticket_id("a", Some("k-12345678"))
+        );
+        assert_ne!(
+            ticket_id("a", Some("k-12345678")),
+            ticket_id("b", Some("k-12345678"))
+        );
         assert_ne!(ticket_id("a", None), ticket_id("a", None));
     }
 
@@ -191,8 +221,20 @@ mod tests {
         assert!(t.validate(&ok).is_ok());
         let bad = serde_json::json!({"customer_id": "1", "subject": "x", "description": "", "priority": "asap"});
         let err = t.validate(&bad).expect_err("invalid");
-        assert!(err.contains("/customer_id") && err.contains("/priority"), "{err}");
-        assert_eq!(t.descriptor().annotations.as_ref().and_then(|a| a.destructive_hint), Some(true));
-        assert!(t.spec().budget.per_minute <= 10, "an expensive tool keeps a low default budget");
+        assert!(
+            err.contains("/customer_id") && err.contains("/priority"),
+            "{err}"
+        );
+        assert_eq!(
+            t.descriptor()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.destructive_hint),
+            Some(true)
+        );
+        assert!(
+            t.spec().budget.per_minute <= 10,
+            "an expensive tool keeps a low default budget"
+        );
     }
 }

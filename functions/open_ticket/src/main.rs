@@ -1,1 +1,3 @@
-fn main() -> tollgate::lambda::Exit { tollgate::lambda::run_tool(open_ticket::tool) }
+fn main() -> tollgate::lambda::Exit {
+    tollgate::lambda::run_tool(open_ticket::tool)
+}

@@ -47,6 +47,15 @@ pub fn tool() -> TrackShipment {
     }
 }
 
+impl TrackShipment {
+    /// The tool calling the carrier API at `base_url`.
+    pub fn with_base_url(base_url: impl Into<String>) -> Self {
+        Self {
+            base_url: Some(base_url.into().trim_end_matches('/').to_owned()),
+        }
+    }
+}
+
 /// Longest wait for the carrier API, whatever the deadline.
 const DOWNSTREAM_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -72,7 +81,11 @@ impl Tool for TrackShipment {
         }
     }
 
-    async fn call(&self, ctx: ToolContext, input: TrackShipmentInput) -> Result<Json<Shipment>, ToolError> {
+    async fn call(
+        &self,
+        ctx: ToolContext,
+        input: TrackShipmentInput,
+    ) -> Result<Json<Shipment>, ToolError> {
         let base = self
             .base_url
             .as_deref()
@@ -97,7 +110,9 @@ impl Tool for TrackShipment {
                 "The carrier has no shipment with that tracking number. Check it against the \
                  order confirmation; new labels can take a few hours to appear.",
             )),
-            status => Err(ToolError::system(format!("carrier API answered HTTP {status}"))),
+            status => Err(ToolError::system(format!(
+                "carrier API answered HTTP {status}"
+            ))),
         }
     }
 }
@@ -110,9 +125,21 @@ mod tests {
     #[test]
     fn schema_and_declarations() {
         let t = RegisteredTool::new(tool()).expect("registers");
-        assert!(t.validate(&serde_json::json!({"tracking_number": "1Z999AA10123456784"})).is_ok());
-        assert!(t.validate(&serde_json::json!({"tracking_number": "short"})).is_err());
+        assert!(
+            t.validate(&serde_json::json!({"tracking_number": "1Z999AA10123456784"}))
+                .is_ok()
+        );
+        assert!(
+            t.validate(&serde_json::json!({"tracking_number": "short"}))
+                .is_err()
+        );
         assert!(t.descriptor().output_schema.is_some());
-        assert_eq!(t.descriptor().annotations.as_ref().and_then(|a| a.open_world_hint), Some(true));
+        assert_eq!(
+            t.descriptor()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.open_world_hint),
+            Some(true)
+        );
     }
 }

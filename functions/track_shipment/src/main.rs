@@ -1,1 +1,3 @@
-fn main() -> tollgate::lambda::Exit { tollgate::lambda::run_tool(track_shipment::tool) }
+fn main() -> tollgate::lambda::Exit {
+    tollgate::lambda::run_tool(track_shipment::tool)
+}

@@ -190,7 +190,10 @@ impl Authenticator {
             tracing::warn!(error = %e, "key lookup failed");
             AuthError::StoreUnavailable
         })?;
-        let mut cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if cache.len() >= MAX_CACHE_ENTRIES {
             let ttl = self.ttl;
             cache.retain(|_, c| c.fetched.elapsed() < ttl);
@@ -209,7 +212,10 @@ impl Authenticator {
     }
 
     fn cached(&self, key_id: &str) -> Option<Option<KeyRecord>> {
-        let cache = self.cache.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let cache = self
+            .cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         cache
             .get(key_id)
             .filter(|c| c.fetched.elapsed() < self.ttl)

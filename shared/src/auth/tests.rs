@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::http::event_from_parts;
-use crate::store::{AgentRecord, MemoryStore, Store as _};
+use crate::store::{AgentRecord, MemoryStore};
 
 async fn seeded() -> (Arc<MemoryStore>, String, String) {
     let store = Arc::new(MemoryStore::new());
@@ -47,7 +47,9 @@ async fn run(a: &Authenticator, auth: Option<&str>) -> Result<Principal, AuthErr
 async fn valid_key_yields_principal_with_scopes() {
     let (store, token, key_id) = seeded().await;
     let a = Authenticator::new(store, Duration::from_secs(30));
-    let p = run(&a, Some(&format!("Bearer {token}"))).await.expect("principal");
+    let p = run(&a, Some(&format!("Bearer {token}")))
+        .await
+        .expect("principal");
     assert_eq!(p.agent_id, "bot");
     assert_eq!(p.credential_id, key_id);
     assert_eq!(p.method, AuthMethod::ApiKey);
@@ -70,13 +72,22 @@ async fn missing_malformed_and_unknown_are_distinct() {
     assert_eq!(run(&a, Some("Basic abc")).await, Err(AuthError::Malformed));
     assert_eq!(run(&a, Some("Bearer")).await, Err(AuthError::Malformed));
     assert_eq!(run(&a, Some("Bearer a b")).await, Err(AuthError::Malformed));
-    assert_eq!(run(&a, Some("Bearer nope")).await, Err(AuthError::UnknownToken));
+    assert_eq!(
+        run(&a, Some("Bearer nope")).await,
+        Err(AuthError::UnknownToken)
+    );
     // Right key id, wrong secret: the digest comparison refuses it.
     let mut forged = token.clone();
     forged.replace_range(token.len() - 4.., "AAAA");
-    assert_eq!(run(&a, Some(&format!("Bearer {forged}"))).await, Err(AuthError::UnknownToken));
+    assert_eq!(
+        run(&a, Some(&format!("Bearer {forged}"))).await,
+        Err(AuthError::UnknownToken)
+    );
     let unknown = keys::issue().token;
-    assert_eq!(run(&a, Some(&format!("Bearer {unknown}"))).await, Err(AuthError::UnknownToken));
+    assert_eq!(
+        run(&a, Some(&format!("Bearer {unknown}"))).await,
+        Err(AuthError::UnknownToken)
+    );
     let huge = format!("Bearer {}", "a".repeat(MAX_AUTHORIZATION_LEN));
     assert_eq!(run(&a, Some(&huge)).await, Err(AuthError::Malformed));
 }
@@ -106,7 +117,10 @@ async fn disabled_agent_and_expired_key() {
     agent.status = AgentStatus::Disabled;
     store.update_agent(&agent).await.expect("disable");
     let a = Authenticator::new(store.clone(), Duration::from_secs(30));
-    assert_eq!(run(&a, Some(&format!("Bearer {token}"))).await, Err(AuthError::AgentDisabled));
+    assert_eq!(
+        run(&a, Some(&format!("Bearer {token}"))).await,
+        Err(AuthError::AgentDisabled)
+    );
 
     let k = keys::issue();
     agent.status = AgentStatus::Active;
@@ -124,7 +138,9 @@ async fn disabled_agent_and_expired_key() {
         })
         .await
         .expect("key");
-    let err = run(&a, Some(&format!("Bearer {}", k.token))).await.expect_err("expired");
+    let err = run(&a, Some(&format!("Bearer {}", k.token)))
+        .await
+        .expect_err("expired");
     assert_eq!(err, AuthError::Expired);
     assert!(!err.is_permanent());
 }

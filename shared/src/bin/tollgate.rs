@@ -8,10 +8,19 @@ use tollgate::admin::{self, ScopeChange};
 use tollgate::store::{AgentRecord, AgentStatus, DynamoStore, KeyRecord, Store};
 
 #[derive(Parser)]
-#[command(name = "tollgate", version, about = "Administer tollgate agents, keys and scopes")]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Administer tollgate agents, keys and scopes"
+)]
 struct Cli {
     /// DynamoDB table.
-    #[arg(long, env = "TOLLGATE_TABLE", default_value = "tollgate", global = true)]
+    #[arg(
+        long,
+        env = "TOLLGATE_TABLE",
+        default_value = "tollgate",
+        global = true
+    )]
     table: String,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
@@ -128,14 +137,32 @@ fn key_json(k: &KeyRecord) -> serde_json::Value {
 
 fn print_agent(a: &AgentRecord) {
     let scopes: Vec<&str> = a.scopes.iter().map(String::as_str).collect();
-    println!("{}\t{}\t{}\t{}", a.agent_id, a.status.as_str(), scopes.join(" "), a.description);
+    println!(
+        "{}\t{}\t{}\t{}",
+        a.agent_id,
+        a.status.as_str(),
+        scopes.join(" "),
+        a.description
+    );
 }
 
 fn print_key(k: &KeyRecord) {
-    let expiry = k.expires_at_ms.map_or_else(|| "never".to_owned(), |e| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(e)).to_string()
-    });
-    println!("{}\t{}\t{}\texpires {}", k.key_id, k.agent_id, k.status.as_str(), expiry);
+    let expiry = k.expires_at_ms.map_or_else(
+        || "never".to_owned(),
+        |e| {
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(e),
+            )
+            .to_string()
+        },
+    );
+    println!(
+        "{}\t{}\t{}\texpires {}",
+        k.key_id,
+        k.agent_id,
+        k.status.as_str(),
+        expiry
+    );
 }
 
 async fn run(cli: Cli) -> Result<(), admin::AdminError> {
@@ -153,9 +180,17 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
                 println!("table {} already exists", cli.table);
             }
         }
-        Command::Agents(AgentsCmd::Create { agent_id, description, scopes }) => {
+        Command::Agents(AgentsCmd::Create {
+            agent_id,
+            description,
+            scopes,
+        }) => {
             let a = admin::create_agent(&store, &agent_id, &description, &scopes).await?;
-            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+            if cli.json {
+                out(agent_json(&a))
+            } else {
+                print_agent(&a)
+            }
         }
         Command::Agents(AgentsCmd::List) => {
             let agents = store.list_agents().await.map_err(admin::AdminError::from)?;
@@ -178,13 +213,24 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
         }
         Command::Agents(AgentsCmd::Disable { agent_id }) => {
             let a = admin::set_agent_status(&store, &agent_id, AgentStatus::Disabled).await?;
-            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+            if cli.json {
+                out(agent_json(&a))
+            } else {
+                print_agent(&a)
+            }
         }
         Command::Agents(AgentsCmd::Enable { agent_id }) => {
             let a = admin::set_agent_status(&store, &agent_id, AgentStatus::Active).await?;
-            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+            if cli.json {
+                out(agent_json(&a))
+            } else {
+                print_agent(&a)
+            }
         }
-        Command::Keys(KeysCmd::Create { agent_id, expires_in }) => {
+        Command::Keys(KeysCmd::Create {
+            agent_id,
+            expires_in,
+        }) => {
             let ttl = expires_in.as_deref().map(admin::parse_ttl).transpose()?;
             let created = admin::create_key(&store, &agent_id, ttl).await?;
             if cli.json {
@@ -206,7 +252,11 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
         }
         Command::Keys(KeysCmd::Revoke { key_id }) => {
             let k = admin::revoke_key(&store, &key_id).await?;
-            if cli.json { out(key_json(&k)) } else { print_key(&k) }
+            if cli.json {
+                out(key_json(&k))
+            } else {
+                print_key(&k)
+            }
         }
         Command::Scopes(cmd) => {
             let (agent_id, change, scopes) = match cmd {
@@ -215,7 +265,11 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
                 ScopesCmd::Set { agent_id, scopes } => (agent_id, ScopeChange::Set, scopes),
             };
             let a = admin::change_scopes(&store, &agent_id, change, &scopes).await?;
-            if cli.json { out(agent_json(&a)) } else { print_agent(&a) }
+            if cli.json {
+                out(agent_json(&a))
+            } else {
+                print_agent(&a)
+            }
         }
     }
     Ok(())
@@ -223,7 +277,10 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start runtime: {e}");

@@ -75,7 +75,10 @@ pub fn parse(body: &[u8]) -> Result<Message, (ParseError, Option<RequestId>)> {
         Some(Value::String(s)) => Some(RequestId::String(s.clone())),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Some(RequestId::Number(n.clone())),
         Some(_) => {
-            return Err((ParseError::Invalid("id must be a string or an integer"), None));
+            return Err((
+                ParseError::Invalid("id must be a string or an integer"),
+                None,
+            ));
         }
     };
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
@@ -142,14 +145,20 @@ mod tests {
         let Ok(Message::Request(r)) = parse(br#"{"jsonrpc":"2.0","id":"7","method":"x"}"#) else {
             panic!("request expected");
         };
-        assert_eq!(result_body(&r.id, Value::Null)["id"], Value::String("7".into()));
+        assert_eq!(
+            result_body(&r.id, Value::Null)["id"],
+            Value::String("7".into())
+        );
     }
 
     #[test]
     fn errors() {
         assert_eq!(parse(b"{nope").expect_err("json").0, ParseError::NotJson);
         assert_eq!(parse(b"[]").expect_err("batch").0, ParseError::Batch);
-        assert!(matches!(parse(b"3").expect_err("scalar").0, ParseError::Invalid(_)));
+        assert!(matches!(
+            parse(b"3").expect_err("scalar").0,
+            ParseError::Invalid(_)
+        ));
         let (e, id) = parse(br#"{"jsonrpc":"1.0","id":5,"method":"x"}"#).expect_err("version");
         assert!(matches!(e, ParseError::Invalid(_)));
         assert_eq!(id, Some(RequestId::Number(5.into())));

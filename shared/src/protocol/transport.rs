@@ -17,10 +17,10 @@ pub fn check(req: &Request<'_>, config: &Config) -> Result<(), Rejection> {
     if !media_type_is(content_type, "application/json") {
         return Err(Rejection::UnsupportedMediaType);
     }
-    if let Some(accept) = req.header("accept") {
-        if !accepts_json(accept) {
-            return Err(Rejection::NotAcceptable);
-        }
+    if let Some(accept) = req.header("accept")
+        && !accepts_json(accept)
+    {
+        return Err(Rejection::NotAcceptable);
     }
     if req.body_len_hint() > config.max_body_bytes {
         return Err(Rejection::PayloadTooLarge {
@@ -36,12 +36,11 @@ pub fn check_origin(req: &Request<'_>, config: &Config) -> Result<(), Rejection>
     let host = req.header("host");
     let resource_host = config.resource_url.as_deref().and_then(authority_of);
     let local_deployment = resource_host.is_none_or(is_loopback_authority);
-    if local_deployment {
-        if let Some(h) = host {
-            if !is_loopback_authority(h) {
-                return Err(Rejection::ForbiddenOrigin);
-            }
-        }
+    if local_deployment
+        && let Some(h) = host
+        && !is_loopback_authority(h)
+    {
+        return Err(Rejection::ForbiddenOrigin);
     }
     let Some(origin) = req.header("origin") else {
         return Ok(());
@@ -50,18 +49,18 @@ pub fn check_origin(req: &Request<'_>, config: &Config) -> Result<(), Rejection>
     if config.allowed_origins.iter().any(|o| o == origin) {
         return Ok(());
     }
-    if let Some(url) = &config.resource_url {
-        if origin_of(url).is_some_and(|o| o.eq_ignore_ascii_case(origin)) {
-            return Ok(());
-        }
+    if let Some(url) = &config.resource_url
+        && origin_of(url).is_some_and(|o| o.eq_ignore_ascii_case(origin))
+    {
+        return Ok(());
     }
     // A loopback server accepts its own loopback origin (same host and port as the request).
-    if local_deployment {
-        if let (Some(h), Some(o)) = (host, authority_of(origin)) {
-            if is_loopback_authority(o) && o.eq_ignore_ascii_case(h) {
-                return Ok(());
-            }
-        }
+    if local_deployment
+        && let (Some(h), Some(o)) = (host, authority_of(origin))
+        && is_loopback_authority(o)
+        && o.eq_ignore_ascii_case(h)
+    {
+        return Ok(());
     }
     Err(Rejection::ForbiddenOrigin)
 }
@@ -103,7 +102,9 @@ fn is_loopback_authority(authority: &str) -> bool {
     };
     host.eq_ignore_ascii_case("localhost")
         || host == "::1"
-        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || host
+            .parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 #[cfg(test)]
@@ -119,7 +120,14 @@ mod tests {
     }
 
     fn check_with(method: &str, headers: &[(&str, &str)], c: &Config) -> Result<(), Rejection> {
-        let ev = event_from_parts(method, "/mcp", headers.iter().copied(), Some(b"{}"), "r", "127.0.0.1");
+        let ev = event_from_parts(
+            method,
+            "/mcp",
+            headers.iter().copied(),
+            Some(b"{}"),
+            "r",
+            "127.0.0.1",
+        );
         check(&Request::new(&ev), c)
     }
 
@@ -128,18 +136,36 @@ mod tests {
     #[test]
     fn only_post() {
         let c = config(None, &[]);
-        assert_eq!(check_with("GET", &[JSON], &c), Err(Rejection::MethodNotAllowed));
-        assert_eq!(check_with("DELETE", &[JSON], &c), Err(Rejection::MethodNotAllowed));
+        assert_eq!(
+            check_with("GET", &[JSON], &c),
+            Err(Rejection::MethodNotAllowed)
+        );
+        assert_eq!(
+            check_with("DELETE", &[JSON], &c),
+            Err(Rejection::MethodNotAllowed)
+        );
         assert_eq!(check_with("POST", &[JSON], &c), Ok(()));
     }
 
     #[test]
     fn origin_rules() {
-        let c = config(Some("https://mcp.example.com/mcp"), &["https://app.example.com"]);
-        let ok = |o: &str| check_with("POST", &[JSON, ("origin", o), ("host", "mcp.example.com")], &c);
+        let c = config(
+            Some("https://mcp.example.com/mcp"),
+            &["https://app.example.com"],
+        );
+        let ok = |o: &str| {
+            check_with(
+                "POST",
+                &[JSON, ("origin", o), ("host", "mcp.example.com")],
+                &c,
+            )
+        };
         assert_eq!(ok("https://mcp.example.com"), Ok(()));
         assert_eq!(ok("https://app.example.com"), Ok(()));
-        assert_eq!(ok("https://evil.example.com"), Err(Rejection::ForbiddenOrigin));
+        assert_eq!(
+            ok("https://evil.example.com"),
+            Err(Rejection::ForbiddenOrigin)
+        );
         assert_eq!(ok("null"), Err(Rejection::ForbiddenOrigin));
     }
 
@@ -151,19 +177,51 @@ mod tests {
         };
         assert_eq!(h("127.0.0.1:9000", "http://127.0.0.1:9000"), Ok(()));
         assert_eq!(h("localhost:9100", "http://localhost:9100"), Ok(()));
-        assert_eq!(h("evil.example.com", "http://evil.example.com"), Err(Rejection::ForbiddenOrigin));
-        assert_eq!(h("127.0.0.1:9000", "http://evil.example.com"), Err(Rejection::ForbiddenOrigin));
-        assert_eq!(check_with("POST", &[JSON, ("host", "evil.example.com")], &c), Err(Rejection::ForbiddenOrigin));
+        assert_eq!(
+            h("evil.example.com", "http://evil.example.com"),
+            Err(Rejection::ForbiddenOrigin)
+        );
+        assert_eq!(
+            h("127.0.0.1:9000", "http://evil.example.com"),
+            Err(Rejection::ForbiddenOrigin)
+        );
+        assert_eq!(
+            check_with("POST", &[JSON, ("host", "evil.example.com")], &c),
+            Err(Rejection::ForbiddenOrigin)
+        );
     }
 
     #[test]
     fn content_type_and_accept() {
         let c = config(None, &[]);
-        assert_eq!(check_with("POST", &[], &c), Err(Rejection::UnsupportedMediaType));
-        assert_eq!(check_with("POST", &[("content-type", "text/plain")], &c), Err(Rejection::UnsupportedMediaType));
-        assert_eq!(check_with("POST", &[("content-type", "application/json; charset=utf-8")], &c), Ok(()));
-        assert_eq!(check_with("POST", &[JSON, ("accept", "text/html")], &c), Err(Rejection::NotAcceptable));
-        assert_eq!(check_with("POST", &[JSON, ("accept", "application/json, text/event-stream")], &c), Ok(()));
+        assert_eq!(
+            check_with("POST", &[], &c),
+            Err(Rejection::UnsupportedMediaType)
+        );
+        assert_eq!(
+            check_with("POST", &[("content-type", "text/plain")], &c),
+            Err(Rejection::UnsupportedMediaType)
+        );
+        assert_eq!(
+            check_with(
+                "POST",
+                &[("content-type", "application/json; charset=utf-8")],
+                &c
+            ),
+            Ok(())
+        );
+        assert_eq!(
+            check_with("POST", &[JSON, ("accept", "text/html")], &c),
+            Err(Rejection::NotAcceptable)
+        );
+        assert_eq!(
+            check_with(
+                "POST",
+                &[JSON, ("accept", "application/json, text/event-stream")],
+                &c
+            ),
+            Ok(())
+        );
         assert_eq!(check_with("POST", &[JSON, ("accept", "*/*")], &c), Ok(()));
     }
 
@@ -171,6 +229,9 @@ mod tests {
     fn body_limit() {
         let mut c = config(None, &[]);
         c.max_body_bytes = 1;
-        assert_eq!(check_with("POST", &[JSON], &c), Err(Rejection::PayloadTooLarge { limit: 1 }));
+        assert_eq!(
+            check_with("POST", &[JSON], &c),
+            Err(Rejection::PayloadTooLarge { limit: 1 })
+        );
     }
 }

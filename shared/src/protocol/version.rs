@@ -68,7 +68,11 @@ pub fn negotiate(req: &Request<'_>, rpc: &RpcRequest) -> Result<Negotiated, Reje
         }
     };
     match header {
-        None => return Err(Rejection::HeaderMismatch("MCP-Protocol-Version header is required".into())),
+        None => {
+            return Err(Rejection::HeaderMismatch(
+                "MCP-Protocol-Version header is required".into(),
+            ));
+        }
         Some(h) if h != meta_version => {
             return Err(Rejection::HeaderMismatch(
                 "MCP-Protocol-Version header does not match params._meta protocol version".into(),
@@ -85,7 +89,10 @@ pub fn negotiate(req: &Request<'_>, rpc: &RpcRequest) -> Result<Negotiated, Reje
         // A legacy version that also sent `_meta`: legacy semantics.
         return negotiate_legacy(Some(meta_version), rpc);
     }
-    if !meta.and_then(|m| m.get(META_CLIENT_CAPABILITIES)).is_some_and(Value::is_object) {
+    if !meta
+        .and_then(|m| m.get(META_CLIENT_CAPABILITIES))
+        .is_some_and(Value::is_object)
+    {
         return Err(Rejection::InvalidParams(format!(
             "params._meta must carry \"{META_CLIENT_CAPABILITIES}\" (an object; {{}} for none)"
         )));
@@ -128,7 +135,11 @@ fn negotiate_legacy(header: Option<&str>, rpc: &RpcRequest) -> Result<Negotiated
 /// `params.name` (after trimming and decoding the `=?base64?…?=` form).
 fn check_standard_headers(req: &Request<'_>, rpc: &RpcRequest) -> Result<(), Rejection> {
     match req.header("mcp-method").map(str::trim) {
-        None => return Err(Rejection::HeaderMismatch("Mcp-Method header is required".into())),
+        None => {
+            return Err(Rejection::HeaderMismatch(
+                "Mcp-Method header is required".into(),
+            ));
+        }
         Some(m) if m != rpc.method => {
             return Err(Rejection::HeaderMismatch(
                 "Mcp-Method header does not match the body's method".into(),
@@ -154,7 +165,10 @@ fn check_standard_headers(req: &Request<'_>, rpc: &RpcRequest) -> Result<(), Rej
 
 /// Decodes a header value that may use the `=?base64?<b64>?=` form.
 pub fn decode_header_value(value: &str) -> Option<String> {
-    match value.strip_prefix("=?base64?").and_then(|v| v.strip_suffix("?=")) {
+    match value
+        .strip_prefix("=?base64?")
+        .and_then(|v| v.strip_suffix("?="))
+    {
         Some(b64) => base64::engine::general_purpose::STANDARD
             .decode(b64)
             .ok()
@@ -170,7 +184,14 @@ mod tests {
     use crate::protocol::jsonrpc::{Message, parse};
 
     fn run(headers: &[(&str, &str)], body: &str) -> Result<Negotiated, Rejection> {
-        let ev = event_from_parts("POST", "/mcp", headers.iter().copied(), Some(body.as_bytes()), "r", "127.0.0.1");
+        let ev = event_from_parts(
+            "POST",
+            "/mcp",
+            headers.iter().copied(),
+            Some(body.as_bytes()),
+            "r",
+            "127.0.0.1",
+        );
         let Ok(Message::Request(rpc)) = parse(body.as_bytes()) else {
             panic!("test body must be a request");
         };
@@ -190,55 +211,116 @@ mod tests {
     #[test]
     fn legacy_header_rules() {
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
-        assert_eq!(run(&[("mcp-protocol-version", "2025-11-25")], body).expect("ok").version, "2025-11-25");
+        assert_eq!(
+            run(&[("mcp-protocol-version", "2025-11-25")], body)
+                .expect("ok")
+                .version,
+            "2025-11-25"
+        );
         assert_eq!(run(&[], body).expect("ok").version, ASSUMED_WITHOUT_HEADER);
         assert_eq!(
             run(&[("mcp-protocol-version", "2024-01-01")], body),
-            Err(Rejection::UnsupportedVersion { requested: "2024-01-01".into() })
+            Err(Rejection::UnsupportedVersion {
+                requested: "2024-01-01".into()
+            })
         );
     }
 
     #[test]
     fn modern_happy_path() {
-        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t",{META}}}}}"#);
-        let h = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", " t ")];
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t",{META}}}}}"#
+        );
+        let h = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", " t "),
+        ];
         assert_eq!(run(&h, &body).expect("ok").era, Era::Modern);
-        let h = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call"), ("mcp-name", "=?base64?dA==?=")];
+        let h = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+            ("mcp-name", "=?base64?dA==?="),
+        ];
         assert!(run(&h, &body).is_ok());
     }
 
     #[test]
     fn modern_rejections_in_spec_order() {
-        let tl = |meta: &str| format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{{meta}}}}}"#);
-        let std = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/list")];
+        let tl = |meta: &str| {
+            format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{{meta}}}}}"#)
+        };
+        let std = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ];
         // Header present, _meta absent: invalid params.
-        assert!(matches!(run(&std, &tl(r#""x":1"#)), Err(Rejection::InvalidParams(_))));
+        assert!(matches!(
+            run(&std, &tl(r#""x":1"#)),
+            Err(Rejection::InvalidParams(_))
+        ));
         // _meta without capabilities: invalid params.
         assert!(matches!(
-            run(&std, &tl(r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#)),
+            run(
+                &std,
+                &tl(r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}"#)
+            ),
             Err(Rejection::InvalidParams(_))
         ));
         // _meta version differs from header: header mismatch, even when unsupported.
-        let v999 = tl(r#""_meta":{"io.modelcontextprotocol/protocolVersion":"v999.0.0","io.modelcontextprotocol/clientCapabilities":{}}"#);
-        assert!(matches!(run(&std, &v999), Err(Rejection::HeaderMismatch(_))));
+        let v999 = tl(
+            r#""_meta":{"io.modelcontextprotocol/protocolVersion":"v999.0.0","io.modelcontextprotocol/clientCapabilities":{}}"#,
+        );
+        assert!(matches!(
+            run(&std, &v999),
+            Err(Rejection::HeaderMismatch(_))
+        ));
         // Both say v999: unsupported version.
         assert_eq!(
-            run(&[("mcp-protocol-version", "v999.0.0"), ("mcp-method", "tools/list")], &v999),
-            Err(Rejection::UnsupportedVersion { requested: "v999.0.0".into() })
+            run(
+                &[
+                    ("mcp-protocol-version", "v999.0.0"),
+                    ("mcp-method", "tools/list")
+                ],
+                &v999
+            ),
+            Err(Rejection::UnsupportedVersion {
+                requested: "v999.0.0".into()
+            })
         );
         // Missing header with modern _meta.
-        assert!(matches!(run(&[("mcp-method", "tools/list")], &tl(META)), Err(Rejection::HeaderMismatch(_))));
+        assert!(matches!(
+            run(&[("mcp-method", "tools/list")], &tl(META)),
+            Err(Rejection::HeaderMismatch(_))
+        ));
         // Method header missing, wrong, or wrong case.
-        assert!(matches!(run(&std[..1], &tl(META)), Err(Rejection::HeaderMismatch(_))));
-        let wrong = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "TOOLS/LIST")];
-        assert!(matches!(run(&wrong, &tl(META)), Err(Rejection::HeaderMismatch(_))));
+        assert!(matches!(
+            run(&std[..1], &tl(META)),
+            Err(Rejection::HeaderMismatch(_))
+        ));
+        let wrong = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "TOOLS/LIST"),
+        ];
+        assert!(matches!(
+            run(&wrong, &tl(META)),
+            Err(Rejection::HeaderMismatch(_))
+        ));
     }
 
     #[test]
     fn mcp_name_rules() {
-        let body = format!(r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t",{META}}}}}"#);
-        let base = [("mcp-protocol-version", "2026-07-28"), ("mcp-method", "tools/call")];
-        assert!(matches!(run(&base, &body), Err(Rejection::HeaderMismatch(_))));
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"t",{META}}}}}"#
+        );
+        let base = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/call"),
+        ];
+        assert!(matches!(
+            run(&base, &body),
+            Err(Rejection::HeaderMismatch(_))
+        ));
         let mut h = base.to_vec();
         h.push(("mcp-name", "other"));
         assert!(matches!(run(&h, &body), Err(Rejection::HeaderMismatch(_))));

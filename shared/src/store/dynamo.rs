@@ -64,7 +64,11 @@ impl DynamoStore {
             .index_name("gsi1")
             .key_schema(key("gsi1pk", KeyType::Hash)?)
             .key_schema(key("gsi1sk", KeyType::Range)?)
-            .projection(Projection::builder().projection_type(ProjectionType::All).build())
+            .projection(
+                Projection::builder()
+                    .projection_type(ProjectionType::All)
+                    .build(),
+            )
             .build()
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let created = self
@@ -321,16 +325,18 @@ impl Store for DynamoStore {
                 keys.len()
             )));
         }
-        let mut items = vec![TransactWriteItem::builder()
-            .put(
-                Put::builder()
-                    .table_name(&self.table)
-                    .set_item(Some(agent_to_item(agent)))
-                    .condition_expression("attribute_exists(pk)")
-                    .build()
-                    .map_err(build_err)?,
-            )
-            .build()];
+        let mut items = vec![
+            TransactWriteItem::builder()
+                .put(
+                    Put::builder()
+                        .table_name(&self.table)
+                        .set_item(Some(agent_to_item(agent)))
+                        .condition_expression("attribute_exists(pk)")
+                        .build()
+                        .map_err(build_err)?,
+                )
+                .build(),
+        ];
         for key in &keys {
             items.push(
                 TransactWriteItem::builder()

@@ -40,7 +40,10 @@ impl Store for MemoryStore {
     async fn create_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
         let mut agents = lock(&self.agents);
         if agents.contains_key(&agent.agent_id) {
-            return Err(StoreError::AlreadyExists(format!("agent {}", agent.agent_id)));
+            return Err(StoreError::AlreadyExists(format!(
+                "agent {}",
+                agent.agent_id
+            )));
         }
         agents.insert(agent.agent_id.clone(), agent.clone());
         Ok(())
@@ -60,7 +63,10 @@ impl Store for MemoryStore {
             .get_mut(&agent.agent_id)
             .ok_or_else(|| StoreError::NotFound(format!("agent {}", agent.agent_id)))?;
         *slot = agent.clone();
-        for key in lock(&self.keys).values_mut().filter(|k| k.agent_id == agent.agent_id) {
+        for key in lock(&self.keys)
+            .values_mut()
+            .filter(|k| k.agent_id == agent.agent_id)
+        {
             key.agent_status = agent.status;
             key.scopes = agent.scopes.clone();
         }
@@ -80,7 +86,11 @@ impl Store for MemoryStore {
     }
 
     async fn list_keys(&self, agent_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
-        Ok(lock(&self.keys).values().filter(|k| k.agent_id == agent_id).cloned().collect())
+        Ok(lock(&self.keys)
+            .values()
+            .filter(|k| k.agent_id == agent_id)
+            .cloned()
+            .collect())
     }
 
     async fn revoke_key(&self, key_id: &str) -> Result<KeyRecord, StoreError> {

@@ -187,7 +187,9 @@ pub fn validate_scope(scope: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!("scope {scope:?} is invalid: use visible ASCII without spaces, '\"' or '\\'"))
+        Err(format!(
+            "scope {scope:?} is invalid: use visible ASCII without spaces, '\"' or '\\'"
+        ))
     }
 }
 
