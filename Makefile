@@ -9,19 +9,36 @@ PORT ?= 9000
 CARGO ?= cargo
 TOOLS := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard functions/*/Cargo.toml)))
 
-.PHONY: help dev test test-unit test-fixtures test-e2e test-conformance invoke build deploy destroy validate bench lint fmt clean
+.PHONY: help dev build-debug bench invoke test test-unit test-fixtures test-e2e test-conformance invoke build deploy destroy validate bench lint fmt clean
 
 help: ## this list
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 dev: $(VENV)/.stamp ## local stack on http://127.0.0.1:$(PORT)/mcp (DynamoDB server, demo agent, token)
 	$(CARGO) build --bin tollgate-dev --bin tollgate
 	PORT=$(PORT) tests/stack/dev.sh
 
-test: lint test-unit test-e2e test-conformance ## everything CI runs
+test: tools lint test-unit test-e2e test-conformance ## everything CI runs
 
-test-unit: ## unit, property and fixture tests (cargo)
+build-debug:
+	$(CARGO) build --workspace --bins
+
+test-unit: $(VENV)/.stamp ## unit, property and fixture tests (cargo; fixtures use a real DynamoDB-protocol server)
 	$(CARGO) test --workspace --all-targets
+
+test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the official MCP Python SDK
+	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
+
+test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
+	tests/conformance/run.sh
+
+bench: $(VENV)/.stamp ## cold init and tools/call latency (release build); figures go in README
+	$(CARGO) build --release --bin lookup_customer
+	$(CARGO) bench -p tollgate-tests --bench stack
+
+invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json
+	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>.json" >&2; exit 2; }
+	tests/stack/invoke.sh "$(FN)" "$(EVENT)"
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check

@@ -63,6 +63,7 @@ pub async fn create_agent(
         description: description.to_owned(),
         status: AgentStatus::Active,
         scopes: checked_scopes(scopes)?,
+        budget: crate::store::AgentBudget::default(),
         created_at_ms: now_ms(),
     };
     store.create_agent(&agent).await?;
@@ -156,6 +157,7 @@ pub async fn create_key(
             .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
         agent_status: agent.status,
         scopes: agent.scopes,
+        budget: agent.budget,
     };
     store.create_key(&record).await?;
     Ok(CreatedKey {
@@ -272,5 +274,180 @@ mod tests {
         assert!(parse_ttl("0s").is_err());
         assert!(parse_ttl("soon").is_err());
         assert!(parse_ttl("").is_err());
+    }
+}
+
+/// Budget operations of the admin CLI (`tollgate budgets ...`).
+pub mod budgets {
+    use super::{AdminError, existing_agent};
+    use crate::budget::buckets::BucketStore;
+    use crate::budget::gcra::{Rate, status};
+    use crate::budget::{AgentDefaults, PolicyName};
+    use crate::store::{AgentRecord, Store, ToolPolicy, now_ms};
+
+    fn positive(v: Option<u32>, what: &str) -> Result<Option<u32>, AdminError> {
+        match v {
+            Some(0) => Err(AdminError::Invalid(format!(
+                "{what} must be at least 1 (to stop an agent, use `agents disable`)"
+            ))),
+            other => Ok(other),
+        }
+    }
+
+    fn valid_tool(tool: &str) -> Result<(), AdminError> {
+        let ok = !tool.is_empty()
+            && tool.len() <= 64
+            && tool
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if ok {
+            Ok(())
+        } else {
+            Err(AdminError::Invalid(format!(
+                "tool name {tool:?} is invalid"
+            )))
+        }
+    }
+
+    /// Sets an agent's per-minute / per-day budgets and per-tool caps (`None` leaves a value
+    /// alone; a cap of `Some(None)` removes it).
+    pub async fn set_agent(
+        store: &dyn Store,
+        agent_id: &str,
+        per_minute: Option<u32>,
+        per_day: Option<u32>,
+        tool_cap: Option<(&str, Option<u32>)>,
+    ) -> Result<AgentRecord, AdminError> {
+        let per_minute = positive(per_minute, "--per-minute")?;
+        let per_day = positive(per_day, "--per-day")?;
+        if let Some((tool, cap)) = tool_cap {
+            valid_tool(tool)?;
+            positive(cap, "--tool-per-minute")?;
+        }
+        let mut agent = existing_agent(store, agent_id).await?;
+        if per_minute.is_some() {
+            agent.budget.per_minute = per_minute;
+        }
+        if per_day.is_some() {
+            agent.budget.per_day = per_day;
+        }
+        match tool_cap {
+            Some((tool, Some(cap))) => {
+                agent.budget.tools.insert(tool.to_owned(), cap);
+            }
+            Some((tool, None)) => {
+                agent.budget.tools.remove(tool);
+            }
+            None => {}
+        }
+        store.update_agent(&agent).await?;
+        Ok(agent)
+    }
+
+    /// Sets or clears a tool's budget override.
+    pub async fn set_tool(
+        store: &dyn Store,
+        tool: &str,
+        policy: Option<ToolPolicy>,
+    ) -> Result<(), AdminError> {
+        valid_tool(tool)?;
+        if let Some(p) = policy {
+            if p.per_minute == 0 || p.burst == 0 || p.shards == 0 {
+                return Err(AdminError::Invalid(
+                    "--per-minute, --burst and --shards must be at least 1".into(),
+                ));
+            }
+            if p.shards > 64 {
+                return Err(AdminError::Invalid("--shards must be at most 64".into()));
+            }
+        }
+        Ok(store.put_tool_policy(tool, policy).await?)
+    }
+
+    /// One bucket's state: `(policy, limit, window_s, remaining now, ms until full)`.
+    pub type BucketStatus = (PolicyName, u64, u64, u64, u64);
+
+    /// What is left of an agent's budgets right now.
+    pub async fn agent_status(
+        store: &dyn Store,
+        buckets: &dyn BucketStore,
+        agent_id: &str,
+        defaults: AgentDefaults,
+    ) -> Result<Vec<BucketStatus>, AdminError> {
+        let agent = existing_agent(store, agent_id).await?;
+        let per_minute = u64::from(agent.budget.per_minute.unwrap_or(defaults.per_minute));
+        let per_day = u64::from(agent.budget.per_day.unwrap_or(defaults.per_day));
+        let mut plan = vec![
+            (
+                format!("agent#{agent_id}#minute"),
+                PolicyName::AgentPerMinute,
+                per_minute,
+                60u64,
+            ),
+            (
+                format!("agent#{agent_id}#day"),
+                PolicyName::AgentPerDay,
+                per_day,
+                86_400,
+            ),
+        ];
+        for (tool, cap) in &agent.budget.tools {
+            plan.push((
+                format!("agent#{agent_id}#tool#{tool}"),
+                PolicyName::AgentTool,
+                u64::from(*cap),
+                60,
+            ));
+        }
+        let now = now_ms();
+        let mut out = Vec::new();
+        for (key, policy, limit, window_s) in plan {
+            let Some(rate) = Rate::per_window(limit, window_s * 1000, limit) else {
+                continue;
+            };
+            let (remaining, until_full) = status(buckets.peek(&key).await?, now, rate);
+            out.push((policy, limit, window_s, remaining, until_full));
+        }
+        Ok(out)
+    }
+
+    /// What is left of a tool's budget right now (summed over shards).
+    pub async fn tool_status(
+        store: &dyn Store,
+        buckets: &dyn BucketStore,
+        tool: &str,
+        default: Option<ToolPolicy>,
+    ) -> Result<Option<BucketStatus>, AdminError> {
+        valid_tool(tool)?;
+        let Some(policy) = store.get_tool_policy(tool).await?.or(default) else {
+            return Ok(None);
+        };
+        let Some(rate) = Rate::per_window(
+            u64::from(policy.per_minute),
+            60_000,
+            u64::from(policy.burst),
+        ) else {
+            return Ok(None);
+        };
+        let shards = u64::from(policy.shards.max(1));
+        let shard_rate = rate.sharded(shards);
+        let now = now_ms();
+        let (mut remaining, mut until_full) = (0, 0);
+        for shard in 0..shards {
+            let (r, u) = status(
+                buckets.peek(&format!("tool#{tool}#{shard}")).await?,
+                now,
+                shard_rate,
+            );
+            remaining += r;
+            until_full = until_full.max(u);
+        }
+        Ok(Some((
+            PolicyName::Tool,
+            u64::from(policy.per_minute),
+            60,
+            remaining,
+            until_full,
+        )))
     }
 }

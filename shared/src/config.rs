@@ -25,6 +25,15 @@ pub struct Config {
     pub service: String,
     /// Time kept back from the Lambda deadline for writing the response and audit record.
     pub deadline_margin: Duration,
+    /// Default agent budget per minute (`TOLLGATE_AGENT_PER_MINUTE`).
+    pub agent_per_minute: u32,
+    /// Default agent budget per day (`TOLLGATE_AGENT_PER_DAY`).
+    pub agent_per_day: u32,
+    /// Longest a budget decision may wait on the store before the tool's failure policy
+    /// applies (`TOLLGATE_BUDGET_TIMEOUT_MS`).
+    pub budget_timeout: Duration,
+    /// How long a tool's budget override is cached per instance (`TOLLGATE_POLICY_CACHE_TTL_SECS`).
+    pub policy_cache_ttl: Duration,
 }
 
 /// A configuration variable held a value that cannot be used.
@@ -92,8 +101,36 @@ impl Config {
                 "TOLLGATE_DEADLINE_MARGIN_MS",
                 250,
             )?),
+            agent_per_minute: positive(
+                parse_or(&lookup, "TOLLGATE_AGENT_PER_MINUTE", 60)?,
+                "TOLLGATE_AGENT_PER_MINUTE",
+            )?,
+            agent_per_day: positive(
+                parse_or(&lookup, "TOLLGATE_AGENT_PER_DAY", 10_000)?,
+                "TOLLGATE_AGENT_PER_DAY",
+            )?,
+            budget_timeout: Duration::from_millis(parse_or(
+                &lookup,
+                "TOLLGATE_BUDGET_TIMEOUT_MS",
+                800,
+            )?),
+            policy_cache_ttl: Duration::from_secs(parse_or(
+                &lookup,
+                "TOLLGATE_POLICY_CACHE_TTL_SECS",
+                60,
+            )?),
         })
     }
+}
+
+fn positive(v: u32, name: &'static str) -> Result<u32, ConfigError> {
+    if v == 0 {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: "must be at least 1".to_owned(),
+        });
+    }
+    Ok(v)
 }
 
 fn parse_or<T: std::str::FromStr>(

@@ -67,6 +67,9 @@ pub enum Rejection {
         /// The scope the tool requires.
         scope: String,
     },
+    /// A budget is exhausted.
+    #[error("rate limited")]
+    RateLimited(Box<RateLimited>),
     /// A dependency is unavailable; retry later.
     #[error("unavailable")]
     Unavailable {
@@ -76,6 +79,37 @@ pub enum Rejection {
     /// An unexpected failure (details logged, never sent).
     #[error("internal error")]
     Internal,
+}
+
+/// The facts of a budget refusal, for the 429 response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RateLimited {
+    /// `agent` or `tool`.
+    pub layer: &'static str,
+    /// The refusing policy (`agent_per_minute`, `agent_per_day`, `agent_tool`, `tool`).
+    pub policy: &'static str,
+    /// Its limit per window.
+    pub limit: u64,
+    /// Its window in seconds.
+    pub window_s: u64,
+    /// Milliseconds until a call can be admitted.
+    pub retry_after_ms: u64,
+    /// Every policy that applied, for `RateLimit-Policy`: `(name, limit, window_s)`.
+    pub policies: Vec<(&'static str, u64, u64)>,
+}
+
+/// `RateLimit-Policy` header value (IETF httpapi ratelimit-headers draft, structured fields).
+pub fn rate_limit_policy_header(policies: &[(&'static str, u64, u64)]) -> String {
+    policies
+        .iter()
+        .map(|(name, q, w)| format!("\"{name}\";q={q};w={w}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `RateLimit` header value: remaining quota `r` of `policy` and seconds `t` until it resets.
+pub fn rate_limit_header(policy: &str, remaining: u64, reset_s: u64) -> String {
+    format!("\"{policy}\";r={remaining};t={reset_s}")
 }
 
 impl From<AuthError> for Rejection {
@@ -101,6 +135,7 @@ impl Rejection {
             Self::MethodNotFound { http_404: false } | Self::UnknownTool(_) => 200,
             Self::Auth(a) if a.is_permanent() => 403,
             Self::Auth(AuthError::StoreUnavailable) | Self::Unavailable { .. } => 503,
+            Self::RateLimited(_) => 429,
             Self::Auth(_) => 401,
             Self::Internal => 500,
         }
@@ -124,6 +159,7 @@ impl Rejection {
             Self::UnknownTool(_) => "unknown_tool",
             Self::Auth(a) => a.reason(),
             Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::RateLimited(_) => "rate_limited",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal => "internal_error",
         }
@@ -132,9 +168,9 @@ impl Rejection {
     fn retry_hint(&self) -> &'static str {
         match self {
             Self::Auth(a) if a.is_permanent() => "never",
-            Self::Auth(AuthError::StoreUnavailable) | Self::Unavailable { .. } => {
-                "after_retry_after"
-            }
+            Self::Auth(AuthError::StoreUnavailable)
+            | Self::Unavailable { .. }
+            | Self::RateLimited(_) => "after_retry_after",
             Self::Auth(_) => "with_new_credentials",
             Self::InsufficientScope { .. } => "after_scope_granted",
             Self::Internal => "later",
@@ -192,6 +228,13 @@ impl Rejection {
                 codes::INSUFFICIENT_SCOPE,
                 format!("Insufficient scope: this tool requires scope {scope}"),
             ),
+            Self::RateLimited(r) => (
+                codes::RATE_LIMITED,
+                format!(
+                    "Rate limited: the {} budget ({} calls per {} s) is spent; retry after {} ms",
+                    r.policy, r.limit, r.window_s, r.retry_after_ms
+                ),
+            ),
             Self::Internal => (codes::INTERNAL_ERROR, "Internal error".into()),
         }
     }
@@ -211,6 +254,13 @@ impl Rejection {
             }
             Self::InsufficientScope { scope } => data["required_scope"] = json!(scope),
             Self::PayloadTooLarge { limit } => data["limit_bytes"] = json!(limit),
+            Self::RateLimited(r) => {
+                data["layer"] = json!(r.layer);
+                data["policy"] = json!(r.policy);
+                data["limit"] = json!(r.limit);
+                data["window_s"] = json!(r.window_s);
+                data["retry_after_ms"] = json!(r.retry_after_ms);
+            }
             _ => {}
         }
         let body = error_body(id, code, &message, Some(data));
@@ -241,6 +291,19 @@ impl Rejection {
                 );
             }
             Self::Auth(AuthError::StoreUnavailable) => resp = resp.with_header(RETRY_AFTER, "1"),
+            Self::RateLimited(r) => {
+                let secs = r.retry_after_ms.div_ceil(1000).max(1);
+                resp = resp
+                    .with_header(RETRY_AFTER, &secs.to_string())
+                    .with_header(
+                        http::HeaderName::from_static("ratelimit-policy"),
+                        &rate_limit_policy_header(&r.policies),
+                    )
+                    .with_header(
+                        http::HeaderName::from_static("ratelimit"),
+                        &rate_limit_header(r.policy, 0, secs),
+                    );
+            }
             Self::Unavailable { retry_after_s } => {
                 resp = resp.with_header(RETRY_AFTER, &retry_after_s.max(&1).to_string());
             }
@@ -278,6 +341,38 @@ mod tests {
             .expect("header");
         assert!(h.contains("error=\"invalid_token\""));
         assert!(h.contains("resource_metadata=\"https://x.example/"));
+    }
+
+    #[test]
+    fn rate_limited_is_429_with_headers_and_reasons() {
+        let r = Rejection::RateLimited(Box::new(RateLimited {
+            layer: "agent",
+            policy: "agent_per_minute",
+            limit: 60,
+            window_s: 60,
+            retry_after_ms: 1_500,
+            policies: vec![("agent_per_minute", 60, 60), ("tool", 6, 60)],
+        }))
+        .into_response(None, None);
+        assert_eq!(r.status, 429);
+        let h = |n: &str| {
+            r.headers
+                .get(n)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_owned()
+        };
+        assert_eq!(h("retry-after"), "2", "whole seconds, rounded up");
+        assert_eq!(
+            h("ratelimit-policy"),
+            "\"agent_per_minute\";q=60;w=60, \"tool\";q=6;w=60"
+        );
+        assert_eq!(h("ratelimit"), "\"agent_per_minute\";r=0;t=2");
+        let body = r.body_json().expect("json");
+        assert_eq!(body["error"]["code"], codes::RATE_LIMITED);
+        assert_eq!(body["error"]["data"]["layer"], "agent");
+        assert_eq!(body["error"]["data"]["retry_after_ms"], 1_500);
+        assert_eq!(body["error"]["data"]["retry"], "after_retry_after");
     }
 
     #[test]

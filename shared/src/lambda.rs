@@ -11,6 +11,7 @@ use lambda_runtime::{LambdaEvent, service_fn};
 
 use crate::audit::{AuditSink, StdoutSink};
 use crate::auth::Authenticator;
+use crate::budget::{AgentDefaults, Budgets};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::gateway::LambdaInvoker;
@@ -97,17 +98,43 @@ pub fn build_server(
     audit: Arc<dyn AuditSink>,
     function: &str,
 ) -> Server {
+    let config = clients.config.clone();
     let store = Arc::new(DynamoStore::new(
         clients.dynamodb.clone(),
-        clients.config.table.clone(),
+        config.table.clone(),
     ));
-    let auth = Authenticator::new(store, clients.config.key_cache_ttl);
+    let auth = Authenticator::new(store.clone(), config.key_cache_ttl);
+    let local = matches!(dispatch, Dispatch::Local);
     let identity = ServerIdentity {
         function: function.to_owned(),
         name: clients.config.service.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    Server::new(catalog, dispatch, auth, clients, audit, None, identity)
+    let server = Server::new(
+        catalog,
+        dispatch,
+        auth,
+        clients.clone(),
+        audit,
+        None,
+        identity,
+    );
+    if !local {
+        // The gateway forwards; the tool function enforces the budgets once.
+        return server;
+    }
+    let defaults = AgentDefaults {
+        per_minute: config.agent_per_minute,
+        per_day: config.agent_per_day,
+    };
+    let budgets = Budgets::new(
+        store.clone(),
+        store,
+        defaults,
+        config.budget_timeout,
+        config.policy_cache_ttl,
+    );
+    server.with_budgets(Arc::new(budgets))
 }
 
 fn invocation_of(ctx: &lambda_runtime::Context) -> Invocation {

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod budget;
 pub mod catalog;
 pub mod config;
 pub mod error;

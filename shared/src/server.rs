@@ -20,9 +20,10 @@ use serde_json::{Value, json};
 
 use crate::audit::{AuditRecord, AuditSink, CallStatus, HashKey, redact_arguments};
 use crate::auth::{Authenticator, Principal};
+use crate::budget::{Admission, Budgets, Layer, Refusal};
 use crate::catalog::{Catalog, RegisteredTool};
 use crate::config::Config;
-use crate::error::Rejection;
+use crate::error::{RateLimited, Rejection, rate_limit_header, rate_limit_policy_header};
 use crate::gateway::Invoker;
 use crate::http::{Request, Response};
 use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
@@ -88,6 +89,7 @@ pub struct Server {
     audit: Arc<dyn AuditSink>,
     hash_key: Option<HashKey>,
     identity: ServerIdentity,
+    budgets: Option<Arc<Budgets>>,
     served_any: AtomicBool,
 }
 
@@ -103,6 +105,7 @@ struct CallFacts<'a> {
     principal: Option<&'a Principal>,
     tool: Option<&'a RegisteredTool>,
     args: &'a Value,
+    budget_layer: Option<&'static str>,
 }
 
 impl Server {
@@ -125,8 +128,20 @@ impl Server {
             audit,
             hash_key,
             identity,
+            budgets: None,
             served_any: AtomicBool::new(false),
         }
+    }
+
+    /// Enforces budgets on `tools/call` (tool functions; the gateway leaves it to them).
+    pub fn with_budgets(mut self, budgets: Arc<Budgets>) -> Self {
+        self.budgets = Some(budgets);
+        self
+    }
+
+    /// The budgets this server enforces, if any.
+    pub fn budgets(&self) -> Option<&Arc<Budgets>> {
+        self.budgets.as_ref()
     }
 
     /// The tools this server serves.
@@ -279,6 +294,7 @@ impl Server {
             principal: None,
             tool: None,
             args,
+            budget_layer: None,
         };
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
@@ -330,10 +346,17 @@ impl Server {
                 }
             };
         }
+        let admission = match self.admit(&principal, tool, &mut facts).await {
+            Ok(a) => a,
+            Err(r) => return self.reject(r, Some(&rpc.id)),
+        };
         if let Err(message) = tool.validate(args) {
             self.write_audit(&facts, CallStatus::InvalidInput, Some("schema_validation"));
             let result = CallToolResult::error(vec![Content::text(message)]);
-            return self.call_result(&rpc.id, &result, negotiated.era);
+            return with_rate_limit(
+                self.call_result(&rpc.id, &result, negotiated.era),
+                admission.as_ref(),
+            );
         }
         let deadline = inv
             .deadline
@@ -380,7 +403,57 @@ impl Server {
             }
         };
         self.write_audit(&facts, status, reason);
-        self.call_result(&rpc.id, &result, negotiated.era)
+        with_rate_limit(
+            self.call_result(&rpc.id, &result, negotiated.era),
+            admission.as_ref(),
+        )
+    }
+
+    /// The budget step: `Ok(None)` when this server enforces no budgets.
+    async fn admit(
+        &self,
+        principal: &Principal,
+        tool: &RegisteredTool,
+        facts: &mut CallFacts<'_>,
+    ) -> Result<Option<Admission>, Rejection> {
+        let Some(budgets) = &self.budgets else {
+            return Ok(None);
+        };
+        match budgets.admit(principal, tool.spec()).await {
+            Ok(a) => Ok(Some(a)),
+            Err(Refusal::OverBudget {
+                bucket,
+                retry_after_ms,
+                policies,
+                ..
+            }) => {
+                let layer = match bucket.layer {
+                    Layer::Agent => "agent",
+                    Layer::Tool => "tool",
+                };
+                facts.budget_layer = Some(layer);
+                self.write_audit(facts, CallStatus::RateLimited, Some(bucket.policy.as_str()));
+                Err(Rejection::RateLimited(Box::new(RateLimited {
+                    layer,
+                    policy: bucket.policy.as_str(),
+                    limit: bucket.limit,
+                    window_s: bucket.window_s,
+                    retry_after_ms,
+                    policies: policies
+                        .iter()
+                        .map(|(p, q, w)| (p.as_str(), *q, *w))
+                        .collect(),
+                })))
+            }
+            Err(_) => {
+                self.write_audit(
+                    facts,
+                    CallStatus::SystemError,
+                    Some("budget_store_unavailable"),
+                );
+                Err(Rejection::Unavailable { retry_after_s: 1 })
+            }
+        }
     }
 
     fn system_error_result(&self, inv: &Invocation) -> CallToolResult {
@@ -418,12 +491,35 @@ impl Server {
             latency_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             status,
             reason: reason.map(str::to_owned),
-            budget_layer: None,
+            budget_layer: facts.budget_layer.map(str::to_owned),
             arguments: facts
                 .principal
                 .map(|_| redact_arguments(facts.tool, facts.args, self.hash_key.as_ref())),
         };
         self.audit.write(&record);
+    }
+}
+
+/// Adds `RateLimit-Policy` and `RateLimit` to an admitted call's response.
+fn with_rate_limit(resp: Response, admission: Option<&Admission>) -> Response {
+    let Some(a) = admission else {
+        return resp;
+    };
+    let policies: Vec<_> = a
+        .policies
+        .iter()
+        .map(|(p, q, w)| (p.as_str(), *q, *w))
+        .collect();
+    let resp = resp.with_header(
+        http::HeaderName::from_static("ratelimit-policy"),
+        &rate_limit_policy_header(&policies),
+    );
+    match a.tightest {
+        Some((policy, remaining, reset_s)) => resp.with_header(
+            http::HeaderName::from_static("ratelimit"),
+            &rate_limit_header(policy.as_str(), remaining, reset_s),
+        ),
+        None => resp,
     }
 }
 

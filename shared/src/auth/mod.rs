@@ -48,6 +48,8 @@ pub struct Principal {
     pub method: AuthMethod,
     /// Public id of the credential used (a key id); never a secret.
     pub credential_id: String,
+    /// The agent's budgets (copied with its scopes).
+    pub budget: crate::store::AgentBudget,
 }
 
 impl Principal {
@@ -179,6 +181,7 @@ impl Authenticator {
             scopes: record.scopes,
             method: AuthMethod::ApiKey,
             credential_id: record.key_id,
+            budget: record.budget,
         })
     }
 

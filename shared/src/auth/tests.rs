@@ -13,6 +13,7 @@ async fn seeded() -> (Arc<MemoryStore>, String, String) {
         description: String::new(),
         status: AgentStatus::Active,
         scopes: BTreeSet::from(["customers:read".to_owned()]),
+        budget: Default::default(),
         created_at_ms: 0,
     };
     store.create_agent(&agent).await.expect("agent");
@@ -27,6 +28,7 @@ async fn seeded() -> (Arc<MemoryStore>, String, String) {
             expires_at_ms: None,
             agent_status: AgentStatus::Active,
             scopes: agent.scopes.clone(),
+            budget: Default::default(),
         })
         .await
         .expect("key");
@@ -135,6 +137,7 @@ async fn disabled_agent_and_expired_key() {
             expires_at_ms: Some(1),
             agent_status: AgentStatus::Active,
             scopes: BTreeSet::new(),
+            budget: Default::default(),
         })
         .await
         .expect("key");

@@ -42,6 +42,74 @@ enum Command {
     /// An agent's scopes.
     #[command(subcommand)]
     Scopes(ScopesCmd),
+    /// Budgets of agents and tools (data: no redeploy needed).
+    #[command(subcommand)]
+    Budgets(BudgetsCmd),
+}
+
+#[derive(Subcommand)]
+enum BudgetsCmd {
+    /// Show an agent's or a tool's configured budget.
+    Show {
+        #[command(subcommand)]
+        target: Target,
+    },
+    /// Show what is left right now.
+    Status {
+        #[command(subcommand)]
+        target: Target,
+    },
+    /// Set an agent's budgets.
+    SetAgent {
+        /// Agent id.
+        agent_id: String,
+        /// Calls per minute across every tool.
+        #[arg(long)]
+        per_minute: Option<u32>,
+        /// Calls per day across every tool.
+        #[arg(long)]
+        per_day: Option<u32>,
+        /// Cap this agent's calls to one tool (with --tool-per-minute), or remove the cap.
+        #[arg(long)]
+        tool: Option<String>,
+        /// Calls per minute to --tool; omit to remove the cap.
+        #[arg(long, requires = "tool")]
+        tool_per_minute: Option<u32>,
+    },
+    /// Override a tool's budget (or --clear to return to the tool's built-in default).
+    SetTool {
+        /// Tool name.
+        tool: String,
+        /// Calls per minute across every agent.
+        #[arg(long, required_unless_present = "clear")]
+        per_minute: Option<u32>,
+        /// Calls at once on an idle bucket (default: per minute).
+        #[arg(long)]
+        burst: Option<u32>,
+        /// Buckets to split the rate over, for tools hotter than ~1000 calls/s.
+        #[arg(long, default_value_t = 1)]
+        shards: u32,
+        /// Admit on a per-instance local bucket when the store fails (default: fail closed).
+        #[arg(long)]
+        fail_open: bool,
+        /// Remove the override.
+        #[arg(long, conflicts_with_all = ["per_minute", "burst", "fail_open"])]
+        clear: bool,
+    },
+}
+
+#[derive(Subcommand, Clone)]
+enum Target {
+    /// An agent.
+    Agent {
+        /// Agent id.
+        agent_id: String,
+    },
+    /// A tool.
+    Tool {
+        /// Tool name.
+        tool: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -258,6 +326,7 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
                 print_key(&k)
             }
         }
+        Command::Budgets(cmd) => budgets(&store, cmd, cli.json).await?,
         Command::Scopes(cmd) => {
             let (agent_id, change, scopes) = match cmd {
                 ScopesCmd::Add { agent_id, scopes } => (agent_id, ScopeChange::Add, scopes),
@@ -270,6 +339,124 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
             } else {
                 print_agent(&a)
             }
+        }
+    }
+    Ok(())
+}
+
+async fn budgets(
+    store: &DynamoStore,
+    cmd: BudgetsCmd,
+    as_json: bool,
+) -> Result<(), admin::AdminError> {
+    use admin::budgets as b;
+    let defaults = tollgate::Config::from_env()
+        .map(|c| tollgate::budget::AgentDefaults {
+            per_minute: c.agent_per_minute,
+            per_day: c.agent_per_day,
+        })
+        .map_err(|e| admin::AdminError::Invalid(e.to_string()))?;
+    match cmd {
+        BudgetsCmd::Show {
+            target: Target::Agent { agent_id },
+        } => {
+            let (a, _) = admin::show_agent(store, &agent_id).await?;
+            let v = json!({"agent_id": a.agent_id, "budget": a.budget,
+                           "defaults": {"per_minute": defaults.per_minute, "per_day": defaults.per_day}});
+            println!(
+                "{}",
+                if as_json {
+                    v.to_string()
+                } else {
+                    serde_json::to_string_pretty(&v).unwrap_or_default()
+                }
+            );
+        }
+        BudgetsCmd::Show {
+            target: Target::Tool { tool },
+        } => {
+            let p = store
+                .get_tool_policy(&tool)
+                .await
+                .map_err(admin::AdminError::from)?;
+            let v = json!({"tool": tool, "override": p});
+            if as_json {
+                println!("{v}");
+            } else if p.is_none() {
+                println!("{tool}: no override; the tool's built-in default budget applies");
+            } else {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+            }
+        }
+        BudgetsCmd::Status { target } => {
+            let rows = match target {
+                Target::Agent { agent_id } => {
+                    b::agent_status(store, store, &agent_id, defaults).await?
+                }
+                Target::Tool { tool } => b::tool_status(store, store, &tool, None)
+                    .await?
+                    .into_iter()
+                    .collect(),
+            };
+            let rows: Vec<_> = rows
+                .iter()
+                .map(|(p, limit, window_s, remaining, until_full_ms)| {
+                    json!({"policy": p.as_str(), "limit": limit,
+                    "window_s": window_s, "remaining": remaining, "full_in_ms": until_full_ms})
+                })
+                .collect();
+            if as_json {
+                println!("{}", json!(rows));
+            } else if rows.is_empty() {
+                println!(
+                    "no override stored: the tool's built-in default applies (see its README)"
+                );
+            } else {
+                for r in rows {
+                    println!(
+                        "{}\t{} of {} per {} s left\tfull in {} ms",
+                        r["policy"].as_str().unwrap_or(""),
+                        r["remaining"],
+                        r["limit"],
+                        r["window_s"],
+                        r["full_in_ms"]
+                    );
+                }
+            }
+        }
+        BudgetsCmd::SetAgent {
+            agent_id,
+            per_minute,
+            per_day,
+            tool,
+            tool_per_minute,
+        } => {
+            let cap = tool.as_deref().map(|t| (t, tool_per_minute));
+            let a = b::set_agent(store, &agent_id, per_minute, per_day, cap).await?;
+            let v = json!({"agent_id": a.agent_id, "budget": a.budget});
+            println!("{v}");
+        }
+        BudgetsCmd::SetTool {
+            tool,
+            per_minute,
+            burst,
+            shards,
+            fail_open,
+            clear,
+        } => {
+            let policy = if clear {
+                None
+            } else {
+                let per_minute = per_minute.unwrap_or(0);
+                Some(tollgate::store::ToolPolicy {
+                    per_minute,
+                    burst: burst.unwrap_or(per_minute),
+                    shards,
+                    fail_open,
+                })
+            };
+            b::set_tool(store, &tool, policy).await?;
+            println!("{}", json!({"tool": tool, "override": policy}));
         }
     }
     Ok(())

@@ -75,6 +75,7 @@ async fn harness() -> Harness {
             description: String::new(),
             status: AgentStatus::Active,
             scopes: scopes.clone(),
+            budget: Default::default(),
             created_at_ms: 0,
         })
         .await
@@ -90,6 +91,7 @@ async fn harness() -> Harness {
             expires_at_ms: None,
             agent_status: AgentStatus::Active,
             scopes,
+            budget: Default::default(),
         })
         .await
         .expect("key");

@@ -10,7 +10,9 @@ use aws_sdk_dynamodb::types::{
     TransactWriteItem, Update,
 };
 
-use super::{AgentRecord, AgentStatus, KeyRecord, KeyStatus, Store, StoreError};
+use super::{
+    AgentBudget, AgentRecord, AgentStatus, KeyRecord, KeyStatus, Store, StoreError, ToolPolicy,
+};
 
 type Item = HashMap<String, AttributeValue>;
 
@@ -187,6 +189,21 @@ fn get_scopes(item: &Item) -> Result<BTreeSet<String>, StoreError> {
     }
 }
 
+fn budget_value(budget: &AgentBudget) -> AttributeValue {
+    s(serde_json::to_string(budget).unwrap_or_else(|_| "{}".to_owned()))
+}
+
+fn get_budget(item: &Item) -> Result<AgentBudget, StoreError> {
+    match item.get("budget") {
+        None => Ok(AgentBudget::default()),
+        Some(v) => v
+            .as_s()
+            .ok()
+            .and_then(|text| serde_json::from_str(text).ok())
+            .ok_or_else(|| StoreError::Corrupt("budget is not a budget document".to_owned())),
+    }
+}
+
 fn agent_status(item: &Item, name: &str) -> Result<AgentStatus, StoreError> {
     AgentStatus::parse(get_s(item, name)?)
         .ok_or_else(|| StoreError::Corrupt(format!("unknown {name}")))
@@ -202,6 +219,7 @@ fn agent_from_item(item: &Item) -> Result<AgentRecord, StoreError> {
             .unwrap_or_default(),
         status: agent_status(item, "status")?,
         scopes: get_scopes(item)?,
+        budget: get_budget(item)?,
         created_at_ms: get_n(item, "created_at_ms")?.unwrap_or(0),
     })
 }
@@ -217,6 +235,7 @@ fn agent_to_item(agent: &AgentRecord) -> Item {
         ("description".to_owned(), s(agent.description.clone())),
         ("status".to_owned(), s(agent.status.as_str())),
         ("scopes".to_owned(), scopes_value(&agent.scopes)),
+        ("budget".to_owned(), budget_value(&agent.budget)),
         ("created_at_ms".to_owned(), n(agent.created_at_ms)),
     ])
 }
@@ -232,6 +251,7 @@ fn key_from_item(item: &Item) -> Result<KeyRecord, StoreError> {
         expires_at_ms: get_n(item, "expires_at_ms")?,
         agent_status: agent_status(item, "agent_status")?,
         scopes: get_scopes(item)?,
+        budget: get_budget(item)?,
     })
 }
 
@@ -249,6 +269,7 @@ fn key_to_item(key: &KeyRecord) -> Item {
         ("created_at_ms".to_owned(), n(key.created_at_ms)),
         ("agent_status".to_owned(), s(key.agent_status.as_str())),
         ("scopes".to_owned(), scopes_value(&key.scopes)),
+        ("budget".to_owned(), budget_value(&key.budget)),
     ]);
     if let Some(exp) = key.expires_at_ms {
         item.insert("expires_at_ms".to_owned(), n(exp));
@@ -345,10 +366,11 @@ impl Store for DynamoStore {
                             .table_name(&self.table)
                             .key("pk", s(format!("KEY#{}", key.key_id)))
                             .key("sk", s("KEY"))
-                            .update_expression("SET agent_status = :st, scopes = :sc")
+                            .update_expression("SET agent_status = :st, scopes = :sc, budget = :bu")
                             .condition_expression("attribute_exists(pk)")
                             .expression_attribute_values(":st", s(agent.status.as_str()))
                             .expression_attribute_values(":sc", scopes_value(&agent.scopes))
+                            .expression_attribute_values(":bu", budget_value(&agent.budget))
                             .build()
                             .map_err(build_err)?,
                     )
@@ -439,5 +461,67 @@ impl Store for DynamoStore {
             }
             Err(e) => Err(unavailable("UpdateItem", &e)),
         }
+    }
+
+    async fn get_tool_policy(&self, tool: &str) -> Result<Option<ToolPolicy>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("TOOL#{tool}")))
+            .key("sk", s("POLICY"))
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        let Some(item) = resp.item else {
+            return Ok(None);
+        };
+        let num = |name: &str| -> Result<u32, StoreError> {
+            get_n(&item, name)?
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| StoreError::Corrupt(format!("tool policy lacks {name}")))
+        };
+        Ok(Some(ToolPolicy {
+            per_minute: num("per_minute")?,
+            burst: num("burst")?,
+            shards: num("shards")?,
+            fail_open: item
+                .get("fail_open")
+                .and_then(|v| v.as_bool().ok())
+                .copied()
+                .unwrap_or(false),
+        }))
+    }
+
+    async fn put_tool_policy(
+        &self,
+        tool: &str,
+        policy: Option<ToolPolicy>,
+    ) -> Result<(), StoreError> {
+        let Some(p) = policy else {
+            self.client
+                .delete_item()
+                .table_name(&self.table)
+                .key("pk", s(format!("TOOL#{tool}")))
+                .key("sk", s("POLICY"))
+                .send()
+                .await
+                .map_err(|e| unavailable("DeleteItem", &e))?;
+            return Ok(());
+        };
+        self.client
+            .put_item()
+            .table_name(&self.table)
+            .item("pk", s(format!("TOOL#{tool}")))
+            .item("sk", s("POLICY"))
+            .item("kind", s("tool_policy"))
+            .item("per_minute", n(u64::from(p.per_minute)))
+            .item("burst", n(u64::from(p.burst)))
+            .item("shards", n(u64::from(p.shards)))
+            .item("fail_open", AttributeValue::Bool(p.fail_open))
+            .send()
+            .await
+            .map_err(|e| unavailable("PutItem", &e))?;
+        Ok(())
     }
 }

@@ -4,13 +4,14 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{AgentRecord, KeyRecord, KeyStatus, Store, StoreError};
+use super::{AgentRecord, KeyRecord, KeyStatus, Store, StoreError, ToolPolicy};
 
 /// A [`Store`] in a mutex; counts key reads so cache tests can see them.
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     agents: Mutex<BTreeMap<String, AgentRecord>>,
     keys: Mutex<BTreeMap<String, KeyRecord>>,
+    tool_policies: Mutex<BTreeMap<String, ToolPolicy>>,
     key_reads: AtomicU64,
 }
 
@@ -69,6 +70,7 @@ impl Store for MemoryStore {
         {
             key.agent_status = agent.status;
             key.scopes = agent.scopes.clone();
+            key.budget = agent.budget.clone();
         }
         Ok(())
     }
@@ -100,5 +102,22 @@ impl Store for MemoryStore {
             .ok_or_else(|| StoreError::NotFound(format!("key {key_id}")))?;
         key.status = KeyStatus::Revoked;
         Ok(key.clone())
+    }
+
+    async fn get_tool_policy(&self, tool: &str) -> Result<Option<ToolPolicy>, StoreError> {
+        Ok(lock(&self.tool_policies).get(tool).copied())
+    }
+
+    async fn put_tool_policy(
+        &self,
+        tool: &str,
+        policy: Option<ToolPolicy>,
+    ) -> Result<(), StoreError> {
+        let mut policies = lock(&self.tool_policies);
+        match policy {
+            Some(p) => policies.insert(tool.to_owned(), p),
+            None => policies.remove(tool),
+        };
+        Ok(())
     }
 }

@@ -19,7 +19,7 @@ mod memory;
 
 use std::collections::BTreeSet;
 
-pub use dynamo::DynamoStore;
+pub use dynamo::{DynamoStore, TTL_ATTRIBUTE};
 pub use memory::MemoryStore;
 
 /// Whether an agent may call anything at all.
@@ -82,6 +82,30 @@ impl KeyStatus {
     }
 }
 
+/// An agent's own budgets; `None` means the deployment default.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct AgentBudget {
+    /// Calls per minute across every tool.
+    pub per_minute: Option<u32>,
+    /// Calls per day across every tool.
+    pub per_day: Option<u32>,
+    /// Per-tool calls per minute for this agent (an extra bucket in the agent layer).
+    pub tools: std::collections::BTreeMap<String, u32>,
+}
+
+/// A tool's budget override, stored as data (`TOOL#<name>` / `POLICY`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ToolPolicy {
+    /// Calls per minute across every agent.
+    pub per_minute: u32,
+    /// Calls at once on an idle bucket.
+    pub burst: u32,
+    /// Buckets the rate is split over (for tools hotter than one item takes).
+    pub shards: u32,
+    /// Whether the tool admits on a local bucket when the store fails.
+    pub fail_open: bool,
+}
+
 /// An agent: a program that calls tools, with its scopes.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct AgentRecord {
@@ -93,6 +117,8 @@ pub struct AgentRecord {
     pub status: AgentStatus,
     /// Scopes the agent holds; a tool requires one scope.
     pub scopes: BTreeSet<String>,
+    /// Budgets.
+    pub budget: AgentBudget,
     /// Creation time, Unix milliseconds.
     pub created_at_ms: u64,
 }
@@ -117,6 +143,8 @@ pub struct KeyRecord {
     pub agent_status: AgentStatus,
     /// Copy of the agent's scopes at the last agent change.
     pub scopes: BTreeSet<String>,
+    /// Copy of the agent's budgets at the last agent change.
+    pub budget: AgentBudget,
 }
 
 /// A store operation failed.
@@ -156,6 +184,14 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_keys(&self, agent_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
     /// Marks a key revoked; returns the updated record.
     async fn revoke_key(&self, key_id: &str) -> Result<KeyRecord, StoreError>;
+    /// A tool's budget override, if one is set.
+    async fn get_tool_policy(&self, tool: &str) -> Result<Option<ToolPolicy>, StoreError>;
+    /// Sets (or, with `None`, removes) a tool's budget override.
+    async fn put_tool_policy(
+        &self,
+        tool: &str,
+        policy: Option<ToolPolicy>,
+    ) -> Result<(), StoreError>;
 }
 
 /// Checks an agent id: lowercase letters, digits, `.`, `_`, `-`, 1 to 64 characters.

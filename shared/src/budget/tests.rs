@@ -1,0 +1,274 @@
+//! Composition logic over in-memory buckets (pure logic). The same behaviours run against a
+//! real DynamoDB-protocol server in `tests/` (concurrency, restarts, the 429 contract).
+
+use std::collections::BTreeSet;
+use std::sync::atomic::AtomicU64;
+
+use super::*;
+use crate::auth::AuthMethod;
+use crate::store::{MemoryStore, StoreError};
+use crate::tool::{Annotations, DefaultBudget};
+
+fn principal(agent: &str, budget: AgentBudget) -> Principal {
+    Principal {
+        agent_id: agent.to_owned(),
+        scopes: BTreeSet::new(),
+        method: AuthMethod::ApiKey,
+        credential_id: "k".to_owned(),
+        budget,
+    }
+}
+
+fn spec(per_minute: u32, burst: u32, fail_open: bool) -> ToolSpec {
+    let budget = DefaultBudget::per_minute(per_minute, burst);
+    ToolSpec {
+        name: "t",
+        title: "t",
+        description: "t",
+        scope: "s",
+        annotations: Annotations::default(),
+        budget: if fail_open {
+            budget.fail_open()
+        } else {
+            budget
+        },
+        log_fields: &[],
+    }
+}
+
+fn budgets(store: Arc<dyn BucketStore>, now: Arc<AtomicU64>) -> Budgets {
+    Budgets::new(
+        store,
+        Arc::new(MemoryStore::new()),
+        AgentDefaults {
+            per_minute: 5,
+            per_day: 100,
+        },
+        Duration::from_millis(200),
+        Duration::from_secs(60),
+    )
+    .with_clock(Arc::new(move || now.load(Ordering::Relaxed)))
+}
+
+#[tokio::test]
+async fn agent_minute_bucket_refuses_with_the_exact_wait() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let b = budgets(Arc::new(MemoryBuckets::default()), now.clone());
+    let p = principal("a", AgentBudget::default());
+    for _ in 0..5 {
+        b.admit(&p, &spec(100, 100, false)).await.expect("admitted");
+    }
+    let Err(Refusal::OverBudget {
+        bucket,
+        retry_after_ms,
+        ..
+    }) = b.admit(&p, &spec(100, 100, false)).await
+    else {
+        panic!("sixth call in the minute must be refused");
+    };
+    assert_eq!(bucket.policy, PolicyName::AgentPerMinute);
+    assert_eq!(bucket.layer, Layer::Agent);
+    assert_eq!(retry_after_ms, 12_000);
+    now.fetch_add(12_000, Ordering::Relaxed);
+    assert!(
+        b.admit(&p, &spec(100, 100, false)).await.is_ok(),
+        "admitted once the wait is over"
+    );
+}
+
+#[tokio::test]
+async fn a_tool_refusal_leaves_the_agent_budget_untouched() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let store = Arc::new(MemoryBuckets::default());
+    let b = budgets(store.clone(), now.clone());
+    let p = principal("a", AgentBudget::default());
+    let tool = spec(1, 1, false);
+    b.admit(&p, &tool).await.expect("first call");
+    let before = store.peek("agent#a#minute").await.expect("peek");
+    let Err(Refusal::OverBudget { bucket, .. }) = b
+        .admit(&principal("b", AgentBudget::default()), &tool)
+        .await
+    else {
+        panic!("tool bucket is empty");
+    };
+    assert_eq!(bucket.layer, Layer::Tool);
+    // Agent b's buckets were taken then refunded: nothing consumed.
+    let (remaining, _) = gcra::status(
+        store.peek("agent#b#minute").await.expect("peek"),
+        1_000_000,
+        Rate::per_window(5, MINUTE_MS, 5).expect("rate"),
+    );
+    assert_eq!(remaining, 5);
+    assert_eq!(store.peek("agent#a#minute").await.expect("peek"), before);
+}
+
+#[tokio::test]
+async fn refusals_are_remembered_without_store_requests() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let b = budgets(Arc::new(MemoryBuckets::default()), now);
+    let p = principal(
+        "a",
+        AgentBudget {
+            per_minute: Some(1),
+            ..AgentBudget::default()
+        },
+    );
+    b.admit(&p, &spec(100, 100, false)).await.expect("first");
+    assert!(matches!(
+        b.admit(&p, &spec(100, 100, false)).await,
+        Err(Refusal::OverBudget {
+            from_memory: false,
+            ..
+        })
+    ));
+    assert!(matches!(
+        b.admit(&p, &spec(100, 100, false)).await,
+        Err(Refusal::OverBudget {
+            from_memory: true,
+            ..
+        })
+    ));
+    assert_eq!(b.counters.memory_refusals.load(Ordering::Relaxed), 1);
+}
+
+#[tokio::test]
+async fn per_day_and_per_tool_caps_apply() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let b = budgets(Arc::new(MemoryBuckets::default()), now.clone());
+    let day = principal(
+        "d",
+        AgentBudget {
+            per_minute: Some(100),
+            per_day: Some(2),
+            ..AgentBudget::default()
+        },
+    );
+    b.admit(&day, &spec(100, 100, false)).await.expect("1");
+    b.admit(&day, &spec(100, 100, false)).await.expect("2");
+    let Err(Refusal::OverBudget {
+        bucket,
+        retry_after_ms,
+        ..
+    }) = b.admit(&day, &spec(100, 100, false)).await
+    else {
+        panic!("day budget spent");
+    };
+    assert_eq!(bucket.policy, PolicyName::AgentPerDay);
+    assert_eq!(retry_after_ms, DAY_MS / 2);
+
+    let capped = principal(
+        "c",
+        AgentBudget {
+            tools: [("t".to_owned(), 1)].into(),
+            ..AgentBudget::default()
+        },
+    );
+    b.admit(&capped, &spec(100, 100, false)).await.expect("1");
+    let Err(Refusal::OverBudget { bucket, .. }) = b.admit(&capped, &spec(100, 100, false)).await
+    else {
+        panic!("per-agent tool cap");
+    };
+    assert_eq!(bucket.policy, PolicyName::AgentTool);
+}
+
+#[derive(Debug)]
+struct Down;
+
+#[async_trait::async_trait]
+impl BucketStore for Down {
+    async fn take(
+        &self,
+        _: &str,
+        _: u64,
+        _: Rate,
+        _: Option<u64>,
+    ) -> Result<buckets::Take, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn refund(&self, _: &str, _: Rate) -> Result<(), StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+    async fn peek(&self, _: &str) -> Result<Option<u64>, StoreError> {
+        Err(StoreError::Unavailable("down".into()))
+    }
+}
+
+#[derive(Debug)]
+struct Slow;
+
+#[async_trait::async_trait]
+impl BucketStore for Slow {
+    async fn take(
+        &self,
+        _: &str,
+        _: u64,
+        _: Rate,
+        _: Option<u64>,
+    ) -> Result<buckets::Take, StoreError> {
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        Err(StoreError::Unavailable("slow".into()))
+    }
+    async fn refund(&self, _: &str, _: Rate) -> Result<(), StoreError> {
+        Ok(())
+    }
+    async fn peek(&self, _: &str) -> Result<Option<u64>, StoreError> {
+        Ok(None)
+    }
+}
+
+#[tokio::test]
+async fn store_failure_follows_the_tool_policy() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let p = principal("a", AgentBudget::default());
+    let down = budgets(Arc::new(Down), now.clone());
+    assert_eq!(
+        down.admit(&p, &spec(10, 2, false)).await,
+        Err(Refusal::StoreUnavailable)
+    );
+    let open = down
+        .admit(&p, &spec(10, 2, true))
+        .await
+        .expect("fail open admits");
+    assert!(open.fail_open);
+    assert_eq!(
+        down.counters.fail_open_admissions.load(Ordering::Relaxed),
+        1
+    );
+    // The local bucket still limits: burst 2, then refused.
+    down.admit(&p, &spec(10, 2, true)).await.expect("second");
+    assert!(matches!(
+        down.admit(&p, &spec(10, 2, true)).await,
+        Err(Refusal::OverBudget { .. })
+    ));
+
+    let slow = budgets(Arc::new(Slow), now);
+    let started = Instant::now();
+    assert_eq!(
+        slow.admit(&p, &spec(10, 2, false)).await,
+        Err(Refusal::StoreUnavailable)
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "never waits past the decision timeout"
+    );
+}
+
+#[test]
+fn plan_shards_the_tool_bucket() {
+    let p = principal("a", AgentBudget::default());
+    let policy = ToolPolicy {
+        per_minute: 6_000,
+        burst: 100,
+        shards: 4,
+        fail_open: false,
+    };
+    let plan = plan_buckets(&p, "t", &p.budget, AgentDefaults::default(), policy);
+    let tool = plan
+        .iter()
+        .find(|b| b.layer == Layer::Tool)
+        .expect("tool bucket");
+    assert!(tool.key.starts_with("tool#t#"));
+    assert_eq!(tool.rate.interval_ms, 40);
+    assert_eq!(tool.rate.burst, 25);
+    assert_eq!(tool.limit, 6_000);
+}
