@@ -1,0 +1,311 @@
+//! `make bench`: the figures README.md publishes.
+//!
+//! 1. Cold init of a function binary: exec until it asks the Lambda Runtime API for its first
+//!    event (a Runtime API on loopback answers it), and until its first response is posted.
+//! 2. Latency of `tools/call` through the local stack (gateway and direct routes) against a
+//!    real DynamoDB-protocol server, p50 / p99 over sequential calls.
+//!
+//! Needs `target/release/lookup_customer` (the Makefile builds it) and `.venv` (moto).
+
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::{get, post};
+
+const SPAWNS: usize = 20;
+const CALLS: usize = 400;
+
+#[derive(Default)]
+struct RuntimeApi {
+    next_at: Mutex<Option<Instant>>,
+    response_at: Mutex<Option<Instant>>,
+    served: Mutex<bool>,
+}
+
+async fn next(State(api): State<Arc<RuntimeApi>>) -> (HeaderMap, String) {
+    let first = {
+        let mut served = api.served.lock().expect("lock");
+        let first = !*served;
+        *served = true;
+        first
+    };
+    if !first {
+        // Hold the second poll open: the bench kills the process.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+    }
+    api.next_at.lock().expect("lock").get_or_insert_with(Instant::now);
+    let mut h = HeaderMap::new();
+    let deadline = (std::time::SystemTime::now() + Duration::from_secs(10))
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis();
+    h.insert("lambda-runtime-aws-request-id", "bench-1".parse().expect("hv"));
+    h.insert("lambda-runtime-deadline-ms", deadline.to_string().parse().expect("hv"));
+    h.insert(
+        "lambda-runtime-invoked-function-arn",
+        "arn:aws:lambda:us-east-1:000000000000:function:bench".parse().expect("hv"),
+    );
+    h.insert("lambda-runtime-trace-id", "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".parse().expect("hv"));
+    let event = tollgate::http::event_from_parts(
+        "POST",
+        "/tools/lookup_customer/mcp",
+        [("content-type", "application/json")],
+        Some(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
+        "bench-1",
+        "127.0.0.1",
+    );
+    (h, serde_json::to_string(&event).expect("event"))
+}
+
+async fn response(State(api): State<Arc<RuntimeApi>>) -> &'static str {
+    api.response_at.lock().expect("lock").get_or_insert_with(Instant::now);
+    "{}"
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[idx.min(sorted.len() - 1)]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
+    let mut inits = Vec::new();
+    let mut firsts = Vec::new();
+    for _ in 0..SPAWNS {
+        let api = Arc::new(RuntimeApi::default());
+        let app = axum::Router::new()
+            .route("/2018-06-01/runtime/invocation/next", get(next))
+            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+            .with_state(api.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let start = Instant::now();
+        let mut child = tokio::process::Command::new(binary)
+            .env_clear()
+            .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
+            .env("AWS_LAMBDA_FUNCTION_NAME", "lookup_customer")
+            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
+            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+            .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
+            .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_ACCESS_KEY_ID", "bench")
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()?;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api.response_at.lock().expect("lock").is_none() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        let next_at = (*api.next_at.lock().expect("lock")).ok_or_else(|| anyhow::anyhow!("no /next"))?;
+        let resp_at = (*api.response_at.lock().expect("lock")).ok_or_else(|| anyhow::anyhow!("no response"))?;
+        inits.push(next_at - start);
+        firsts.push(resp_at - start);
+        child.kill().await?;
+        server.abort();
+    }
+    inits.sort();
+    firsts.sort();
+    println!("cold init, exec -> first /next ({SPAWNS} spawns): p50 {} p99 {} max {}", ms(percentile(&inits, 0.5)), ms(percentile(&inits, 0.99)), ms(inits[inits.len() - 1]));
+    println!("cold start, exec -> first response posted: p50 {} p99 {}", ms(percentile(&firsts, 0.5)), ms(percentile(&firsts, 0.99)));
+    Ok(())
+}
+
+async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
+    let moto_port = free_port()?;
+    let mut moto = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/stack/moto_server.py"))
+        .arg(moto_port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let http = reqwest_client();
+    for _ in 0..200 {
+        if http.get(format!("{endpoint}/moto-api/")).send().await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"),
+        ))
+        .endpoint_url(&endpoint)
+        .build();
+    let config = Arc::new(tollgate::Config::from_lookup(|k| match k {
+        "TOLLGATE_RESOURCE_URL" => Some("http://127.0.0.1:9/mcp".to_owned()),
+        _ => None,
+    })?);
+    let clients = Arc::new(tollgate::lambda::build_clients(&sdk, config.clone())?);
+    let store = tollgate::store::DynamoStore::new(clients.dynamodb.clone(), config.table.clone());
+    store.create_table().await?;
+    tollgate_tests::devstack::create_app_table(&clients.dynamodb, "tollgate-app").await?;
+    tollgate_tests::devstack::seed_customers(&clients.dynamodb, "tollgate-app").await?;
+    let catalog = tollgate::Catalog::new().register(lookup_customer::LookupCustomer::with_table("tollgate-app"))?;
+    let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
+    let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(listener, tollgate_tests::http_front::app(routes)).await });
+    for (label, path) in [("gateway /mcp", "/mcp"), ("direct /tools/lookup_customer/mcp", "/tools/lookup_customer/mcp")] {
+        let url = format!("http://{addr}{path}");
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"email":"ada@example.com"}}}"#;
+        let mut samples = Vec::with_capacity(CALLS);
+        for i in 0..CALLS + 20 {
+            let t = Instant::now();
+            let resp = http
+                .post(&url)
+                .header("content-type", "application/json")
+                .header("authorization", format!("Bearer {token}"))
+                .body(body)
+                .send()
+                .await?;
+            anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+            let _ = resp.bytes().await?;
+            if i >= 20 {
+                samples.push(t.elapsed());
+            }
+        }
+        samples.sort();
+        println!("tools/call lookup_customer via {label} ({CALLS} calls, warm): p50 {} p99 {}", ms(percentile(&samples, 0.5)), ms(percentile(&samples, 0.99)));
+    }
+    server.abort();
+    let bench_store = Arc::new(tollgate::store::DynamoStore::new(
+        aws_sdk_dynamodb::Client::new(&sdk),
+        config.table.clone(),
+    ));
+    budget_figures(bench_store).await?;
+    moto.kill().await?;
+    Ok(())
+}
+
+/// DynamoDB requests (= write units: bucket items are far below 1 KB) per decision, decision
+/// latency, and contention with 32 callers on one bucket, against the real server.
+async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Result<()> {
+    use std::sync::atomic::Ordering;
+    use tollgate::budget::{AgentDefaults, Budgets};
+    let principal = |agent: &str| tollgate::Principal {
+        agent_id: agent.to_owned(),
+        scopes: Default::default(),
+        method: tollgate::AuthMethod::ApiKey,
+        credential_id: "bench".to_owned(),
+        budget: Default::default(),
+    };
+    let spec = |per_minute: u32, burst: u32| tollgate::ToolSpec {
+        name: "bench_tool",
+        title: "bench",
+        description: "bench",
+        scope: "bench",
+        annotations: Default::default(),
+        budget: tollgate::DefaultBudget::per_minute(per_minute, burst),
+        log_fields: &[],
+    };
+    let new = |per_minute: u32| {
+        Budgets::new(store.clone(), store.clone(), AgentDefaults { per_minute, per_day: 1_000_000 },
+            Duration::from_secs(2), Duration::from_secs(600))
+    };
+
+    // Admitted calls: three buckets (agent minute, agent day, tool), one write each.
+    let b = new(1_000_000);
+    let tool = spec(1_000_000, 1_000_000);
+    let mut samples = Vec::new();
+    let before = b.counters.store_requests.load(Ordering::Relaxed);
+    for _ in 0..200 {
+        let t = Instant::now();
+        b.admit(&principal("bench-admit"), &tool).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        samples.push(t.elapsed());
+    }
+    let per_admit = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 200.0;
+    samples.sort();
+    println!("budget decision (3 buckets, parallel conditional updates) latency: p50 {} p99 {}; DynamoDB requests (WCU) per admitted call: {per_admit:.2}, reads: 0",
+        ms(percentile(&samples, 0.5)), ms(percentile(&samples, 0.99)));
+
+    // Refused by the tool layer: three takes, then two refunds; repeats come from memory.
+    let b = new(1_000_000);
+    let tool = spec(1, 1);
+    b.admit(&principal("bench-refuse-0"), &tool).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let before = b.counters.store_requests.load(Ordering::Relaxed);
+    let _ = b.admit(&principal("bench-refuse-1"), &tool).await;
+    let first = b.counters.store_requests.load(Ordering::Relaxed) - before;
+    let before = b.counters.store_requests.load(Ordering::Relaxed);
+    for _ in 0..100 {
+        let _ = b.admit(&principal("bench-refuse-1"), &tool).await;
+    }
+    let repeats = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 100.0;
+    println!("refused call: {first} DynamoDB requests (WCU) on the first refusal (3 takes + 2 refunds), {repeats:.2} per repeated call while refused (per-instance memory)");
+
+    // Contention: 32 callers on one agent bucket (600/min, burst 10) for 4 s.
+    let b = Arc::new(new(600));
+    let tool = spec(1_000_000, 1_000_000);
+    let started = Instant::now();
+    let run_for = Duration::from_secs(4);
+    let before = b.counters.store_requests.load(Ordering::Relaxed);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let b = b.clone();
+        let tool = tool.clone();
+        let p = principal("bench-contention");
+        tasks.push(tokio::spawn(async move {
+            let (mut admitted, mut decisions) = (0u64, 0u64);
+            while started.elapsed() < run_for {
+                decisions += 1;
+                match b.admit(&p, &tool).await {
+                    Ok(_) => admitted += 1,
+                    Err(tollgate::budget::Refusal::OverBudget { retry_after_ms, .. }) => {
+                        tokio::time::sleep(Duration::from_millis(retry_after_ms.min(100))).await;
+                    }
+                    Err(_) => {}
+                }
+            }
+            (admitted, decisions)
+        }));
+    }
+    let (mut admitted, mut decisions) = (0, 0);
+    for t in tasks {
+        let (a, d) = t.await?;
+        admitted += a;
+        decisions += d;
+    }
+    let elapsed = started.elapsed().as_millis() as u64;
+    let bound = 600 + elapsed / 100; // burst (= per-minute limit) + one per 100 ms
+    let requests = b.counters.store_requests.load(Ordering::Relaxed) - before;
+    println!("contention, 32 callers on one bucket for {} ms: {decisions} decisions, {requests} DynamoDB requests ({:.2} per decision), admitted {admitted} (bound {bound})",
+        elapsed, requests as f64 / decisions as f64);
+    Ok(())
+}
+
+fn reqwest_client() -> tollgate::deps::reqwest::Client {
+    tollgate::deps::reqwest::Client::new()
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    // `cargo test --all-targets` runs bench targets too: only measure under `cargo bench`.
+    if !std::env::args().any(|a| a == "--bench") {
+        println!("stack bench: run with `make bench`");
+        return Ok(());
+    }
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let binary = root.join("target/release/lookup_customer");
+    anyhow::ensure!(binary.exists(), "build it first: cargo build --release --bin lookup_customer");
+    cold_init(&binary).await?;
+    stack_latency(&root).await?;
+    Ok(())
+}
