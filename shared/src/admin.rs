@@ -170,9 +170,11 @@ pub async fn create_key(
 pub async fn revoke_key(store: &dyn Store, key_id: &str) -> Result<KeyRecord, AdminError> {
     if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_alphanumeric()) || key_id.len() > 32
     {
-        return Err(AdminError::Invalid(format!(
-            "key id {key_id:?} is invalid: use the id shown by `keys list` (not the token)"
-        )));
+        // Never echo the input: it may be a pasted token.
+        return Err(AdminError::Invalid(
+            "invalid key id: use the 12-character id shown by `keys list`, never the token"
+                .to_owned(),
+        ));
     }
     Ok(store.revoke_key(key_id).await?)
 }

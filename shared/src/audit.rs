@@ -204,10 +204,15 @@ pub fn summarise(value: &serde_json::Value) -> serde_json::Value {
 }
 
 /// The arguments as they may be logged for `tool`, bounded to [`MAX_ARGUMENT_LOG_BYTES`].
+///
+/// `Safe` fields are logged raw only when the arguments `validated` against the tool's schema:
+/// a safe field is safe because its schema constrains it (an enum, an id pattern), and an
+/// invalid call may carry anything in it.
 pub fn redact_arguments(
     tool: Option<&RegisteredTool>,
     args: &serde_json::Value,
     key: Option<&HashKey>,
+    validated: bool,
 ) -> serde_json::Value {
     let serde_json::Value::Object(fields) = args else {
         return summarise(args);
@@ -228,9 +233,9 @@ pub fn redact_arguments(
             continue;
         }
         let logged = match (how, key) {
-            (LogAs::Safe, _) => value.clone(),
+            (LogAs::Safe, _) if validated => value.clone(),
             (LogAs::Hashed, Some(k)) => serde_json::Value::String(k.hash(value)),
-            (LogAs::Hashed | LogAs::Summarised, _) => summarise(value),
+            _ => summarise(value),
         };
         let entry = serde_json::to_string(&logged).map_or(0, |s| s.len()) + name.len() + 4;
         if size + entry > MAX_ARGUMENT_LOG_BYTES {

@@ -103,8 +103,11 @@ struct CallFacts<'a> {
     started: Instant,
     version: &'a str,
     principal: Option<&'a Principal>,
+    denied_agent: Option<String>,
     tool: Option<&'a RegisteredTool>,
     args: &'a Value,
+    /// Whether the arguments passed schema validation (only then are `Safe` fields raw).
+    validated: bool,
     budget_layer: Option<&'static str>,
 }
 
@@ -163,7 +166,11 @@ impl Server {
         let started = Instant::now();
         let req = Request::new(event);
         if let Err(r) = transport::check(&req, &self.config) {
-            return self.reject(r, None);
+            let id = match r {
+                Rejection::MethodNotAllowed | Rejection::PayloadTooLarge { .. } => None,
+                _ => self.peek_id(&req),
+            };
+            return self.reject(r, id.as_ref());
         }
         let Ok(body) = req.body() else {
             return self.reject(Rejection::Parse(jsonrpc::ParseError::NotJson), None);
@@ -173,7 +180,7 @@ impl Server {
             Ok(Message::Notification { .. } | Message::Response) => {
                 return match self.auth.authenticate(&req).await {
                     Ok(_) => Response::empty(202),
-                    Err(e) => self.reject(e.into(), None),
+                    Err(d) => self.reject(d.error.into(), None),
                 };
             }
             Err((e, id)) => return self.reject(Rejection::Parse(e), id.as_ref()),
@@ -193,7 +200,7 @@ impl Server {
         }
         let principal = match self.auth.authenticate(&req).await {
             Ok(p) => p,
-            Err(e) => return self.reject(e.into(), Some(&rpc.id)),
+            Err(d) => return self.reject(d.error.into(), Some(&rpc.id)),
         };
         let result = match rpc.method.as_str() {
             "initialize" => self.initialize_result(&negotiated.version),
@@ -203,6 +210,18 @@ impl Server {
             _ => return self.reject(Rejection::MethodNotFound { http_404: true }, Some(&rpc.id)),
         };
         self.ok(&rpc.id, result, negotiated.era)
+    }
+
+    /// The request id of a body refused by a transport check, so its error can echo it.
+    fn peek_id(&self, req: &Request<'_>) -> Option<RequestId> {
+        if req.body_len_hint() > self.config.max_body_bytes {
+            return None;
+        }
+        match jsonrpc::parse(&req.body().ok()?) {
+            Ok(Message::Request(rpc)) => Some(rpc.id),
+            Ok(_) => None,
+            Err((_, id)) => id,
+        }
     }
 
     fn reject(&self, r: Rejection, id: Option<&RequestId>) -> Response {
@@ -292,15 +311,19 @@ impl Server {
             started,
             version: &negotiated.version,
             principal: None,
-            tool: None,
+            denied_agent: None,
+            // Named for the audit record only; an unauthenticated caller learns nothing of it.
+            tool: name.and_then(|n| self.catalog.get(n)).map(AsRef::as_ref),
             args,
+            validated: false,
             budget_layer: None,
         };
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
-            Err(e) => {
-                self.write_audit(&facts, CallStatus::DeniedAuth, Some(e.reason()));
-                return self.reject(e.into(), Some(&rpc.id));
+            Err(d) => {
+                facts.denied_agent = d.agent_id;
+                self.write_audit(&facts, CallStatus::DeniedAuth, Some(d.error.reason()));
+                return self.reject(d.error.into(), Some(&rpc.id));
             }
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
@@ -358,6 +381,7 @@ impl Server {
                 admission.as_ref(),
             );
         }
+        facts.validated = true;
         let deadline = inv
             .deadline
             .checked_sub(self.config.deadline_margin)
@@ -484,7 +508,10 @@ impl Server {
             cold_start: !self.served_any.swap(true, Ordering::Relaxed),
             request_id: facts.inv.request_id.clone(),
             trace_id: facts.inv.trace_id.clone(),
-            agent_id: facts.principal.map(|p| p.agent_id.clone()),
+            agent_id: facts
+                .principal
+                .map(|p| p.agent_id.clone())
+                .or_else(|| facts.denied_agent.clone()),
             auth_method: facts.principal.map(|p| p.method.as_str()),
             tool: facts.tool.map(|t| t.spec().name.to_owned()),
             protocol_version: Some(facts.version.to_owned()),
@@ -492,9 +519,14 @@ impl Server {
             status,
             reason: reason.map(str::to_owned),
             budget_layer: facts.budget_layer.map(str::to_owned),
-            arguments: facts
-                .principal
-                .map(|_| redact_arguments(facts.tool, facts.args, self.hash_key.as_ref())),
+            arguments: facts.principal.map(|_| {
+                redact_arguments(
+                    facts.tool,
+                    facts.args,
+                    self.hash_key.as_ref(),
+                    facts.validated,
+                )
+            }),
         };
         self.audit.write(&record);
     }

@@ -3,5 +3,7 @@
 //! to the same handlers (`tollgate::Server`). The gateway forwards `tools/call` in-process.
 
 pub mod carrier;
+pub mod conformance;
 pub mod devstack;
+pub mod fixtures;
 pub mod http_front;

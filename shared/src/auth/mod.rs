@@ -106,6 +106,25 @@ impl AuthError {
     }
 }
 
+/// A refused authentication: why, and which agent the credential belonged to when the key was
+/// found (revoked, expired or disabled), so the denial can be audited against the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Denied {
+    /// Why.
+    pub error: AuthError,
+    /// The credential's agent, when known.
+    pub agent_id: Option<String>,
+}
+
+impl From<AuthError> for Denied {
+    fn from(error: AuthError) -> Self {
+        Self {
+            error,
+            agent_id: None,
+        }
+    }
+}
+
 /// Longest Authorization header value considered; longer ones are refused before parsing.
 pub const MAX_AUTHORIZATION_LEN: usize = 8192;
 const MAX_CACHE_ENTRIES: usize = 10_000;
@@ -151,30 +170,34 @@ impl Authenticator {
 
     /// Extracts and verifies the request's credentials.
     #[tracing::instrument(name = "authenticate", skip_all, fields(auth.method = tracing::field::Empty))]
-    pub async fn authenticate(&self, req: &Request<'_>) -> Result<Principal, AuthError> {
+    pub async fn authenticate(&self, req: &Request<'_>) -> Result<Principal, Denied> {
         if let Some(p) = &self.fixed {
             return Ok(p.clone());
         }
         let token = bearer_token(req)?;
         let Some(key_id) = keys::key_id(token) else {
-            return Err(AuthError::UnknownToken);
+            return Err(AuthError::UnknownToken.into());
         };
         tracing::Span::current().record("auth.method", "api_key");
         let record = self.lookup(key_id).await?;
         let Some(record) = record else {
-            return Err(AuthError::UnknownToken);
+            return Err(AuthError::UnknownToken.into());
         };
         if !keys::digest_matches(token, &record.digest_hex) {
-            return Err(AuthError::UnknownToken);
+            return Err(AuthError::UnknownToken.into());
         }
+        let denied = |error| Denied {
+            error,
+            agent_id: Some(record.agent_id.clone()),
+        };
         if record.status == KeyStatus::Revoked {
-            return Err(AuthError::Revoked);
+            return Err(denied(AuthError::Revoked));
         }
         if record.agent_status != AgentStatus::Active {
-            return Err(AuthError::AgentDisabled);
+            return Err(denied(AuthError::AgentDisabled));
         }
         if record.expires_at_ms.is_some_and(|exp| exp <= now_ms()) {
-            return Err(AuthError::Expired);
+            return Err(denied(AuthError::Expired));
         }
         Ok(Principal {
             agent_id: record.agent_id,
@@ -185,13 +208,13 @@ impl Authenticator {
         })
     }
 
-    async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, AuthError> {
+    async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, Denied> {
         if let Some(hit) = self.cached(key_id) {
             return Ok(hit);
         }
         let record = self.store.get_key(key_id).await.map_err(|e| {
             tracing::warn!(error = %e, "key lookup failed");
-            AuthError::StoreUnavailable
+            Denied::from(AuthError::StoreUnavailable)
         })?;
         let mut cache = self
             .cache

@@ -42,7 +42,9 @@ fn event(auth: Option<&str>) -> aws_lambda_events::apigw::ApiGatewayV2httpReques
 
 async fn run(a: &Authenticator, auth: Option<&str>) -> Result<Principal, AuthError> {
     let ev = event(auth);
-    a.authenticate(&Request::new(&ev)).await
+    a.authenticate(&Request::new(&ev))
+        .await
+        .map_err(|d| d.error)
 }
 
 #[tokio::test]
@@ -110,6 +112,16 @@ async fn revoked_key_is_refused_permanently_after_the_cache_ttl() {
     let err = run(&a, Some(&header)).await.expect_err("revoked");
     assert_eq!(err, AuthError::Revoked);
     assert!(err.is_permanent());
+    let ev = event(Some(&header));
+    let denied = a
+        .authenticate(&Request::new(&ev))
+        .await
+        .expect_err("revoked");
+    assert_eq!(
+        denied.agent_id.as_deref(),
+        Some("bot"),
+        "denials name the key's agent for the audit"
+    );
 }
 
 #[tokio::test]
