@@ -25,6 +25,9 @@ pub struct Config {
     pub service: String,
     /// Time kept back from the Lambda deadline for writing the response and audit record.
     pub deadline_margin: Duration,
+    /// OAuth authorization server issuer, advertised in the protected-resource metadata
+    /// (`TOLLGATE_OAUTH_ISSUER`).
+    pub oauth_issuer: Option<String>,
     /// Default agent budget per minute (`TOLLGATE_AGENT_PER_MINUTE`).
     pub agent_per_minute: u32,
     /// Default agent budget per day (`TOLLGATE_AGENT_PER_DAY`).
@@ -101,6 +104,7 @@ impl Config {
                 "TOLLGATE_DEADLINE_MARGIN_MS",
                 250,
             )?),
+            oauth_issuer: lookup("TOLLGATE_OAUTH_ISSUER").filter(|s| !s.is_empty()),
             agent_per_minute: positive(
                 parse_or(&lookup, "TOLLGATE_AGENT_PER_MINUTE", 60)?,
                 "TOLLGATE_AGENT_PER_MINUTE",

@@ -137,9 +137,17 @@ pub fn build_server(
     server.with_budgets(Arc::new(budgets))
 }
 
+/// Deadlines below this are durations, not Unix times: some Runtime API emulators (cargo
+/// lambda watch) send the timeout itself in `Lambda-Runtime-Deadline-Ms`.
+const UNIX_MS_FLOOR: u64 = 1_000_000_000_000;
+
 fn invocation_of(ctx: &lambda_runtime::Context) -> Invocation {
     let now_ms = crate::store::now_ms();
-    let left = ctx.deadline.saturating_sub(now_ms);
+    let left = if ctx.deadline < UNIX_MS_FLOOR {
+        ctx.deadline
+    } else {
+        ctx.deadline.saturating_sub(now_ms)
+    };
     Invocation {
         request_id: ctx.request_id.clone(),
         deadline: Instant::now() + Duration::from_millis(left),

@@ -90,6 +90,8 @@ pub struct Server {
     hash_key: Option<HashKey>,
     identity: ServerIdentity,
     budgets: Option<Arc<Budgets>>,
+    /// `WWW-Authenticate` `resource_metadata` URL, from the configured resource URL.
+    metadata_url: Option<String>,
     served_any: AtomicBool,
 }
 
@@ -122,10 +124,16 @@ impl Server {
         hash_key: Option<HashKey>,
         identity: ServerIdentity,
     ) -> Self {
+        let metadata_url = clients
+            .config
+            .resource_url
+            .as_deref()
+            .and_then(metadata_url_for);
         Self {
             catalog,
             dispatch,
             auth,
+            metadata_url,
             config: clients.config.clone(),
             clients,
             audit,
@@ -165,6 +173,9 @@ impl Server {
     pub async fn respond(&self, event: &ApiGatewayV2httpRequest, inv: &Invocation) -> Response {
         let started = Instant::now();
         let req = Request::new(event);
+        if let Some(suffix) = req.path().strip_prefix(WELL_KNOWN_PRM) {
+            return self.protected_resource_metadata(&req, suffix);
+        }
         if let Err(r) = transport::check(&req, &self.config) {
             let id = match r {
                 Rejection::MethodNotAllowed | Rejection::PayloadTooLarge { .. } => None,
@@ -225,7 +236,40 @@ impl Server {
     }
 
     fn reject(&self, r: Rejection, id: Option<&RequestId>) -> Response {
-        r.into_response(id, None)
+        r.into_response(id, self.metadata_url.as_deref())
+    }
+
+    /// RFC 9728 protected-resource metadata: the resource URI (the MCP endpoint the path
+    /// names), the authorization servers, the scopes tools require and how to send tokens.
+    fn protected_resource_metadata(&self, req: &Request<'_>, suffix: &str) -> Response {
+        if req.method() != http::Method::GET {
+            return Response::empty(405).with_header(http::header::ALLOW, "GET");
+        }
+        let Some(origin) = self.config.resource_url.as_deref().and_then(origin_of) else {
+            return Response::json(404, &json!({"error": "not_found"}));
+        };
+        let resource = if suffix.is_empty() {
+            self.config.resource_url.clone().unwrap_or_default()
+        } else if suffix.starts_with('/') {
+            format!("{origin}{suffix}")
+        } else {
+            return Response::json(404, &json!({"error": "not_found"}));
+        };
+        let mut body = json!({
+            "resource": resource,
+            "resource_name": self.identity.name,
+            "scopes_supported": self.catalog.scopes(),
+            "bearer_methods_supported": ["header"],
+        });
+        if let Some(issuer) = &self.config.oauth_issuer {
+            body["authorization_servers"] = json!([issuer]);
+        }
+        let mut resp = Response::json(200, &body);
+        resp.headers.insert(
+            http::header::CACHE_CONTROL,
+            http::HeaderValue::from_static("public, max-age=3600"),
+        );
+        resp
     }
 
     fn ok(&self, id: &RequestId, mut result: Value, era: Era) -> Response {
@@ -530,6 +574,23 @@ impl Server {
         };
         self.audit.write(&record);
     }
+}
+
+/// The RFC 9728 well-known prefix.
+pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
+
+fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The path-specific metadata URL of a resource (RFC 9728 section 3.1): the well-known prefix
+/// inserted between the origin and the resource's path.
+pub fn metadata_url_for(resource: &str) -> Option<String> {
+    let origin = origin_of(resource)?;
+    let path = resource[origin.len()..].trim_end_matches('/');
+    Some(format!("{origin}{WELL_KNOWN_PRM}{path}"))
 }
 
 /// Adds `RateLimit-Policy` and `RateLimit` to an admitted call's response.

@@ -36,19 +36,35 @@ async fn next(State(api): State<Arc<RuntimeApi>>) -> (HeaderMap, String) {
         // Hold the second poll open: the bench kills the process.
         tokio::time::sleep(Duration::from_secs(60)).await;
     }
-    api.next_at.lock().expect("lock").get_or_insert_with(Instant::now);
+    api.next_at
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(Instant::now);
     let mut h = HeaderMap::new();
     let deadline = (std::time::SystemTime::now() + Duration::from_secs(10))
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_millis();
-    h.insert("lambda-runtime-aws-request-id", "bench-1".parse().expect("hv"));
-    h.insert("lambda-runtime-deadline-ms", deadline.to_string().parse().expect("hv"));
+    h.insert(
+        "lambda-runtime-aws-request-id",
+        "bench-1".parse().expect("hv"),
+    );
+    h.insert(
+        "lambda-runtime-deadline-ms",
+        deadline.to_string().parse().expect("hv"),
+    );
     h.insert(
         "lambda-runtime-invoked-function-arn",
-        "arn:aws:lambda:us-east-1:000000000000:function:bench".parse().expect("hv"),
+        "arn:aws:lambda:us-east-1:000000000000:function:bench"
+            .parse()
+            .expect("hv"),
     );
-    h.insert("lambda-runtime-trace-id", "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1".parse().expect("hv"));
+    h.insert(
+        "lambda-runtime-trace-id",
+        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"
+            .parse()
+            .expect("hv"),
+    );
     let event = tollgate::http::event_from_parts(
         "POST",
         "/tools/lookup_customer/mcp",
@@ -61,7 +77,10 @@ async fn next(State(api): State<Arc<RuntimeApi>>) -> (HeaderMap, String) {
 }
 
 async fn response(State(api): State<Arc<RuntimeApi>>) -> &'static str {
-    api.response_at.lock().expect("lock").get_or_insert_with(Instant::now);
+    api.response_at
+        .lock()
+        .expect("lock")
+        .get_or_insert_with(Instant::now);
     "{}"
 }
 
@@ -81,7 +100,10 @@ async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
         let api = Arc::new(RuntimeApi::default());
         let app = axum::Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
+            .route(
+                "/2018-06-01/runtime/invocation/{id}/response",
+                post(response),
+            )
             .with_state(api.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -106,8 +128,10 @@ async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
         while api.response_at.lock().expect("lock").is_none() && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_micros(200)).await;
         }
-        let next_at = (*api.next_at.lock().expect("lock")).ok_or_else(|| anyhow::anyhow!("no /next"))?;
-        let resp_at = (*api.response_at.lock().expect("lock")).ok_or_else(|| anyhow::anyhow!("no response"))?;
+        let next_at =
+            (*api.next_at.lock().expect("lock")).ok_or_else(|| anyhow::anyhow!("no /next"))?;
+        let resp_at = (*api.response_at.lock().expect("lock"))
+            .ok_or_else(|| anyhow::anyhow!("no response"))?;
         inits.push(next_at - start);
         firsts.push(resp_at - start);
         child.kill().await?;
@@ -115,8 +139,17 @@ async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
     }
     inits.sort();
     firsts.sort();
-    println!("cold init, exec -> first /next ({SPAWNS} spawns): p50 {} p99 {} max {}", ms(percentile(&inits, 0.5)), ms(percentile(&inits, 0.99)), ms(inits[inits.len() - 1]));
-    println!("cold start, exec -> first response posted: p50 {} p99 {}", ms(percentile(&firsts, 0.5)), ms(percentile(&firsts, 0.99)));
+    println!(
+        "cold init, exec -> first /next ({SPAWNS} spawns): p50 {} p99 {} max {}",
+        ms(percentile(&inits, 0.5)),
+        ms(percentile(&inits, 0.99)),
+        ms(inits[inits.len() - 1])
+    );
+    println!(
+        "cold start, exec -> first response posted: p50 {} p99 {}",
+        ms(percentile(&firsts, 0.5)),
+        ms(percentile(&firsts, 0.99))
+    );
     Ok(())
 }
 
@@ -132,7 +165,12 @@ async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
     let endpoint = format!("http://127.0.0.1:{moto_port}");
     let http = reqwest_client();
     for _ in 0..200 {
-        if http.get(format!("{endpoint}/moto-api/")).send().await.is_ok() {
+        if http
+            .get(format!("{endpoint}/moto-api/"))
+            .send()
+            .await
+            .is_ok()
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -154,13 +192,22 @@ async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
     store.create_table().await?;
     tollgate_tests::devstack::create_app_table(&clients.dynamodb, "tollgate-app").await?;
     tollgate_tests::devstack::seed_customers(&clients.dynamodb, "tollgate-app").await?;
-    let catalog = tollgate::Catalog::new().register(lookup_customer::LookupCustomer::with_table("tollgate-app"))?;
+    let catalog = tollgate::Catalog::new()
+        .register(lookup_customer::LookupCustomer::with_table("tollgate-app"))?;
     let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
     let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
-    let server = tokio::spawn(async move { axum::serve(listener, tollgate_tests::http_front::app(routes)).await });
-    for (label, path) in [("gateway /mcp", "/mcp"), ("direct /tools/lookup_customer/mcp", "/tools/lookup_customer/mcp")] {
+    let server = tokio::spawn(async move {
+        axum::serve(listener, tollgate_tests::http_front::app(routes)).await
+    });
+    for (label, path) in [
+        ("gateway /mcp", "/mcp"),
+        (
+            "direct /tools/lookup_customer/mcp",
+            "/tools/lookup_customer/mcp",
+        ),
+    ] {
         let url = format!("http://{addr}{path}");
         let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"email":"ada@example.com"}}}"#;
         let mut samples = Vec::with_capacity(CALLS);
@@ -180,7 +227,11 @@ async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
             }
         }
         samples.sort();
-        println!("tools/call lookup_customer via {label} ({CALLS} calls, warm): p50 {} p99 {}", ms(percentile(&samples, 0.5)), ms(percentile(&samples, 0.99)));
+        println!(
+            "tools/call lookup_customer via {label} ({CALLS} calls, warm): p50 {} p99 {}",
+            ms(percentile(&samples, 0.5)),
+            ms(percentile(&samples, 0.99))
+        );
     }
     server.abort();
     let bench_store = Arc::new(tollgate::store::DynamoStore::new(
@@ -214,8 +265,16 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
         log_fields: &[],
     };
     let new = |per_minute: u32| {
-        Budgets::new(store.clone(), store.clone(), AgentDefaults { per_minute, per_day: 1_000_000 },
-            Duration::from_secs(2), Duration::from_secs(600))
+        Budgets::new(
+            store.clone(),
+            store.clone(),
+            AgentDefaults {
+                per_minute,
+                per_day: 1_000_000,
+            },
+            Duration::from_secs(2),
+            Duration::from_secs(600),
+        )
     };
 
     // Admitted calls: three buckets (agent minute, agent day, tool), one write each.
@@ -225,18 +284,25 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
     let before = b.counters.store_requests.load(Ordering::Relaxed);
     for _ in 0..200 {
         let t = Instant::now();
-        b.admit(&principal("bench-admit"), &tool).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        b.admit(&principal("bench-admit"), &tool)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         samples.push(t.elapsed());
     }
     let per_admit = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 200.0;
     samples.sort();
-    println!("budget decision (3 buckets, parallel conditional updates) latency: p50 {} p99 {}; DynamoDB requests (WCU) per admitted call: {per_admit:.2}, reads: 0",
-        ms(percentile(&samples, 0.5)), ms(percentile(&samples, 0.99)));
+    println!(
+        "budget decision (3 buckets, parallel conditional updates) latency: p50 {} p99 {}; DynamoDB requests (WCU) per admitted call: {per_admit:.2}, reads: 0",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99))
+    );
 
     // Refused by the tool layer: three takes, then two refunds; repeats come from memory.
     let b = new(1_000_000);
     let tool = spec(1, 1);
-    b.admit(&principal("bench-refuse-0"), &tool).await.map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    b.admit(&principal("bench-refuse-0"), &tool)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
     let before = b.counters.store_requests.load(Ordering::Relaxed);
     let _ = b.admit(&principal("bench-refuse-1"), &tool).await;
     let first = b.counters.store_requests.load(Ordering::Relaxed) - before;
@@ -245,7 +311,9 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
         let _ = b.admit(&principal("bench-refuse-1"), &tool).await;
     }
     let repeats = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 100.0;
-    println!("refused call: {first} DynamoDB requests (WCU) on the first refusal (3 takes + 2 refunds), {repeats:.2} per repeated call while refused (per-instance memory)");
+    println!(
+        "refused call: {first} DynamoDB requests (WCU) on the first refusal (3 takes + 2 refunds), {repeats:.2} per repeated call while refused (per-instance memory)"
+    );
 
     // Contention: 32 callers on one agent bucket (600/min, burst 10) for 4 s.
     let b = Arc::new(new(600));
@@ -282,8 +350,11 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
     let elapsed = started.elapsed().as_millis() as u64;
     let bound = 600 + elapsed / 100; // burst (= per-minute limit) + one per 100 ms
     let requests = b.counters.store_requests.load(Ordering::Relaxed) - before;
-    println!("contention, 32 callers on one bucket for {} ms: {decisions} decisions, {requests} DynamoDB requests ({:.2} per decision), admitted {admitted} (bound {bound})",
-        elapsed, requests as f64 / decisions as f64);
+    println!(
+        "contention, 32 callers on one bucket for {} ms: {decisions} decisions, {requests} DynamoDB requests ({:.2} per decision), admitted {admitted} (bound {bound})",
+        elapsed,
+        requests as f64 / decisions as f64
+    );
     Ok(())
 }
 
@@ -292,7 +363,9 @@ fn reqwest_client() -> tollgate::deps::reqwest::Client {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[tokio::main]
@@ -304,7 +377,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let binary = root.join("target/release/lookup_customer");
-    anyhow::ensure!(binary.exists(), "build it first: cargo build --release --bin lookup_customer");
+    anyhow::ensure!(
+        binary.exists(),
+        "build it first: cargo build --release --bin lookup_customer"
+    );
     cold_init(&binary).await?;
     stack_latency(&root).await?;
     Ok(())

@@ -113,6 +113,11 @@ class Stack:
     def gateway_url(self) -> str:
         return f"{self.base}/mcp"
 
+    @property
+    def metadata_url(self) -> str:
+        """Path-specific RFC 9728 metadata URL of the gateway's resource (/mcp)."""
+        return self.gateway_url.replace("/mcp", "/.well-known/oauth-protected-resource/mcp", 1)
+
     def tool_url(self, tool: str) -> str:
         return f"{self.base}/tools/{tool}/mcp"
 

@@ -178,7 +178,9 @@ def test_no_pii_or_credentials_in_logs_or_responses(stack, http) -> None:
     marker = uuid.uuid4().hex[:12]
     email = f"Pii.{marker}@Leak-Test.example"
     planted_token = f"tg_{marker}_{secrets.token_urlsafe(32)[:43]}"
-    planted_secret = planted_token.rsplit("_", 1)[1]
+    # The secret is everything after "tg_<12-char id>_"; base64url secrets may contain "_",
+    # so never split on it (a short tail would match unrelated hex in the logs).
+    planted_secret = planted_token[len("tg_") + 13:]
     needles = {
         "planted email": email,
         "planted email (lowercase)": email.lower(),
@@ -186,7 +188,7 @@ def test_no_pii_or_credentials_in_logs_or_responses(stack, http) -> None:
         "planted token": planted_token,
         "planted token secret": planted_secret,
         "caller's token": token,
-        "caller's token secret": token.rsplit("_", 1)[1],
+        "caller's token secret": token[len("tg_") + 13:],
     }
 
     offset = stack.stdout_offset()

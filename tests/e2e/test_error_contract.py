@@ -184,6 +184,7 @@ def test_missing_credentials_is_401(stack, http, url, method) -> None:
     challenge = resp.headers.get("www-authenticate", "")
     assert challenge.startswith('Bearer realm="tollgate"'), challenge
     assert "error=" not in challenge, "no error code when no credentials were sent (RFC 6750 3.1)"
+    assert f'resource_metadata="{stack.metadata_url}"' in challenge, challenge
     assert err["data"]["reason"] == "missing_credentials"
 
 
@@ -306,7 +307,10 @@ def test_missing_scope_is_403_insufficient_scope(stack, http, route, modern) -> 
     target = stack.gateway_url if route == "gateway" else stack.tool_url("open_ticket")
     resp = tool_call(http, target, key["token"], "open_ticket", TICKET, id="scope-1", modern=modern)
     err = rpc_error(resp, 403, -31004, id="scope-1")
-    assert resp.headers.get("www-authenticate") == INSUFFICIENT
+    challenge = resp.headers.get("www-authenticate", "")
+    assert challenge.startswith(INSUFFICIENT), challenge
+    # The gateway's metadata names /mcp (the resource the agent called through).
+    assert f'resource_metadata="{stack.metadata_url}"' in challenge, challenge
     assert err["data"]["reason"] == "insufficient_scope"
 
 
@@ -504,3 +508,25 @@ def test_transport_rejections_echo_the_id(stack, token, http, url, case) -> None
     resp = post(http, url, lookup_body(id="t-id"), base_headers(token, LEGACY, **extra))
     assert resp.status_code in (403, 406), resp.text
     assert resp.json().get("id") == "t-id", resp.text
+
+
+# --- discovery (RFC 9728) ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ["/mcp", "/tools/lookup_customer/mcp", ""])
+def test_protected_resource_metadata_is_served_and_names_the_resource(stack, http, suffix) -> None:
+    base = stack.gateway_url.removesuffix("/mcp")
+    resp = http.get(f"{base}/.well-known/oauth-protected-resource{suffix}")
+    assert resp.status_code == 200, resp.text
+    doc = resp.json()
+    assert doc["resource"] == (f"{base}{suffix}" if suffix else stack.gateway_url)
+    assert doc["bearer_methods_supported"] == ["header"]
+    assert "customers:read" in doc["scopes_supported"]
+
+
+def test_metadata_url_from_a_bare_401_resolves(stack, http, url) -> None:
+    resp = post(http, url, legacy_request("tools/list", id=1), base_headers(None, LEGACY))
+    challenge = resp.headers["www-authenticate"]
+    metadata = challenge.split('resource_metadata="', 1)[1].split('"', 1)[0]
+    doc = http.get(metadata).json()
+    assert doc["resource"] == stack.gateway_url

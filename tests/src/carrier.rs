@@ -13,7 +13,11 @@ async fn shipment(Path(number): Path<String>) -> axum::response::Response {
         return (StatusCode::INTERNAL_SERVER_ERROR, "carrier backend error").into_response();
     }
     if number.ends_with("0000") {
-        return (StatusCode::NOT_FOUND, axum::Json(json!({"error": "not_found"}))).into_response();
+        return (
+            StatusCode::NOT_FOUND,
+            axum::Json(json!({"error": "not_found"})),
+        )
+            .into_response();
     }
     let body = if number.starts_with("DLV") {
         json!({"status": "delivered", "carrier": "Tollgate Express", "estimated_delivery": null,

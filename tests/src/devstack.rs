@@ -21,18 +21,46 @@ pub const DEMO_AGENT: &str = "demo-agent";
 
 /// Demo customers: (customer id, email, name, tier, status).
 pub const DEMO_CUSTOMERS: &[(&str, &str, &str, &str, &str)] = &[
-    ("C-1001", "ada@example.com", "Ada Lovelace", "premium", "active"),
-    ("C-1002", "grace@example.com", "Grace Hopper", "enterprise", "active"),
-    ("C-1003", "linus@example.com", "Linus Pauling", "standard", "suspended"),
+    (
+        "C-1001",
+        "ada@example.com",
+        "Ada Lovelace",
+        "premium",
+        "active",
+    ),
+    (
+        "C-1002",
+        "grace@example.com",
+        "Grace Hopper",
+        "enterprise",
+        "active",
+    ),
+    (
+        "C-1003",
+        "linus@example.com",
+        "Linus Pauling",
+        "standard",
+        "suspended",
+    ),
 ];
 
 /// Every server of the local stack, sharing one set of clients.
-pub fn routes(catalog: &Catalog, clients: Arc<tollgate::tool::Clients>, timeout: Duration) -> anyhow::Result<Routes> {
+pub fn routes(
+    catalog: &Catalog,
+    clients: Arc<tollgate::tool::Clients>,
+    timeout: Duration,
+) -> anyhow::Result<Routes> {
     let mut tools = HashMap::new();
     for t in catalog.iter() {
         let name = t.spec().name;
         let own = catalog.only(name).context("tool vanished from catalog")?;
-        let server = build_server(own, Dispatch::Local, clients.clone(), Arc::new(StdoutSink), name);
+        let server = build_server(
+            own,
+            Dispatch::Local,
+            clients.clone(),
+            Arc::new(StdoutSink),
+            name,
+        );
         tools.insert(name.to_owned(), Arc::new(server));
     }
     let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
@@ -53,9 +81,21 @@ pub fn routes(catalog: &Catalog, clients: Arc<tollgate::tool::Clients>, timeout:
 /// Creates the app table the example tools use (idempotent).
 pub async fn create_app_table(db: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
     use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    let attr = |n: &str| AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build();
-    let key = |n: &str, k| KeySchemaElement::builder().attribute_name(n).key_type(k).build();
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let attr = |n: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(n)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+    };
+    let key = |n: &str, k| {
+        KeySchemaElement::builder()
+            .attribute_name(n)
+            .key_type(k)
+            .build()
+    };
     let result = db
         .create_table()
         .table_name(table)
@@ -69,7 +109,10 @@ pub async fn create_app_table(db: &aws_sdk_dynamodb::Client, table: &str) -> any
     match result {
         Ok(_) => Ok(()),
         Err(e) if e.code() == Some("ResourceInUseException") => Ok(()),
-        Err(e) => Err(anyhow::anyhow!("create table {table}: {}", e.code().unwrap_or("error"))),
+        Err(e) => Err(anyhow::anyhow!(
+            "create table {table}: {}",
+            e.code().unwrap_or("error")
+        )),
     }
 }
 
@@ -77,7 +120,10 @@ pub async fn create_app_table(db: &aws_sdk_dynamodb::Client, table: &str) -> any
 pub async fn seed_customers(db: &aws_sdk_dynamodb::Client, table: &str) -> anyhow::Result<()> {
     for (id, email, name, tier, status) in DEMO_CUSTOMERS {
         let s = |v: &str| AttributeValue::S(v.to_owned());
-        for (pk, sk) in [(format!("EMAIL#{email}"), "CUSTOMER"), (format!("CUSTOMER#{id}"), "PROFILE")] {
+        for (pk, sk) in [
+            (format!("EMAIL#{email}"), "CUSTOMER"),
+            (format!("CUSTOMER#{id}"), "PROFILE"),
+        ] {
             db.put_item()
                 .table_name(table)
                 .item("pk", AttributeValue::S(pk))
@@ -99,7 +145,8 @@ pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::
     let scopes: Vec<String> = catalog.scopes().into_iter().map(str::to_owned).collect();
     match store.get_agent(DEMO_AGENT).await? {
         None => {
-            admin::create_agent(store, DEMO_AGENT, "Demo agent seeded by make dev", &scopes).await?;
+            admin::create_agent(store, DEMO_AGENT, "Demo agent seeded by make dev", &scopes)
+                .await?;
         }
         Some(_) => {
             admin::change_scopes(store, DEMO_AGENT, admin::ScopeChange::Add, &scopes).await?;
@@ -111,15 +158,22 @@ pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::
 /// Runs the local stack until interrupted.
 pub async fn run() -> anyhow::Result<()> {
     tollgate::lambda::init_logging();
-    let port: u16 = std::env::var("PORT").ok().map_or(Ok(9000), |p| p.parse()).context("PORT")?;
+    let port: u16 = std::env::var("PORT")
+        .ok()
+        .map_or(Ok(9000), |p| p.parse())
+        .context("PORT")?;
     let config = Arc::new(Config::from_env()?);
     let sdk = aws_config::load_from_env().await;
     let clients = Arc::new(build_clients(&sdk, config.clone())?);
     let catalog = gateway::catalog()?;
 
     let store = DynamoStore::new(clients.dynamodb.clone(), config.table.clone());
-    store.create_table().await.context("create the tollgate table (is the DynamoDB endpoint up?)")?;
-    let app_table = std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
+    store
+        .create_table()
+        .await
+        .context("create the tollgate table (is the DynamoDB endpoint up?)")?;
+    let app_table =
+        std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
     create_app_table(&clients.dynamodb, &app_table).await?;
     seed_customers(&clients.dynamodb, &app_table).await?;
     let token = seed_demo_agent(&store, &catalog).await?;
@@ -133,12 +187,17 @@ pub async fn run() -> anyhow::Result<()> {
     }
 
     if let Some(addr) = carrier_addr() {
-        let listener = tokio::net::TcpListener::bind(&addr).await.with_context(|| format!("bind carrier API on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(&addr)
+            .await
+            .with_context(|| format!("bind carrier API on {addr}"))?;
         tokio::spawn(async move { axum::serve(listener, crate::carrier::app()).await });
     }
 
     let timeout = Duration::from_millis(
-        std::env::var("TOLLGATE_DEV_TIMEOUT_MS").ok().and_then(|v| v.parse().ok()).unwrap_or(29_000),
+        std::env::var("TOLLGATE_DEV_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(29_000),
     );
     let routes = routes(&catalog, clients, timeout)?;
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
@@ -152,7 +211,11 @@ pub async fn run() -> anyhow::Result<()> {
          try it with the official MCP Python SDK:\n  \
          .venv/bin/python tests/stack/mcp_client.py --url {url} --token \"$(cat target/dev/demo-token)\" list\n  \
          .venv/bin/python tests/stack/mcp_client.py --url {url} --token \"$(cat target/dev/demo-token)\" call lookup_customer '{{\"email\":\"ada@example.com\"}}'\n",
-        catalog.iter().map(|t| t.spec().name).collect::<Vec<_>>().join(", ")
+        catalog
+            .iter()
+            .map(|t| t.spec().name)
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     axum::serve(listener, app(routes))
         .with_graceful_shutdown(async {
@@ -170,5 +233,6 @@ fn carrier_addr() -> Option<String> {
     }
     let url = std::env::var("TRACK_SHIPMENT_API_URL").ok()?;
     let authority = url.strip_prefix("http://")?.split('/').next()?.to_owned();
-    (authority.starts_with("127.0.0.1:") || authority.starts_with("localhost:")).then_some(authority)
+    (authority.starts_with("127.0.0.1:") || authority.starts_with("localhost:"))
+        .then_some(authority)
 }

@@ -25,7 +25,9 @@ pub struct Routes {
 
 /// The axum app serving every route.
 pub fn app(routes: Routes) -> axum::Router {
-    axum::Router::new().fallback(handle).with_state(Arc::new(routes))
+    axum::Router::new()
+        .fallback(handle)
+        .with_state(Arc::new(routes))
 }
 
 async fn handle(
@@ -36,7 +38,7 @@ async fn handle(
     body: Bytes,
 ) -> AxumResponse {
     let path = uri.path();
-    let server = if path == "/mcp" {
+    let server = if path == "/mcp" || path.starts_with(tollgate::server::WELL_KNOWN_PRM) {
         Some(routes.gateway.clone())
     } else {
         path.strip_prefix("/tools/")
@@ -44,7 +46,11 @@ async fn handle(
             .and_then(|tool| routes.tools.get(tool).cloned())
     };
     let Some(server) = server else {
-        return (StatusCode::NOT_FOUND, [("content-type", "application/json")], r#"{"message":"Not Found"}"#)
+        return (
+            StatusCode::NOT_FOUND,
+            [("content-type", "application/json")],
+            r#"{"message":"Not Found"}"#,
+        )
             .into_response();
     };
     let header_pairs: Vec<(&str, &str)> = headers

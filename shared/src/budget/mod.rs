@@ -217,11 +217,10 @@ impl Budgets {
             shards: 1,
             fail_open: spec.budget.on_store_failure == StoreFailure::FailOpen,
         };
-        if let Some(c) = lock(&self.policy_cache).get(spec.name) {
-            if c.fetched.elapsed() < self.policy_ttl {
+        if let Some(c) = lock(&self.policy_cache).get(spec.name)
+            && c.fetched.elapsed() < self.policy_ttl {
                 return c.policy.unwrap_or(default);
             }
-        }
         let fetched =
             tokio::time::timeout(self.timeout, self.policies.get_tool_policy(spec.name)).await;
         let policy = match fetched {

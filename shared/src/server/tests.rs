@@ -328,3 +328,15 @@ async fn notifications_get_202_without_body_and_still_need_auth() {
     assert_eq!((resp.status, resp.body.is_none()), (202, true));
     assert_eq!(post(&h, None, &note).await.status, 401);
 }
+
+#[test]
+fn metadata_url_inserts_the_well_known_prefix() {
+    assert_eq!(
+        metadata_url_for("https://mcp.example.com/mcp").as_deref(),
+        Some("https://mcp.example.com/.well-known/oauth-protected-resource/mcp")
+    );
+    assert_eq!(
+        metadata_url_for("http://127.0.0.1:9000").as_deref(),
+        Some("http://127.0.0.1:9000/.well-known/oauth-protected-resource")
+    );
+}
