@@ -1,0 +1,167 @@
+"""Least privilege over the rendered template: no wildcard actions on DynamoDB, Secrets Manager
+or Lambda; no `*` resource except X-Ray's (which has no resource-level permissions); each tool
+role reaches only its own resources; the gateway may invoke exactly the tool functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from conftest import function_name_of, serverless_functions
+
+GUARDED_SERVICES = ("dynamodb", "secretsmanager", "lambda")
+XRAY_ACTIONS = {"xray:PutTraceSegments", "xray:PutTelemetryRecords"}
+
+
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
+def target(resource: Any) -> str:
+    """A symbolic name for a policy resource: the logical id it points at, or the literal."""
+    if isinstance(resource, str):
+        return resource
+    if "Fn::GetAtt" in resource:
+        return resource["Fn::GetAtt"][0]
+    if "Ref" in resource:
+        return resource["Ref"]
+    if "Fn::If" in resource:
+        _, yes, no = resource["Fn::If"]
+        return f"{target(yes)}|{target(no)}"
+    raise AssertionError(f"unrecognised policy resource {resource}")
+
+
+def roles(resources) -> dict[str, tuple[str, list[dict]]]:
+    """function name -> (role logical id, statements of its policies)."""
+    out = {}
+    for fn in serverless_functions(resources).values():
+        role_id = fn["Properties"]["Role"]["Fn::GetAtt"][0]
+        role = resources[role_id]["Properties"]
+        statements = [s for p in role["Policies"] for s in p["PolicyDocument"]["Statement"]]
+        out[function_name_of(fn)] = (role_id, statements)
+    return out
+
+
+def grants(statements) -> dict[str, set[str]]:
+    """action -> the resources it is granted on."""
+    out: dict[str, set[str]] = {}
+    for s in statements:
+        assert s["Effect"] == "Allow"
+        for action in as_list(s["Action"]):
+            out.setdefault(action, set()).update(target(r) for r in as_list(s["Resource"]))
+    return out
+
+
+def all_statements(resources):
+    for lid, res in resources.items():
+        if res["Type"] == "AWS::IAM::Role":
+            for policy in res["Properties"].get("Policies", []):
+                for s in policy["PolicyDocument"]["Statement"]:
+                    yield lid, s
+
+
+def test_no_wildcard_actions_on_guarded_services(resources):
+    for lid, s in all_statements(resources):
+        for action in as_list(s["Action"]):
+            assert action != "*", lid
+            service, _, name = action.partition(":")
+            if service in GUARDED_SERVICES:
+                assert "*" not in name and "?" not in name, f"{lid}: {action}"
+        assert "NotAction" not in s and "NotResource" not in s, lid
+
+
+def test_only_xray_gets_a_star_resource(resources):
+    for lid, s in all_statements(resources):
+        if "*" in [target(r) for r in as_list(s["Resource"])]:
+            assert set(as_list(s["Action"])) <= XRAY_ACTIONS, f"{lid}: {s['Sid']} on *"
+
+
+def test_roles_are_for_lambda_only_and_inline_only(resources):
+    for lid, res in resources.items():
+        if res["Type"] != "AWS::IAM::Role":
+            continue
+        props = res["Properties"]
+        assert "ManagedPolicyArns" not in props, lid
+        (trust,) = props["AssumeRolePolicyDocument"]["Statement"]
+        assert trust["Principal"] == {"Service": "lambda.amazonaws.com"}
+        assert trust["Action"] == "sts:AssumeRole"
+
+
+def test_each_tool_role_reaches_only_its_resources(resources, functions, manifest):
+    shared = set(manifest["shared"]["tollgate_table_actions"])
+    by_fn = roles(resources)
+    for fn in functions:
+        if not fn.is_tool:
+            continue
+        _, statements = by_fn[fn.name]
+        g = grants(statements)
+        expected = {a: {"TollgateTable"} for a in shared}
+        for action in fn.settings["app_table"]:
+            expected.setdefault(action, set()).add("AppTable")
+        dynamo = {a: r for a, r in g.items() if a.startswith("dynamodb:")}
+        assert dynamo == expected, fn.name
+        assert {a: r for a, r in g.items() if a.startswith("secretsmanager:")} == {
+            "secretsmanager:GetSecretValue": {"HashKeySecret|HashKeySecretArn"}
+        }
+        assert not [a for a in g if a.startswith("lambda:")], f"{fn.name} may invoke functions"
+        assert set(g) - set(expected) - {"secretsmanager:GetSecretValue"} <= XRAY_ACTIONS | {
+            "logs:CreateLogStream",
+            "logs:PutLogEvents",
+            "kms:Decrypt",
+            "kms:DescribeKey",
+            "kms:Encrypt",
+            "kms:GenerateDataKey",
+        }, fn.name
+
+
+@pytest.mark.parametrize(
+    "tool, app_actions",
+    [
+        ("lookup_customer", {"dynamodb:GetItem"}),
+        ("open_ticket", {"dynamodb:GetItem", "dynamodb:PutItem"}),
+        ("track_shipment", set()),
+    ],
+)
+def test_example_tools_app_table_access(resources, tool, app_actions):
+    _, statements = roles(resources)[tool]
+    on_app = {a for a, r in grants(statements).items() if "AppTable" in r}
+    assert on_app == app_actions
+
+
+def test_kms_use_is_limited_to_the_stack_key_through_its_services(resources):
+    for lid, s in all_statements(resources):
+        actions = as_list(s["Action"])
+        if any(a.startswith("kms:") for a in actions):
+            assert all(a.startswith("kms:") for a in actions), lid
+            assert [target(r) for r in as_list(s["Resource"])] == ["TollgateKey"], lid
+            via = s["Condition"]["StringEquals"]["kms:ViaService"]["Fn::Sub"]
+            assert via in ("dynamodb.${AWS::Region}.${AWS::URLSuffix}", "secretsmanager.${AWS::Region}.${AWS::URLSuffix}")
+
+
+def test_logs_go_only_to_the_functions_own_log_group(resources):
+    for fn_name, (_, statements) in roles(resources).items():
+        fn_id = next(k for k, v in serverless_functions(resources).items() if function_name_of(v) == fn_name)
+        own = resources[fn_id]["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+        for action, where in grants(statements).items():
+            if action.startswith("logs:"):
+                assert where == {own}, (fn_name, action)
+                assert action in ("logs:CreateLogStream", "logs:PutLogEvents")
+
+
+def test_gateway_invokes_exactly_the_tool_functions(resources, tool_folders):
+    _, statements = roles(resources)["gateway"]
+    g = grants(statements)
+    tool_function_ids = {
+        lid for lid, fn in serverless_functions(resources).items() if function_name_of(fn) in tool_folders
+    }
+    assert g["lambda:InvokeFunction"] == tool_function_ids
+    assert [a for a in g if a.startswith("lambda:")] == ["lambda:InvokeFunction"]
+    # It reads keys and updates budgets on the tollgate table, and never touches app data.
+    assert not [a for a, r in g.items() if "AppTable" in r]
+    assert "dynamodb:GetItem" in g and "dynamodb:UpdateItem" in g
+
+
+def test_no_function_may_scan_query_or_delete(resources):
+    forbidden = {"dynamodb:Scan", "dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteTable"}
+    for fn_name, (_, statements) in roles(resources).items():
+        assert not forbidden & set(grants(statements)), fn_name
