@@ -107,15 +107,20 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
     fn write(&self, record: &AuditRecord);
 }
 
-/// Writes each record as one line on stdout.
+/// Writes each record as one line on stdout, followed by its EMF metrics line
+/// ([`crate::metrics`]).
 #[derive(Debug, Default)]
 pub struct StdoutSink;
 
 impl AuditSink for StdoutSink {
     fn write(&self, record: &AuditRecord) {
-        if let Ok(line) = serde_json::to_string(record) {
+        let metrics = crate::metrics::emf(record, crate::store::now_ms());
+        if let (Ok(line), Ok(emf)) = (
+            serde_json::to_string(record),
+            serde_json::to_string(&metrics),
+        ) {
             let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}");
+            let _ = writeln!(out, "{line}\n{emf}");
         }
     }
 }

@@ -25,6 +25,11 @@ pub struct Config {
     pub service: String,
     /// Time kept back from the Lambda deadline for writing the response and audit record.
     pub deadline_margin: Duration,
+    /// Secrets Manager id of the argument-hashing key (`TOLLGATE_HASH_KEY_SECRET`).
+    pub hash_key_secret: Option<String>,
+    /// How long the hashing key is cached before a background refresh
+    /// (`TOLLGATE_HASH_KEY_TTL_SECS`).
+    pub hash_key_ttl: Duration,
     /// OAuth authorization server issuer, advertised in the protected-resource metadata
     /// (`TOLLGATE_OAUTH_ISSUER`).
     pub oauth_issuer: Option<String>,
@@ -103,6 +108,12 @@ impl Config {
                 &lookup,
                 "TOLLGATE_DEADLINE_MARGIN_MS",
                 250,
+            )?),
+            hash_key_secret: lookup("TOLLGATE_HASH_KEY_SECRET").filter(|s| !s.is_empty()),
+            hash_key_ttl: Duration::from_secs(parse_or(
+                &lookup,
+                "TOLLGATE_HASH_KEY_TTL_SECS",
+                300,
             )?),
             oauth_issuer: lookup("TOLLGATE_OAUTH_ISSUER").filter(|s| !s.is_empty()),
             agent_per_minute: positive(

@@ -15,6 +15,7 @@ use crate::budget::{AgentDefaults, Budgets};
 use crate::catalog::Catalog;
 use crate::config::Config;
 use crate::gateway::LambdaInvoker;
+use crate::hash_key::HashKeys;
 use crate::server::{Dispatch, Invocation, Server, ServerIdentity};
 use crate::store::DynamoStore;
 use crate::tool::{Clients, Tool};
@@ -66,7 +67,9 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
                 let server = server.clone();
                 async move {
                     let inv = invocation_of(&event.context);
-                    Ok::<_, lambda_runtime::Error>(server.handle(event.payload, inv).await)
+                    Ok::<_, lambda_runtime::Error>(
+                        Box::pin(server.handle(event.payload, inv)).await,
+                    )
                 }
             },
         ))
@@ -86,6 +89,7 @@ pub fn build_clients(
     Ok(Clients {
         dynamodb: aws_sdk_dynamodb::Client::new(sdk),
         http,
+        secretsmanager: aws_sdk_secretsmanager::Client::new(sdk),
         config,
     })
 }
@@ -110,7 +114,7 @@ pub fn build_server(
         name: clients.config.service.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    let server = Server::new(
+    let mut server = Server::new(
         catalog,
         dispatch,
         auth,
@@ -119,6 +123,13 @@ pub fn build_server(
         None,
         identity,
     );
+    if let Some(secret) = &config.hash_key_secret {
+        server = server.with_hash_keys(Arc::new(HashKeys::secrets_manager(
+            clients.secretsmanager.clone(),
+            secret.clone(),
+            config.hash_key_ttl,
+        )));
+    }
     if !local {
         // The gateway forwards; the tool function enforces the budgets once.
         return server;

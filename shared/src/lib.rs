@@ -13,8 +13,10 @@ pub mod catalog;
 pub mod config;
 pub mod error;
 pub mod gateway;
+pub mod hash_key;
 pub mod http;
 pub mod lambda;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
@@ -31,6 +33,7 @@ pub use tool::{Annotations, DefaultBudget, Json, LogAs, Tool, ToolContext, ToolE
 /// Re-exports tool crates need, so every tool builds against the same versions.
 pub mod deps {
     pub use aws_sdk_dynamodb;
+    pub use aws_sdk_secretsmanager;
     pub use reqwest;
     pub use schemars;
     pub use serde;

@@ -25,6 +25,7 @@ use crate::catalog::{Catalog, RegisteredTool};
 use crate::config::Config;
 use crate::error::{RateLimited, Rejection, rate_limit_header, rate_limit_policy_header};
 use crate::gateway::Invoker;
+use crate::hash_key::HashKeys;
 use crate::http::{Request, Response};
 use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
 use crate::protocol::version::{self, Era, Negotiated};
@@ -87,7 +88,7 @@ pub struct Server {
     config: Arc<Config>,
     clients: Arc<Clients>,
     audit: Arc<dyn AuditSink>,
-    hash_key: Option<HashKey>,
+    hash_keys: Arc<HashKeys>,
     identity: ServerIdentity,
     budgets: Option<Arc<Budgets>>,
     /// `WWW-Authenticate` `resource_metadata` URL, from the configured resource URL.
@@ -137,11 +138,17 @@ impl Server {
             config: clients.config.clone(),
             clients,
             audit,
-            hash_key,
+            hash_keys: Arc::new(hash_key.map_or_else(HashKeys::none, HashKeys::fixed)),
             identity,
             budgets: None,
             served_any: AtomicBool::new(false),
         }
+    }
+
+    /// Takes the argument-hashing key from `keys` (Secrets Manager on Lambda).
+    pub fn with_hash_keys(mut self, keys: Arc<HashKeys>) -> Self {
+        self.hash_keys = keys;
+        self
     }
 
     /// Enforces budgets on `tools/call` (tool functions; the gateway leaves it to them).
@@ -371,6 +378,7 @@ impl Server {
             }
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
+        self.hash_keys.ensure().await;
         facts.principal = Some(&principal);
         let Some(name) = name else {
             self.write_audit(&facts, CallStatus::InvalidInput, Some("invalid_params"));
@@ -567,7 +575,7 @@ impl Server {
                 redact_arguments(
                     facts.tool,
                     facts.args,
-                    self.hash_key.as_ref(),
+                    self.hash_keys.current().as_ref(),
                     facts.validated,
                 )
             }),

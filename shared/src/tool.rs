@@ -109,6 +109,8 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// HTTP client for downstream APIs (connection pool shared across calls).
     pub http: reqwest::Client,
+    /// Secrets Manager client.
+    pub secretsmanager: aws_sdk_secretsmanager::Client,
     /// The process configuration.
     pub config: Arc<Config>,
 }

@@ -155,6 +155,41 @@ pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::
     Ok(admin::create_key(store, DEMO_AGENT, None).await?.token)
 }
 
+/// Creates the argument-hashing key secret if it does not exist (local stacks only: on AWS
+/// the SAM template creates it).
+pub async fn ensure_hash_key_secret(
+    client: &tollgate::deps::aws_sdk_secretsmanager::Client,
+    secret_id: &str,
+) -> anyhow::Result<()> {
+    use base64::Engine as _;
+    if client
+        .describe_secret()
+        .secret_id(secret_id)
+        .send()
+        .await
+        .is_ok()
+    {
+        return Ok(());
+    }
+    let key: [u8; 32] = rand_key();
+    client
+        .create_secret()
+        .name(secret_id)
+        .secret_string(base64::engine::general_purpose::STANDARD.encode(key))
+        .send()
+        .await
+        .context("create the hashing-key secret")?;
+    Ok(())
+}
+
+fn rand_key() -> [u8; 32] {
+    let mut key = [0u8; 32];
+    for chunk in key.chunks_mut(16) {
+        chunk.copy_from_slice(&uuid::Uuid::new_v4().into_bytes());
+    }
+    key
+}
+
 /// Runs the local stack until interrupted.
 pub async fn run() -> anyhow::Result<()> {
     tollgate::lambda::init_logging();
@@ -177,6 +212,9 @@ pub async fn run() -> anyhow::Result<()> {
     create_app_table(&clients.dynamodb, &app_table).await?;
     seed_customers(&clients.dynamodb, &app_table).await?;
     let token = seed_demo_agent(&store, &catalog).await?;
+    if let Some(secret) = &config.hash_key_secret {
+        ensure_hash_key_secret(&clients.secretsmanager, secret).await?;
+    }
     let token_path = std::path::Path::new("target/dev/demo-token");
     std::fs::create_dir_all("target/dev")?;
     std::fs::write(token_path, format!("{token}\n"))?;

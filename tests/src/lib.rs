@@ -7,3 +7,4 @@ pub mod conformance;
 pub mod devstack;
 pub mod fixtures;
 pub mod http_front;
+pub mod moto;

@@ -25,6 +25,9 @@ if [[ -z "${AWS_ENDPOINT_URL_DYNAMODB:-}" ]]; then
   "$PY" tests/stack/moto_server.py "$ddb_port" >target/dev-moto.log 2>&1 &
   moto_pid=$!
   export AWS_ENDPOINT_URL_DYNAMODB="http://127.0.0.1:${ddb_port}"
+  # The same local server holds the argument-hashing key secret.
+  export AWS_ENDPOINT_URL_SECRETS_MANAGER="${AWS_ENDPOINT_URL_SECRETS_MANAGER:-$AWS_ENDPOINT_URL_DYNAMODB}"
+  export TOLLGATE_HASH_KEY_SECRET="${TOLLGATE_HASH_KEY_SECRET:-tollgate-dev/hash-key}"
   for _ in $(seq 1 100); do
     if "$PY" -c "import urllib.request,sys; urllib.request.urlopen(sys.argv[1], timeout=1)" \
         "${AWS_ENDPOINT_URL_DYNAMODB}/moto-api/" >/dev/null 2>&1; then break; fi

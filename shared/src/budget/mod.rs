@@ -218,9 +218,10 @@ impl Budgets {
             fail_open: spec.budget.on_store_failure == StoreFailure::FailOpen,
         };
         if let Some(c) = lock(&self.policy_cache).get(spec.name)
-            && c.fetched.elapsed() < self.policy_ttl {
-                return c.policy.unwrap_or(default);
-            }
+            && c.fetched.elapsed() < self.policy_ttl
+        {
+            return c.policy.unwrap_or(default);
+        }
         let fetched =
             tokio::time::timeout(self.timeout, self.policies.get_tool_policy(spec.name)).await;
         let policy = match fetched {
