@@ -21,6 +21,7 @@ pub mod protocol;
 pub mod server;
 pub mod store;
 pub mod tool;
+pub mod trace;
 
 pub mod admin;
 

@@ -31,6 +31,7 @@ use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
 use crate::protocol::version::{self, Era, Negotiated};
 use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS, transport};
 use crate::tool::{Clients, ToolContext, ToolError};
+use crate::trace::TraceContext;
 
 /// Per-invocation facts from the runtime (Lambda context, or the local stack).
 #[derive(Debug, Clone)]
@@ -103,6 +104,7 @@ const DISCOVER_TTL_MS: u64 = 3_600_000;
 
 struct CallFacts<'a> {
     inv: &'a Invocation,
+    trace: &'a TraceContext,
     started: Instant,
     version: &'a str,
     principal: Option<&'a Principal>,
@@ -342,6 +344,7 @@ impl Server {
 
     #[tracing::instrument(name = "tools/call", skip_all, fields(
         mcp.method.name = "tools/call",
+        trace_id = tracing::field::Empty,
         gen_ai.tool.name = tracing::field::Empty,
         enduser.id = tracing::field::Empty,
     ))]
@@ -357,8 +360,11 @@ impl Server {
         let empty = json!({});
         let args = rpc.params.get("arguments").unwrap_or(&empty);
         let name = rpc.params.get("name").and_then(Value::as_str);
+        let trace = TraceContext::extract(rpc.meta(), req.headers(), inv.trace_id.as_deref());
+        tracing::Span::current().record("trace_id", trace.xray_trace_id().as_str());
         let mut facts = CallFacts {
             inv,
+            trace: &trace,
             started,
             version: &negotiated.version,
             principal: None,
@@ -411,7 +417,8 @@ impl Server {
             );
         }
         if let Dispatch::Forward(invoker) = &self.dispatch {
-            return match invoker.invoke(tool.spec().name, event, inv).await {
+            let forwarded = forward_event(event, &trace);
+            return match invoker.invoke(tool.spec().name, &forwarded, inv).await {
                 // The tool function wrote the audit record for this call.
                 Ok(resp) => resp,
                 Err(e) => {
@@ -443,6 +450,7 @@ impl Server {
             request_id: inv.request_id.clone(),
             deadline,
             clients: self.clients.clone(),
+            trace: trace.clone(),
         };
         let run = AssertUnwindSafe(tool.call(ctx, args.clone())).catch_unwind();
         let outcome = tokio::time::timeout_at(deadline.into(), run).await;
@@ -559,7 +567,7 @@ impl Server {
             function: self.identity.function.clone(),
             cold_start: !self.served_any.swap(true, Ordering::Relaxed),
             request_id: facts.inv.request_id.clone(),
-            trace_id: facts.inv.trace_id.clone(),
+            trace_id: Some(facts.trace.xray_trace_id()),
             agent_id: facts
                 .principal
                 .map(|p| p.agent_id.clone())
@@ -582,6 +590,32 @@ impl Server {
         };
         self.audit.write(&record);
     }
+}
+
+/// The event the gateway forwards: the caller's, with this invocation's span as the trace
+/// parent (in the headers and, when the caller used it, in `params._meta`).
+fn forward_event(event: &ApiGatewayV2httpRequest, trace: &TraceContext) -> ApiGatewayV2httpRequest {
+    let mut out = event.clone();
+    for (name, value) in trace.outgoing_headers() {
+        if let Ok(v) = http::HeaderValue::from_str(&value) {
+            out.headers.insert(http::HeaderName::from_static(name), v);
+        }
+    }
+    if trace.source == crate::trace::TraceSource::Meta && !out.is_base64_encoded {
+        if let Some(body) = &out.body {
+            if let Ok(mut v) = serde_json::from_str::<Value>(body) {
+                if let Some(meta) = v
+                    .pointer_mut("/params/_meta")
+                    .and_then(Value::as_object_mut)
+                {
+                    let tp = trace.outgoing_headers().swap_remove(0).1;
+                    meta.insert("traceparent".to_owned(), Value::String(tp));
+                    out.body = Some(v.to_string());
+                }
+            }
+        }
+    }
+    out
 }
 
 /// The RFC 9728 well-known prefix.

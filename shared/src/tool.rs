@@ -126,9 +126,17 @@ pub struct ToolContext {
     pub deadline: Instant,
     /// Shared AWS and HTTP clients.
     pub clients: Arc<Clients>,
+    /// The trace this call belongs to; pass [`ToolContext::trace_headers`] on downstream calls.
+    pub trace: crate::trace::TraceContext,
 }
 
 impl ToolContext {
+    /// Headers that carry the trace to a downstream HTTP call (`traceparent`,
+    /// `X-Amzn-Trace-Id`, `tracestate`). Never credentials: the agent's token stays here.
+    pub fn trace_headers(&self) -> Vec<(&'static str, String)> {
+        self.trace.outgoing_headers()
+    }
+
     /// Time left before the deadline.
     pub fn remaining(&self) -> std::time::Duration {
         self.deadline.saturating_duration_since(Instant::now())

@@ -368,3 +368,179 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
         terminalreporter.write_line(
             f"tollgate stack logs: {d / 'stack.stdout'} (JSON logs + audit), {d / 'stack.stderr'}, {d / 'moto.log'}"
         )
+
+
+# --- extra processes ------------------------------------------------------------------------
+# Additive helpers for tests that need more than the session stack: extra `tollgate-dev`
+# instances on the session's DynamoDB server (several "Lambda instances" sharing one store), or
+# a private stack with its own moto that a test may stop or kill. Every process started here is
+# stopped, by its pid, when the fixture that started it ends (a SIGSTOPped one gets SIGCONT
+# first). The session `stack` fixture above does not use any of this.
+
+
+@dataclass
+class DevProcess:
+    """One `tollgate-dev` process with its own port and working directory."""
+
+    proc: subprocess.Popen[bytes]
+    port: int
+    workdir: Path
+    stdout_path: Path
+    stderr_path: Path
+    env: dict[str, str] = field(repr=False)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        return f"{self.base}/mcp"
+
+    def tool_url(self, tool: str) -> str:
+        return f"{self.base}/tools/{tool}/mcp"
+
+    def stdout_text(self) -> str:
+        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
+
+    def stderr_text(self) -> str:
+        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
+
+    def stdout_offset(self) -> int:
+        return self.stdout_path.stat().st_size
+
+    def stdout_lines_since(self, offset: int) -> list[str]:
+        with self.stdout_path.open("rb") as f:
+            f.seek(offset)
+            data = f.read()
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        return [line for line in lines[:-1] if line.strip()]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crashed or recycled instance: no graceful shutdown."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+
+
+def dev_env(base_env: dict[str, str], port: int, *, ddb_url: str | None = None,
+            carrier_port: int | None = None, **overrides: str) -> dict[str, str]:
+    """The environment of one more `tollgate-dev` on `port`, derived from `base_env`.
+
+    Without `carrier_port` the process starts no carrier API of its own
+    (`TOLLGATE_DEV_CARRIER=0`) and `track_shipment` keeps calling the one `base_env` points at.
+    """
+    env = dict(base_env)
+    env.update(PORT=str(port), TOLLGATE_RESOURCE_URL=f"http://127.0.0.1:{port}/mcp")
+    if ddb_url is not None:
+        env["AWS_ENDPOINT_URL_DYNAMODB"] = ddb_url
+    if carrier_port is None:
+        env["TOLLGATE_DEV_CARRIER"] = "0"
+    else:
+        env.pop("TOLLGATE_DEV_CARRIER", None)
+        env["TRACK_SHIPMENT_API_URL"] = f"http://127.0.0.1:{carrier_port}"
+    env.update(overrides)
+    return env
+
+
+class Processes:
+    """Starts moto servers and `tollgate-dev` processes; stops them all in `close()`."""
+
+    def __init__(self, tmp: pytest.TempPathFactory) -> None:
+        self._tmp = tmp
+        self._procs: list[subprocess.Popen[bytes]] = []
+
+    def _track(self, proc: subprocess.Popen[bytes]) -> None:
+        self._procs.append(proc)
+        _started.append(proc)
+
+    def moto(self) -> tuple[subprocess.Popen[bytes], str]:
+        """A fresh single-threaded moto server: (process, endpoint URL)."""
+        workdir = self._tmp.mktemp("moto")
+        port = _free_port()
+        log = workdir / "moto.log"
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_", "TRACK_SHIPMENT_"))}
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [PYTHON, str(MOTO_SERVER), str(port)],
+                cwd=workdir, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            )
+        self._track(proc)
+        url = f"http://127.0.0.1:{port}"
+        _wait_http(f"{url}/moto-api/", lambda r: r.status_code < 500, proc, "moto", log)
+        return proc, url
+
+    def dev(self, env: dict[str, str]) -> DevProcess:
+        """Starts `tollgate-dev` with `env` (see `dev_env`) in a fresh working directory and
+        waits until it answers."""
+        workdir = self._tmp.mktemp("dev")
+        port = int(env["PORT"])
+        stdout_path, stderr_path = workdir / "stack.stdout", workdir / "stack.stderr"
+        with stdout_path.open("wb") as out, stderr_path.open("wb") as err:
+            proc = subprocess.Popen(
+                [str(DEV_BIN)], cwd=workdir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
+            )
+        self._track(proc)
+        _wait_http(
+            f"http://127.0.0.1:{port}/mcp", lambda r: r.status_code == 401, proc, "tollgate-dev",
+            stderr_path, method="POST",
+            headers={"Content-Type": "application/json", "Accept": ACCEPT},
+            content=b'{"jsonrpc":"2.0","id":0,"method":"tools/list"}',
+        )
+        return DevProcess(proc, port, workdir, stdout_path, stderr_path, env)
+
+    def extra_instance(self, stack: "Stack", **overrides: str) -> DevProcess:
+        """One more instance of the session stack: same DynamoDB server and tables, its own
+        port and working directory, the session's carrier API."""
+        return self.dev(dev_env(stack.env, _free_port(), **overrides))
+
+    def private_stack(self, base_env: dict[str, str], **overrides: str) -> tuple[Stack, subprocess.Popen[bytes], DevProcess]:
+        """A whole stack of its own (moto, `tollgate-dev`, carrier API), for tests that break
+        its store: (Stack for the CLI and URLs, the moto process, the dev process)."""
+        moto, ddb_url = self.moto()
+        port, carrier_port = _free_ports(2)
+        env = dev_env(base_env, port, ddb_url=ddb_url, carrier_port=carrier_port, **overrides)
+        dev = self.dev(env)
+        demo_token = (dev.workdir / "target" / "dev" / "demo-token").read_text().strip()
+        stack = Stack(
+            port=port, carrier_port=carrier_port, ddb_url=ddb_url, workdir=dev.workdir,
+            stdout_path=dev.stdout_path, stderr_path=dev.stderr_path, demo_token=demo_token,
+            env=env, _procs=[moto, dev.proc],
+        )
+        return stack, moto, dev
+
+    def close(self) -> None:
+        for proc in reversed(self._procs):
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)  # in case a test left it stopped
+                except ProcessLookupError:
+                    pass
+            _stop(proc)
+            if proc in _started:
+                _started.remove(proc)
+        self._procs.clear()
+
+
+@pytest.fixture
+def processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Extra processes that live for one test."""
+    procs = Processes(tmp_path_factory)
+    try:
+        yield procs
+    finally:
+        procs.close()
+
+
+@pytest.fixture(scope="module")
+def module_processes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
+    """Extra processes shared by the tests of one module."""
+    procs = Processes(tmp_path_factory)
+    try:
+        yield procs
+    finally:
+        procs.close()

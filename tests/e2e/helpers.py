@@ -168,3 +168,28 @@ async def mcp_session(
         async with streamable_http_client(url, http_client=http) as (read, write, *_):
             async with ClientSession(read, write) as session:
                 yield session
+
+
+# --- budgets (429 contract) ------------------------------------------------------------------
+
+
+def assert_rate_limited(resp: httpx2.Response, *, id: Any = ..., layer: str, policy: str,
+                        limit: int | None = None, window_s: int | None = None) -> dict[str, Any]:
+    """Asserts a 429 budget refusal of `layer`/`policy` (body and headers); returns `error.data`."""
+    import math
+
+    err = rpc_error(resp, 429, -31029, id=id)
+    data = err["data"]
+    assert data["reason"] == "rate_limited" and data["retry"] == "after_retry_after", data
+    assert data["layer"] == layer and data["policy"] == policy, data
+    if limit is not None:
+        assert data["limit"] == limit, data
+    if window_s is not None:
+        assert data["window_s"] == window_s, data
+    assert isinstance(data["retry_after_ms"], int) and data["retry_after_ms"] > 0, data
+    retry_after = resp.headers.get("retry-after", "")
+    assert retry_after.isdigit(), f"Retry-After must be whole seconds: {retry_after!r}"
+    assert int(retry_after) == max(1, math.ceil(data["retry_after_ms"] / 1000)), (retry_after, data)
+    assert f'"{policy}";q={data["limit"]};w={data["window_s"]}' in resp.headers.get("ratelimit-policy", ""), resp.headers
+    assert resp.headers.get("ratelimit", "").startswith(f'"{policy}";r=0;t='), resp.headers
+    return data

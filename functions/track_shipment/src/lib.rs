@@ -91,12 +91,16 @@ impl Tool for TrackShipment {
             .as_deref()
             .ok_or_else(|| ToolError::system("TRACK_SHIPMENT_API_URL is not configured"))?;
         let timeout = ctx.remaining().min(DOWNSTREAM_TIMEOUT);
-        let resp = ctx
+        let mut request = ctx
             .clients
             .http
             .get(format!("{base}/v1/shipments/{}", input.tracking_number))
             .header("x-request-id", &ctx.request_id)
-            .timeout(timeout)
+            .timeout(timeout);
+        for (name, value) in ctx.trace_headers() {
+            request = request.header(name, value);
+        }
+        let resp = request
             .send()
             .await
             .map_err(|e| ToolError::system(e.without_url()))?;
