@@ -601,19 +601,17 @@ fn forward_event(event: &ApiGatewayV2httpRequest, trace: &TraceContext) -> ApiGa
             out.headers.insert(http::HeaderName::from_static(name), v);
         }
     }
-    if trace.source == crate::trace::TraceSource::Meta && !out.is_base64_encoded {
-        if let Some(body) = &out.body {
-            if let Ok(mut v) = serde_json::from_str::<Value>(body) {
-                if let Some(meta) = v
-                    .pointer_mut("/params/_meta")
-                    .and_then(Value::as_object_mut)
-                {
-                    let tp = trace.outgoing_headers().swap_remove(0).1;
-                    meta.insert("traceparent".to_owned(), Value::String(tp));
-                    out.body = Some(v.to_string());
-                }
-            }
-        }
+    if trace.source == crate::trace::TraceSource::Meta
+        && !out.is_base64_encoded
+        && let Some(body) = &out.body
+        && let Ok(mut v) = serde_json::from_str::<Value>(body)
+        && let Some(meta) = v
+            .pointer_mut("/params/_meta")
+            .and_then(Value::as_object_mut)
+    {
+        let tp = trace.outgoing_headers().swap_remove(0).1;
+        meta.insert("traceparent".to_owned(), Value::String(tp));
+        out.body = Some(v.to_string());
     }
     out
 }
