@@ -9,7 +9,7 @@ PORT ?= 9000
 CARGO ?= cargo
 TOOLS := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard functions/*/Cargo.toml)))
 
-.PHONY: help dev build-debug bench invoke test test-unit test-fixtures test-e2e test-conformance invoke build deploy destroy validate bench lint fmt clean
+.PHONY: help dev build-debug test test-unit test-e2e test-conformance invoke build deploy destroy validate bench lint fmt
 
 help: ## this list
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ dev: $(VENV)/.stamp ## local stack on http://127.0.0.1:$(PORT)/mcp (DynamoDB ser
 	$(CARGO) build --bin tollgate-dev --bin tollgate
 	PORT=$(PORT) tests/stack/dev.sh
 
-test: tools lint test-unit test-e2e test-conformance ## everything CI runs
+test: tools lint test-unit test-e2e test-conformance validate ## everything CI runs
 
 build-debug:
 	$(CARGO) build --workspace --bins
@@ -39,6 +39,23 @@ bench: $(VENV)/.stamp ## cold init and tools/call latency (release build); figur
 invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>.json" >&2; exit 2; }
 	tests/stack/invoke.sh "$(FN)" "$(EVENT)"
+
+STAGE ?=
+DESTROY_FLAGS ?=
+
+build: $(VENV)/.stamp ## release arm64 artifacts of every function (sam build + cargo-lambda; minutes, not in make test)
+	infra/build.sh
+
+deploy: $(VENV)/.stamp ## deploy a stage to AWS: make deploy STAGE=dev (build + sam deploy with infra/samconfig.toml)
+	@test -n "$(STAGE)" || { echo "usage: make deploy STAGE=<$$(infra/stage.sh --list | tr ' ' '|')>" >&2; exit 2; }
+	infra/deploy.sh "$(STAGE)"
+
+validate: $(VENV)/.stamp $(VENV_INFRA)/.stamp ## offline infra checks: render, cfn-lint, sam validate --lint, checkov, infra tests
+	infra/validate.sh
+
+destroy: $(VENV)/.stamp ## delete a stage's stack, data kept: make destroy STAGE=dev [DESTROY_FLAGS=--delete-data]
+	@test -n "$(STAGE)" || { echo "usage: make destroy STAGE=<$$(infra/stage.sh --list | tr ' ' '|')> [DESTROY_FLAGS='--yes --delete-data']" >&2; exit 2; }
+	infra/destroy.sh "$(STAGE)" $(DESTROY_FLAGS)
 
 lint: ## rustfmt and clippy, warnings are errors
 	$(CARGO) fmt --all --check

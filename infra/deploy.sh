@@ -18,6 +18,20 @@ VENV=${VENV:-$ROOT/.venv}
 export PATH="$VENV/bin:$PATH"
 export SAM_CLI_TELEMETRY=${SAM_CLI_TELEMETRY:-0}
 
+# Fail before a minutes-long build when there is nothing to deploy to.
+python3 - <<'PY'
+import sys, boto3
+from botocore.exceptions import BotoCoreError, ClientError
+try:
+    session = boto3.session.Session()
+    who = session.client("sts").get_caller_identity()
+except (BotoCoreError, ClientError) as e:
+    sys.exit(f"deploy.sh: no usable AWS credentials/region ({e}); set AWS_PROFILE / AWS_REGION")
+if not session.region_name:
+    sys.exit("deploy.sh: no AWS region; set AWS_REGION (or region in the profile)")
+print(f"== deploying to account {who['Account']}, region {session.region_name}, as {who['Arn']}")
+PY
+
 infra/build.sh
 
 echo "== sam deploy: stage $STAGE, stack $STACK"

@@ -39,8 +39,12 @@ fi
 # `--delete-data` also works after a plain destroy.
 RETAINED=$(python3 - "$STACK" <<'PY'
 import sys, boto3
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 stack_name = sys.argv[1]
+try:
+    boto3.client("sts").get_caller_identity()
+except (NoCredentialsError, NoRegionError, BotoCoreError, ClientError) as e:
+    sys.exit(f"destroy.sh: no usable AWS credentials/region ({e}); set AWS_PROFILE / AWS_REGION")
 try:
     stack = boto3.client("cloudformation").describe_stacks(StackName=stack_name)["Stacks"][0]
     out = {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}

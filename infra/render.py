@@ -315,6 +315,10 @@ def definition_body(openapi: dict[str, Any]) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------- template
 
 
+def as_list(value: Any) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def statement(sid: str, actions: list[str], resources: Any, condition: dict | None = None) -> dict:
     out: dict[str, Any] = {"Sid": sid, "Effect": "Allow", "Action": actions, "Resource": resources}
     if condition:
@@ -358,7 +362,10 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
             )
         )
     for i, extra in enumerate(s["statements"], 1):
-        statements.append({"Sid": f"Extra{i}", "Effect": "Allow", **extra})
+        if set(extra) - {"Action", "Resource", "Condition"} or not {"Action", "Resource"} <= set(extra):
+            raise RenderError(f"infra/tools.toml [{fn.name}].statements: Action and Resource (and Condition) only")
+        resources = [{"Fn::Sub": r} if "${" in r else r for r in as_list(extra["Resource"])]
+        statements.append({"Sid": f"Extra{i}", "Effect": "Allow", **extra, "Resource": resources})
     return {
         "Type": "AWS::IAM::Role",
         "Properties": {
@@ -439,6 +446,8 @@ def environment(fn: Function) -> dict[str, Any]:
         "TOLLGATE_SERVICE": {"Ref": "AWS::StackName"},
         "TOLLGATE_AUTH_METHODS": {"Ref": "AuthMethods"},
         "TOLLGATE_HASH_KEY_SECRET": HASH_KEY_SECRET,
+        "TOLLGATE_AGENT_PER_MINUTE": {"Ref": "AgentBudgetPerMinute"},
+        "TOLLGATE_AGENT_PER_DAY": {"Ref": "AgentBudgetPerDay"},
         "TOLLGATE_OAUTH_ISSUER": {"Fn::If": ["HasOAuthIssuer", {"Ref": "OAuthIssuer"}, NO_VALUE]},
         "TOLLGATE_OAUTH_AUDIENCE": {"Fn::If": ["HasOAuthAudience", {"Ref": "OAuthAudience"}, NO_VALUE]},
         "TOLLGATE_OAUTH_JWKS_URL": {"Fn::If": ["HasOAuthJwksUrl", {"Ref": "OAuthJwksUrl"}, NO_VALUE]},
@@ -562,6 +571,44 @@ def alarms(fn: Function) -> dict[str, Any]:
         {"Name": "Service", "Value": {"Ref": "AWS::StackName"}},
         {"Name": "Tool", "Value": name},
     ]
+    out[f"{fn.logical}ErrorRateAnomalyAlarm"] = {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmName": {"Fn::Sub": f"${{AWS::StackName}}-{name}-error-rate-anomaly"},
+            "AlarmDescription": f"{name}'s system-error rate (system errors per call, %) above its learned band in 3 of 5 minutes. An anomaly band, not a static threshold: nothing to tune on day one.",
+            "ComparisonOperator": "GreaterThanUpperThreshold",
+            "EvaluationPeriods": 5,
+            "DatapointsToAlarm": 3,
+            "ThresholdMetricId": "band",
+            "TreatMissingData": "notBreaching",
+            "Metrics": [
+                {"Id": "band", "Expression": "ANOMALY_DETECTION_BAND(rate, 3)", "Label": "expected error rate"},
+                {"Id": "rate", "Expression": "IF(calls > 0, 100 * FILL(errors, 0) / calls, 0)", "Label": "system error rate (%)"},
+                {
+                    "Id": "errors",
+                    "ReturnData": False,
+                    "MetricStat": {
+                        "Metric": {
+                            "Namespace": "Tollgate",
+                            "MetricName": "Errors",
+                            "Dimensions": tool_dims + [{"Name": "Status", "Value": "system_error"}],
+                        },
+                        "Period": 60,
+                        "Stat": "Sum",
+                    },
+                },
+                {
+                    "Id": "calls",
+                    "ReturnData": False,
+                    "MetricStat": {
+                        "Metric": {"Namespace": "Tollgate", "MetricName": "Calls", "Dimensions": tool_dims},
+                        "Period": 60,
+                        "Stat": "Sum",
+                    },
+                },
+            ],
+        },
+    }
     out[f"{fn.logical}LatencyP99Alarm"] = {
         "Type": "AWS::CloudWatch::Alarm",
         "Properties": {
@@ -600,7 +647,7 @@ def alarms(fn: Function) -> dict[str, Any]:
     return out
 
 
-SERVICE_ALARMS = ["ErrorRateAnomalyAlarm", "AuthFailureAnomalyAlarm", "StoreErrorsAlarm"]
+SERVICE_ALARMS = ["AuthFailureAnomalyAlarm", "StoreErrorsAlarm"]
 
 
 def composite_alarm(children: list[str]) -> dict[str, Any]:
@@ -667,7 +714,7 @@ def dashboard(functions: list[Function]) -> dict[str, Any]:
                 "alarms": ["arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-incident"]
                 + [
                     "arn:${AWS::Partition}:cloudwatch:${AWS::Region}:${AWS::AccountId}:alarm:${AWS::StackName}-" + suffix
-                    for suffix in ("error-rate-anomaly", "auth-failures-anomaly", "store-errors")
+                    for suffix in ("auth-failures-anomaly", "store-errors")
                 ],
             },
         },

@@ -25,6 +25,8 @@ def target(resource: Any) -> str:
         return resource["Fn::GetAtt"][0]
     if "Ref" in resource:
         return resource["Ref"]
+    if "Fn::Sub" in resource:
+        return resource["Fn::Sub"]
     if "Fn::If" in resource:
         _, yes, no = resource["Fn::If"]
         return f"{target(yes)}|{target(no)}"

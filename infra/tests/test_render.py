@@ -143,3 +143,20 @@ def test_check_mode_fails_on_a_stale_template(tmp_path, monkeypatch):
     monkeypatch.setattr(render, "ROOT", tmp_path)
     monkeypatch.setattr("sys.argv", ["render.py", "--check"])
     assert render.main() == 1
+
+
+def test_extra_statements_are_rendered_with_substitution_and_checked(tmp_path):
+    manifest = tmp_path / "tools.toml"
+    manifest.write_text(
+        (INFRA / "tools.toml").read_text()
+        + '\n[[tools.lookup_customer.statements]]\nAction = ["sqs:SendMessage"]\n'
+        'Resource = "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:audit-queue"\n'
+    )
+    fns = render.load_functions(manifest_path=manifest)
+    template = render.render_template(fns, render.render_openapi(fns))
+    statements = template["Resources"]["LookupCustomerRole"]["Properties"]["Policies"][0]["PolicyDocument"]["Statement"]
+    extra = next(s for s in statements if s["Sid"] == "Extra1")
+    assert extra["Resource"] == [{"Fn::Sub": "arn:${AWS::Partition}:sqs:${AWS::Region}:${AWS::AccountId}:audit-queue"}]
+    manifest.write_text(manifest.read_text() + 'NotResource = "*"\n')
+    with pytest.raises(render.RenderError, match="Action and Resource"):
+        render.render_template(fns2 := render.load_functions(manifest_path=manifest), render.render_openapi(fns2))

@@ -26,6 +26,8 @@ REQUIRED_ENV = {
     "TOLLGATE_OAUTH_AUDIENCE",
     "TOLLGATE_OAUTH_JWKS_URL",
     "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "TOLLGATE_AGENT_PER_MINUTE",
+    "TOLLGATE_AGENT_PER_DAY",
 }
 
 
@@ -175,6 +177,7 @@ def test_per_tool_alarms(resources, functions):
         assert f"{fn.logical}FunctionErrorsAlarm" in all_alarms
         if not fn.is_tool:
             continue
+        assert f"{fn.logical}ErrorRateAnomalyAlarm" in all_alarms
         latency = all_alarms[f"{fn.logical}LatencyP99Alarm"]["Properties"]
         assert latency["ExtendedStatistic"] == "p99" and latency["MetricName"] == "Latency"
         assert latency["Threshold"] == fn.settings["p99_latency_ms"]
@@ -184,8 +187,9 @@ def test_per_tool_alarms(resources, functions):
         assert {"Name": "Layer", "Value": "tool"} in budget["Dimensions"]
 
 
-def test_error_rate_and_auth_failures_use_anomaly_bands_not_static_thresholds(resources):
-    for lid in ("ErrorRateAnomalyAlarm", "AuthFailureAnomalyAlarm"):
+def test_error_rate_and_auth_failures_use_anomaly_bands_not_static_thresholds(resources, functions):
+    anomaly = ["AuthFailureAnomalyAlarm"] + [f"{fn.logical}ErrorRateAnomalyAlarm" for fn in functions if fn.is_tool]
+    for lid in anomaly:
         props = resources[lid]["Properties"]
         assert props["ComparisonOperator"] == "GreaterThanUpperThreshold"
         assert "Threshold" not in props
@@ -263,3 +267,12 @@ def test_samconfig_stages_name_their_stacks_and_pass_their_stage():
         assert re.fullmatch(r"[a-z][a-z0-9-]{0,15}", stage)
         assert f"Stage={stage}" in params["parameter_overrides"].split()
         assert params["capabilities"] == "CAPABILITY_IAM"
+
+
+def test_generated_hashing_key_is_valid_base64_of_at_least_32_bytes(resources):
+    # shared/src/hash_key.rs reads the secret as base64 of >= 32 bytes. Letters and digits only
+    # (no punctuation, no space) are base64 characters; a length that is a multiple of 4 needs no
+    # padding; 6 bits per character.
+    gen = resources["HashKeySecret"]["Properties"]["GenerateSecretString"]
+    assert gen["ExcludePunctuation"] is True and gen["IncludeSpace"] is False
+    assert gen["PasswordLength"] % 4 == 0 and gen["PasswordLength"] * 6 // 8 >= 32
