@@ -114,6 +114,8 @@ struct CallFacts<'a> {
     /// Whether the arguments passed schema validation (only then are `Safe` fields raw).
     validated: bool,
     budget_layer: Option<&'static str>,
+    /// Set when the call was admitted on the local bucket (fail open).
+    budget_note: Option<&'static str>,
 }
 
 impl Server {
@@ -374,6 +376,7 @@ impl Server {
             args,
             validated: false,
             budget_layer: None,
+            budget_note: None,
         };
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
@@ -504,7 +507,18 @@ impl Server {
             return Ok(None);
         };
         match budgets.admit(principal, tool.spec()).await {
-            Ok(a) => Ok(Some(a)),
+            Ok(a) => {
+                if a.fail_open {
+                    tracing::warn!(
+                        request_id = %facts.inv.request_id,
+                        tool = tool.spec().name,
+                        agent_id = %principal.agent_id,
+                        "admitted on the per-instance bucket: budget store unavailable (fail open)"
+                    );
+                    facts.budget_note = Some("budget_fail_open");
+                }
+                Ok(Some(a))
+            }
             Err(Refusal::OverBudget {
                 bucket,
                 retry_after_ms,
@@ -577,7 +591,7 @@ impl Server {
             protocol_version: Some(facts.version.to_owned()),
             latency_ms: u64::try_from(facts.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             status,
-            reason: reason.map(str::to_owned),
+            reason: reason.or(facts.budget_note).map(str::to_owned),
             budget_layer: facts.budget_layer.map(str::to_owned),
             arguments: facts.principal.map(|_| {
                 redact_arguments(

@@ -477,6 +477,9 @@ class Processes:
     def dev(self, env: dict[str, str]) -> DevProcess:
         """Starts `tollgate-dev` with `env` (see `dev_env`) in a fresh working directory and
         waits until it answers."""
+        return self._wait_dev(self._spawn_dev(env))
+
+    def _spawn_dev(self, env: dict[str, str]) -> DevProcess:
         workdir = self._tmp.mktemp("dev")
         port = int(env["PORT"])
         stdout_path, stderr_path = workdir / "stack.stdout", workdir / "stack.stderr"
@@ -485,18 +488,28 @@ class Processes:
                 [str(DEV_BIN)], cwd=workdir, env=env, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
             )
         self._track(proc)
+        return DevProcess(proc, port, workdir, stdout_path, stderr_path, env)
+
+    @staticmethod
+    def _wait_dev(dev: DevProcess) -> DevProcess:
         _wait_http(
-            f"http://127.0.0.1:{port}/mcp", lambda r: r.status_code == 401, proc, "tollgate-dev",
-            stderr_path, method="POST",
+            f"http://127.0.0.1:{dev.port}/mcp", lambda r: r.status_code == 401, dev.proc, "tollgate-dev",
+            dev.stderr_path, method="POST",
             headers={"Content-Type": "application/json", "Accept": ACCEPT},
             content=b'{"jsonrpc":"2.0","id":0,"method":"tools/list"}',
         )
-        return DevProcess(proc, port, workdir, stdout_path, stderr_path, env)
+        return dev
 
     def extra_instance(self, stack: "Stack", **overrides: str) -> DevProcess:
         """One more instance of the session stack: same DynamoDB server and tables, its own
         port and working directory, the session's carrier API."""
         return self.dev(dev_env(stack.env, _free_port(), **overrides))
+
+    def extra_instances(self, stack: "Stack", n: int, **overrides: str) -> list[DevProcess]:
+        """`n` more instances of the session stack, started together."""
+        ports = _free_ports(n)
+        spawned = [self._spawn_dev(dev_env(stack.env, port, **overrides)) for port in ports]
+        return [self._wait_dev(d) for d in spawned]
 
     def private_stack(self, base_env: dict[str, str], **overrides: str) -> tuple[Stack, subprocess.Popen[bytes], DevProcess]:
         """A whole stack of its own (moto, `tollgate-dev`, carrier API), for tests that break

@@ -9,7 +9,10 @@ server (single-threaded moto) -- issue 4, "Test".
   restarted instance still sees the budget; a call after Retry-After succeeds.
 - A private stack whose moto is killed or frozen (SIGSTOP): the fail-closed tool answers 503 with
   Retry-After, the fail-open tool is admitted on the local bucket and logs it, nothing hangs past
-  the budget timeout, nothing panics.
+  the budget timeout (also when the tool-policy cache has expired: one deadline per decision),
+  nothing panics.
+
+Set DEBUG_BUDGET=1 (with -s) to print every call of the concurrency runs.
 
 Every test uses its own agents. Tool overrides are global: the tests that set one put back the
 previous override and wait out the policy cache before returning.
@@ -133,6 +136,7 @@ def hammer(targets: list[tuple[str, str]], tool: str, args_of, duration: float =
                     elif resp.status_code != 200:
                         time.sleep(MAX_BACKOFF_S)
         except Exception as e:  # noqa: BLE001 - reported by the test
+            barrier.abort()  # the others stop waiting for this one
             with lock:
                 run.errors.append(f"worker {i}: {e!r}")
         with lock:
@@ -152,8 +156,15 @@ def describe(o: Outcome) -> str:
 
 
 def assert_within_bound(run: Run, *, burst: int, interval_ms: int, layer: str, policy: str,
-                        label: str) -> dict[str, Any]:
+                        label: str, fleet, offsets: list[int]) -> dict[str, Any]:
+    """Upper bound: a GCRA bucket admits at most burst + elapsed / interval calls in any window;
+    every admission of the run was decided between the first request sent and the last response
+    received. Lower bound: >= 95% of what the bucket made available while calls were being sent
+    (first request sent -> last request sent: nothing sent later could claim a token), or of the
+    calls made if fewer."""
     assert not run.errors, run.errors
+    fallbacks = failure_policy_lines(fleet, offsets)
+    assert not fallbacks, f"{len(fallbacks)} decisions fell back to a failure policy: {fallbacks[:3]}"
     others = run.others()
     assert not others, f"{len(others)} calls neither admitted nor 429, e.g. " + \
         "; ".join(describe(o) for o in others[:3])
@@ -163,11 +174,18 @@ def assert_within_bound(run: Run, *, burst: int, interval_ms: int, layer: str, p
         assert o.retry_after and int(o.retry_after) >= 1, o.retry_after
     admitted = len(run.admitted())
     elapsed = run.elapsed_ms
-    bound = burst + math.floor(elapsed / interval_ms)
+    # +1 ms: the server's clock is read in whole milliseconds.
+    bound = burst + math.floor((elapsed + 1) / interval_ms)
+    sending_ms = (max(o.sent for o in run.outcomes) - min(o.sent for o in run.outcomes)) * 1000
+    available = burst + math.floor(sending_ms / interval_ms)
     calls = len(run.outcomes)
-    floor_ = 0.95 * min(bound, calls)
-    figures = {"label": label, "admitted": admitted, "bound": bound, "floor_95": round(floor_, 1),
-               "calls": calls, "refused": len(run.refused()), "elapsed_ms": round(elapsed)}
+    floor_ = 0.95 * min(available, calls)
+    latencies = sorted((o.received - o.sent) * 1000 for o in run.outcomes)
+    figures = {"label": label, "admitted": admitted, "bound": bound, "available": available,
+               "floor_95": round(floor_, 1), "calls": calls, "refused": len(run.refused()),
+               "elapsed_ms": round(elapsed), "sending_ms": round(sending_ms),
+               "latency_ms_p50": round(latencies[len(latencies) // 2]),
+               "latency_ms_p95": round(latencies[int(len(latencies) * 0.95)])}
     print(f"\nbudget concurrency {json.dumps(figures)}")
     if os.environ.get("DEBUG_BUDGET"):
         t0 = min(o.sent for o in run.outcomes)
@@ -181,15 +199,33 @@ def assert_within_bound(run: Run, *, burst: int, interval_ms: int, layer: str, p
 # --- fixtures -------------------------------------------------------------------------------
 
 
+# The fleet's store timeout. With the default (800 ms), 32 concurrent callers queue long enough
+# at the single-threaded moto on a small machine that decisions time out and the tools' failure
+# policies take over (fail-open admissions on local buckets, fail-closed 503s) -- documented
+# behaviour, tested below with a broken store, but not what these tests measure: the shared
+# bucket. The run asserts that no decision fell back to a failure policy.
+FLEET_BUDGET_TIMEOUT_MS = 10_000
+
+
 @pytest.fixture(scope="module")
 def fleet(stack, module_processes) -> Iterator[list[Any]]:
-    """The session instance plus three more on the same moto and table: four processes."""
-    extras = [module_processes.extra_instance(stack) for _ in range(3)]
-    yield [stack, *extras]
-    for p in extras:
-        assert p.alive(), f"an extra instance exited:\n{p.stderr_text()[-2000:]}"
+    """Four `tollgate-dev` processes on the session's moto and table (separate instances: own
+    caches, own refused-until memory)."""
+    instances = module_processes.extra_instances(
+        stack, 4,
+        TOLLGATE_BUDGET_TIMEOUT_MS=str(FLEET_BUDGET_TIMEOUT_MS),
+        TOLLGATE_KEY_CACHE_TTL_SECS="30",  # fewer key reads: the store's capacity goes to buckets
+    )
+    yield instances
+    for p in instances:
+        assert p.alive(), f"an instance exited:\n{p.stderr_text()[-2000:]}"
         for text in (p.stdout_text(), p.stderr_text()):
             assert "panicked" not in text, text[-2000:]
+
+
+def failure_policy_lines(fleet, offsets: list[int]) -> list[str]:
+    return [line for inst, off in zip(fleet, offsets) for line in inst.stdout_lines_since(off)
+            if "budget store unavailable" in line]
 
 
 @contextmanager
@@ -230,7 +266,7 @@ def bucket_tat(stack, key: str) -> int | None:
 
 # --- 1, 2: concurrency ----------------------------------------------------------------------
 
-AGENT_PER_MINUTE = 240  # burst = per minute for agents: bound = 240 + elapsed / 250 ms
+AGENT_PER_MINUTE = 120  # burst = per minute for agents: bound = 120 + elapsed / 500 ms
 # A per-day budget that never limits these tests but refills so slowly (one call per 86.4 s) that
 # `budgets status` tells exactly how many calls were charged to it during a test of a few seconds.
 DAY = 1000
@@ -243,10 +279,12 @@ def test_agent_bucket_holds_across_instances(stack, fleet) -> None:
     # 4 processes x 2 routes (gateway, the tool's own function), 4 client threads each.
     targets = [(url, token) for inst in fleet for url in (inst.gateway_url, inst.tool_url("lookup_customer"))]
 
+    offsets = [inst.stdout_offset() for inst in fleet]
     run = hammer(targets, "lookup_customer", lambda _: ADA)
 
     assert_within_bound(run, burst=AGENT_PER_MINUTE, interval_ms=60_000 // AGENT_PER_MINUTE,
-                        layer="agent", policy="agent_per_minute", label="agent")
+                        layer="agent", policy="agent_per_minute", label="agent",
+                        fleet=fleet, offsets=offsets)
     # The day bucket, taken in parallel with the minute bucket on every call that reached the
     # store, was refunded whenever the minute bucket refused: it was charged exactly once per
     # admitted call.
@@ -271,10 +309,12 @@ def test_tool_bucket_shared_by_agents_holds_across_instances(stack, fleet) -> No
                    for inst in fleet
                    for url in (inst.gateway_url, inst.tool_url("track_shipment"))
                    for _, token in agents]
+        offsets = [inst.stdout_offset() for inst in fleet]
         run = hammer(targets, "track_shipment", lambda n: {"tracking_number": tracking(n)})
 
         figures = assert_within_bound(run, burst=TOOL_BURST, interval_ms=60_000 // TOOL_PER_MINUTE,
-                                      layer="tool", policy="tool", label="tool")
+                                      layer="tool", policy="tool", label="tool",
+                                      fleet=fleet, offsets=offsets)
     # No agent was charged for a call the tool layer refused (refunds): the agents' day buckets
     # together count exactly the admitted calls.
     used = {agent: DAY - agent_status(stack, agent)["agent_per_day"]["remaining"] for agent, _ in agents}
@@ -295,7 +335,7 @@ def test_tool_layer_refusal_leaves_agent_budget_untouched(stack, fleet, http) ->
     with tool_override(stack, "track_shipment", "--per-minute", "1", "--burst", "1"):
         # Another agent empties the tool bucket (it may hold a few ms of earlier TAT).
         for n in range(20):
-            resp = tool_call(http, stack.tool_url("track_shipment"), other["token"], "track_shipment",
+            resp = tool_call(http, fleet[0].tool_url("track_shipment"), other["token"], "track_shipment",
                              {"tracking_number": tracking(n)})
             if resp.status_code == 429 and resp.json()["error"]["data"]["retry_after_ms"] > 30_000:
                 break
@@ -325,7 +365,8 @@ def test_tool_layer_refusal_leaves_agent_budget_untouched(stack, fleet, http) ->
 
     # The agent can still make its whole per-minute quota on another tool.
     for i in range(5):
-        assert rpc_result(tool_call(http, stack.gateway_url, token, "lookup_customer", ADA, id=i), id=i)["isError"] is False
+        url = fleet[i % len(fleet)].gateway_url
+        assert rpc_result(tool_call(http, url, token, "lookup_customer", ADA, id=i), id=i)["isError"] is False
     assert_rate_limited(tool_call(http, stack.gateway_url, token, "lookup_customer", ADA, id="six"),
                         id="six", layer="agent", policy="agent_per_minute", limit=5, window_s=60)
 
@@ -413,28 +454,33 @@ def test_call_after_retry_after_succeeds(stack, http) -> None:
 
 # --- 7: store down or slow ---------------------------------------------------------------------
 
-BUDGET_TIMEOUT_MS = 800
-ANSWER_MARGIN_S = 0.7
+BUDGET_TIMEOUT_MS = 800  # the default, set explicitly
+ANSWER_MARGIN_S = 0.7  # response, audit and scheduling on a busy machine
 
 
-@pytest.fixture
-def fragile(stack, processes):
+def fragile_stack(stack, processes, policy_ttl_s: int):
     """A private stack (own moto, own tollgate-dev, own carrier API) with the tools' built-in
     budgets (open_ticket fails closed, track_shipment fails open) and a 30 s key cache, and an
-    agent whose key and the tools' policies are cached by one call each."""
+    agent whose key (and, for `policy_ttl_s`, the tools' policies) are cached by one call to each
+    tool -- so the budget step is what meets the outage."""
     private, moto, dev = processes.private_stack(
         stack.env,
         TOLLGATE_KEY_CACHE_TTL_SECS="30",
-        TOLLGATE_POLICY_CACHE_TTL_SECS="60",
+        TOLLGATE_POLICY_CACHE_TTL_SECS=str(policy_ttl_s),
         TOLLGATE_BUDGET_TIMEOUT_MS=str(BUDGET_TIMEOUT_MS),
     )
-    agent, key = private.agent_with_key(["tickets:write", "shipments:read"], prefix="fragile")
+    _, key = private.agent_with_key(["tickets:write", "shipments:read"], prefix="fragile")
     with httpx2.Client(timeout=30, trust_env=False) as http:
-        # Warm the gateway's and the tool functions' key caches and tool-policy caches.
         assert rpc_result(tool_call(http, private.gateway_url, key["token"], "open_ticket", TICKET))["isError"] is False
         assert rpc_result(tool_call(http, private.gateway_url, key["token"], "track_shipment",
                                     {"tracking_number": tracking(1)}))["isError"] is False
     return private, moto, dev, key["token"]
+
+
+@pytest.fixture
+def fragile(stack, processes):
+    """A fragile stack whose tool policies stay cached through the test."""
+    return fragile_stack(stack, processes, policy_ttl_s=60)
 
 
 def timed(fn):
@@ -461,39 +507,57 @@ def log_lines_since(dev, offset: int) -> list[dict[str, Any]]:
     return out
 
 
-def check_failure_policies(private, dev, token: str, http) -> None:
-    limit_s = BUDGET_TIMEOUT_MS / 1000 + ANSWER_MARGIN_S
-    for url in (private.gateway_url, private.tool_url("open_ticket")):
-        resp, took = timed(lambda: tool_call(http, url, token, "open_ticket", TICKET, id="closed"))
-        err = rpc_error(resp, 503, -31050, id="closed")
-        assert err["data"]["retry"] != "never", err
-        assert resp.headers.get("retry-after", "").isdigit() and int(resp.headers["retry-after"]) >= 1, resp.headers
-        assert took < limit_s, f"fail-closed answer took {took:.2f}s (budget timeout {BUDGET_TIMEOUT_MS} ms)"
+def check_failure_policies(private, dev, token: str, routes=("gateway", "tool")) -> list[tuple[str, float]]:
+    """With the store unusable: open_ticket (fail closed) answers 503 -31050 + Retry-After;
+    track_shipment (fail open) is admitted on the local bucket, runs (the carrier is up), and
+    the instance logs a fail-open warning for each. Returns how long each call took."""
+    def url(route: str, tool: str) -> str:
+        return private.gateway_url if route == "gateway" else private.tool_url(tool)
 
+    timings = []
     offset = dev.stdout_offset()
-    for n, url in enumerate((private.gateway_url, private.tool_url("track_shipment"))):
-        resp, took = timed(lambda: tool_call(http, url, token, "track_shipment",
-                                             {"tracking_number": tracking(100 + n)}, id="open"))
-        result = rpc_result(resp, id="open")
-        assert result["isError"] is False, result
-        assert result["structuredContent"]["status"] == "in_transit", result
-        assert "ratelimit-policy" in resp.headers, resp.headers
-        assert took < limit_s, f"fail-open answer took {took:.2f}s (budget timeout {BUDGET_TIMEOUT_MS} ms)"
+    with httpx2.Client(timeout=30, trust_env=False) as http:
+        for route in routes:
+            resp, took = timed(lambda: tool_call(http, url(route, "open_ticket"), token, "open_ticket",
+                                                 TICKET, id="closed"))
+            timings.append((f"open_ticket via {route}", took))
+            err = rpc_error(resp, 503, -31050, id="closed")
+            assert err["data"]["retry"] == "after_retry_after", err
+            assert resp.headers.get("retry-after", "").isdigit() and int(resp.headers["retry-after"]) >= 1, resp.headers
+        for n, route in enumerate(routes):
+            resp, took = timed(lambda: tool_call(http, url(route, "track_shipment"), token, "track_shipment",
+                                                 {"tracking_number": tracking(100 + n)}, id="open"))
+            timings.append((f"track_shipment via {route}", took))
+            result = rpc_result(resp, id="open")
+            assert result["isError"] is False, result
+            assert result["structuredContent"]["status"] == "in_transit", result
+            assert "ratelimit-policy" in resp.headers, resp.headers
     time.sleep(0.2)
     records = log_lines_since(dev, offset)
-    warnings = [r for r in records if "failing open" in json.dumps(r)]
-    assert len(warnings) >= 2, records
-    assert all(r.get("level", "").upper() in ("WARN", "WARNING") for r in warnings), warnings
+    text = [json.dumps(r) for r in records]
+    opened = [t for t in text if "failing open" in t]
+    closed = [t for t in text if "failing closed" in t]
+    assert len(opened) == len(routes) and len(closed) == len(routes), text
+    assert all('"WARN"' in t for t in opened + closed), opened + closed
     audits = [r for r in records if r.get("kind") == "audit"]
-    assert [a.get("status") for a in audits] == ["success", "success"], audits
+    statuses = sorted((a.get("tool"), a.get("status"), a.get("reason")) for a in audits)
+    assert statuses == sorted([("open_ticket", "system_error", "budget_store_unavailable")] * len(routes)
+                              + [("track_shipment", "success", "budget_fail_open")] * len(routes)), statuses
+    print(f"\nstore failure timings: {[(w, round(t, 3)) for w, t in timings]}")
+    return timings
+
+
+def assert_answered_within_timeout(timings: list[tuple[str, float]]) -> None:
+    limit = BUDGET_TIMEOUT_MS / 1000 + ANSWER_MARGIN_S
+    slow = [(w, round(t, 3)) for w, t in timings if t >= limit]
+    assert not slow, f"answers slower than the budget timeout ({BUDGET_TIMEOUT_MS} ms) + {ANSWER_MARGIN_S}s: {slow}"
 
 
 def test_store_down_each_policy_as_documented(fragile) -> None:
     private, moto, dev, token = fragile
     moto.kill()
     moto.wait(timeout=5)
-    with httpx2.Client(timeout=30, trust_env=False) as http:
-        check_failure_policies(private, dev, token, http)
+    assert_answered_within_timeout(check_failure_policies(private, dev, token))
     assert_no_panic(dev)
 
 
@@ -501,15 +565,29 @@ def test_store_slow_answers_within_the_budget_timeout(fragile) -> None:
     private, moto, dev, token = fragile
     os.kill(moto.pid, signal.SIGSTOP)
     try:
-        with httpx2.Client(timeout=30, trust_env=False) as http:
-            check_failure_policies(private, dev, token, http)
+        timings = check_failure_policies(private, dev, token)
     finally:
         os.kill(moto.pid, signal.SIGCONT)
-    # Recovered: the store answers again and the fail-open tool is decided by it once more.
+    assert_answered_within_timeout(timings)
+    # Recovered: the store answers again and decides the fail-open tool once more.
     offset = dev.stdout_offset()
     with httpx2.Client(timeout=30, trust_env=False) as http:
         resp = tool_call(http, private.gateway_url, token, "track_shipment", {"tracking_number": tracking(7)})
         assert rpc_result(resp)["isError"] is False
     time.sleep(0.2)
-    assert not [r for r in log_lines_since(dev, offset) if "failing open" in json.dumps(r)]
+    assert not [r for r in log_lines_since(dev, offset) if "budget store unavailable" in json.dumps(r)]
     assert_no_panic(dev)
+
+
+def test_store_down_with_expired_policy_cache(stack, processes) -> None:
+    """The outage outlasts the instance's tool-policy cache, so the decision first tries to read
+    the tool's override from the dead store. TOLLGATE_BUDGET_TIMEOUT_MS is documented as the
+    longest a budget decision waits on the store before the failure policy applies."""
+    private, moto, dev, token = fragile_stack(stack, processes, policy_ttl_s=1)
+    moto.kill()
+    moto.wait(timeout=5)
+    time.sleep(1.2)  # both tools' cached policies expire
+    timings = check_failure_policies(private, dev, token, routes=("gateway",))
+    assert_no_panic(dev)
+    # One deadline per decision: the policy read and the bucket updates share it.
+    assert_answered_within_timeout(timings)

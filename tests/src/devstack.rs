@@ -155,6 +155,24 @@ pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::
     Ok(admin::create_key(store, DEMO_AGENT, None).await?.token)
 }
 
+/// Creates the tollgate table and the app table (`TOLLGATE_APP_TABLE`) with the demo
+/// customers, on a local DynamoDB-protocol server. Idempotent.
+pub async fn prepare_tables(
+    db: &aws_sdk_dynamodb::Client,
+    config: &Config,
+) -> anyhow::Result<DynamoStore> {
+    let store = DynamoStore::new(db.clone(), config.table.clone());
+    store
+        .create_table()
+        .await
+        .context("create the tollgate table (is the DynamoDB endpoint up?)")?;
+    let app_table =
+        std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
+    create_app_table(db, &app_table).await?;
+    seed_customers(db, &app_table).await?;
+    Ok(store)
+}
+
 /// Creates the argument-hashing key secret if it does not exist (local stacks only: on AWS
 /// the SAM template creates it).
 pub async fn ensure_hash_key_secret(
@@ -202,15 +220,7 @@ pub async fn run() -> anyhow::Result<()> {
     let clients = Arc::new(build_clients(&sdk, config.clone())?);
     let catalog = gateway::catalog()?;
 
-    let store = DynamoStore::new(clients.dynamodb.clone(), config.table.clone());
-    store
-        .create_table()
-        .await
-        .context("create the tollgate table (is the DynamoDB endpoint up?)")?;
-    let app_table =
-        std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
-    create_app_table(&clients.dynamodb, &app_table).await?;
-    seed_customers(&clients.dynamodb, &app_table).await?;
+    let store = prepare_tables(&clients.dynamodb, &config).await?;
     let token = seed_demo_agent(&store, &catalog).await?;
     if let Some(secret) = &config.hash_key_secret {
         ensure_hash_key_secret(&clients.secretsmanager, secret).await?;

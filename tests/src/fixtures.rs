@@ -154,22 +154,13 @@ pub async fn seed(store: &dyn Store) -> Result<(), StoreError> {
 /// DynamoDB endpoint the environment names, then seeds the demo customers and the fixture
 /// agents and keys. Idempotent.
 pub async fn seed_local() -> anyhow::Result<()> {
-    use anyhow::Context as _;
     let config = tollgate::Config::from_env()?;
     let sdk = aws_config::load_from_env().await;
     let db = aws_sdk_dynamodb::Client::new(&sdk);
-    let store = tollgate::store::DynamoStore::new(db.clone(), config.table.clone());
-    store
-        .create_table()
-        .await
-        .context("create the tollgate table (is the DynamoDB endpoint up?)")?;
-    let app_table =
-        std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
-    crate::devstack::create_app_table(&db, &app_table).await?;
-    crate::devstack::seed_customers(&db, &app_table).await?;
+    let store = crate::devstack::prepare_tables(&db, &config).await?;
     seed(&store).await?;
     eprintln!(
-        "seeded {} and {app_table} (fixture agents {AGENT_FULL}, {AGENT_READER}, {AGENT_DISABLED}, {AGENT_THROTTLED})",
+        "seeded {} and the app table (fixture agents {AGENT_FULL}, {AGENT_READER}, {AGENT_DISABLED}, {AGENT_THROTTLED})",
         config.table
     );
     Ok(())

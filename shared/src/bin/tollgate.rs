@@ -89,11 +89,15 @@ enum BudgetsCmd {
         /// Buckets to split the rate over, for tools hotter than ~1000 calls/s.
         #[arg(long, default_value_t = 1)]
         shards: u32,
-        /// Admit on a per-instance local bucket when the store fails (default: fail closed).
-        #[arg(long)]
+        /// Admit on a per-instance local bucket when the store fails.
+        #[arg(long, conflicts_with = "fail_closed")]
         fail_open: bool,
+        /// Refuse with 503 when the store fails. Without either flag the tool's own default
+        /// applies.
+        #[arg(long)]
+        fail_closed: bool,
         /// Remove the override.
-        #[arg(long, conflicts_with_all = ["per_minute", "burst", "fail_open"])]
+        #[arg(long, conflicts_with_all = ["per_minute", "burst", "fail_open", "fail_closed"])]
         clear: bool,
     },
 }
@@ -442,6 +446,7 @@ async fn budgets(
             burst,
             shards,
             fail_open,
+            fail_closed,
             clear,
         } => {
             let policy = if clear {
@@ -452,7 +457,7 @@ async fn budgets(
                     per_minute,
                     burst: burst.unwrap_or(per_minute),
                     shards,
-                    fail_open,
+                    fail_open: (fail_open || fail_closed).then_some(fail_open),
                 })
             };
             b::set_tool(store, &tool, policy).await?;

@@ -174,6 +174,8 @@ impl std::fmt::Debug for Budgets {
 const MINUTE_MS: u64 = 60_000;
 const DAY_MS: u64 = 86_400_000;
 const MAX_MEMORY_ENTRIES: usize = 50_000;
+/// How soon a failed tool-policy read is retried.
+const POLICY_RETRY: Duration = Duration::from_secs(5);
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -210,47 +212,75 @@ impl Budgets {
         self
     }
 
-    async fn tool_policy(&self, spec: &ToolSpec) -> ToolPolicy {
-        let default = ToolPolicy {
-            per_minute: spec.budget.per_minute,
-            burst: spec.budget.burst,
-            shards: 1,
-            fail_open: spec.budget.on_store_failure == StoreFailure::FailOpen,
-        };
-        if let Some(c) = lock(&self.policy_cache).get(spec.name)
-            && c.fetched.elapsed() < self.policy_ttl
-        {
-            return c.policy.unwrap_or(default);
-        }
-        let fetched =
-            tokio::time::timeout(self.timeout, self.policies.get_tool_policy(spec.name)).await;
-        let policy = match fetched {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, tool = spec.name, "tool policy read failed; using the tool's default");
-                None
+    /// The tool's effective policy: its override (cached per instance) over its default. A
+    /// failed or slow read keeps the last known override and retries soon, rather than
+    /// caching the built-in default over a known override for a whole TTL.
+    async fn tool_policy(&self, spec: &ToolSpec, deadline: tokio::time::Instant) -> ToolPolicy {
+        let default_fail_open = spec.budget.on_store_failure == StoreFailure::FailOpen;
+        let resolve = |o: Option<ToolPolicy>| {
+            let p = o.unwrap_or(ToolPolicy {
+                per_minute: spec.budget.per_minute,
+                burst: spec.budget.burst,
+                shards: 1,
+                fail_open: None,
+            });
+            ToolPolicy {
+                fail_open: Some(p.fail_open.unwrap_or(default_fail_open)),
+                ..p
             }
-            Err(_) => {
+        };
+        let previous = {
+            let cache = lock(&self.policy_cache);
+            match cache.get(spec.name) {
+                Some(c) if c.fetched.elapsed() < self.policy_ttl => return resolve(c.policy),
+                Some(c) => Some(c.policy),
+                None => None,
+            }
+        };
+        let fetched =
+            tokio::time::timeout_at(deadline, self.policies.get_tool_policy(spec.name)).await;
+        let (policy, fetched_at) = match fetched {
+            Ok(Ok(p)) => (p, Instant::now()),
+            failed => {
+                let cause = match failed {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "timeout".to_owned(),
+                };
                 tracing::warn!(
+                    cause,
                     tool = spec.name,
-                    "tool policy read timed out; using the tool's default"
+                    "tool policy read failed; keeping the last known policy"
                 );
-                None
+                // Retry within POLICY_RETRY rather than a whole TTL.
+                let retry_at = Instant::now()
+                    .checked_sub(self.policy_ttl.saturating_sub(POLICY_RETRY))
+                    .unwrap_or_else(Instant::now);
+                (previous.flatten(), retry_at)
             }
         };
         lock(&self.policy_cache).insert(
             spec.name.to_owned(),
             CachedPolicy {
                 policy,
-                fetched: Instant::now(),
+                fetched: fetched_at,
             },
         );
-        policy.unwrap_or(default)
+        resolve(policy)
     }
 
     /// The buckets a call by `principal` to `spec` must pass, and the tool's policy.
     pub async fn plan(&self, principal: &Principal, spec: &ToolSpec) -> (Vec<Bucket>, ToolPolicy) {
-        let tool = self.tool_policy(spec).await;
+        self.plan_by(principal, spec, tokio::time::Instant::now() + self.timeout)
+            .await
+    }
+
+    async fn plan_by(
+        &self,
+        principal: &Principal,
+        spec: &ToolSpec,
+        deadline: tokio::time::Instant,
+    ) -> (Vec<Bucket>, ToolPolicy) {
+        let tool = self.tool_policy(spec, deadline).await;
         (
             plan_buckets(principal, spec.name, &principal.budget, self.defaults, tool),
             tool,
@@ -264,7 +294,9 @@ impl Budgets {
         principal: &Principal,
         spec: &ToolSpec,
     ) -> Result<Admission, Refusal> {
-        let (buckets, tool) = self.plan(principal, spec).await;
+        // One deadline for the whole decision: the policy read and the bucket updates share it.
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let (buckets, tool) = self.plan_by(principal, spec, deadline).await;
         let policies: Vec<_> = buckets
             .iter()
             .map(|b| (b.policy, b.limit, b.window_s))
@@ -277,7 +309,7 @@ impl Budgets {
             return Err(refusal);
         }
         let decided =
-            tokio::time::timeout(self.timeout, self.take_all(&*self.buckets, &buckets, now)).await;
+            tokio::time::timeout_at(deadline, self.take_all(&*self.buckets, &buckets, now)).await;
         let (takes, requests) = match decided {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
@@ -452,7 +484,7 @@ impl Budgets {
         policies: &[(PolicyName, u64, u64)],
         cause: &str,
     ) -> Result<Admission, Refusal> {
-        if !tool.fail_open {
+        if tool.fail_open != Some(true) {
             tracing::warn!(cause, "budget store unavailable; failing closed");
             return Err(Refusal::StoreUnavailable);
         }

@@ -260,7 +260,7 @@ fn plan_shards_the_tool_bucket() {
         per_minute: 6_000,
         burst: 100,
         shards: 4,
-        fail_open: false,
+        fail_open: None,
     };
     let plan = plan_buckets(&p, "t", &p.budget, AgentDefaults::default(), policy);
     let tool = plan

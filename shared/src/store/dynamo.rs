@@ -108,6 +108,27 @@ impl DynamoStore {
         Ok(true)
     }
 
+    /// Writes `items` atomically; a cancelled transaction means the agent's condition failed.
+    async fn transact(
+        &self,
+        items: Vec<TransactWriteItem>,
+        agent_id: &str,
+    ) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .transact_write_items()
+            .set_transact_items(Some(items))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("TransactionCanceledException") => {
+                Err(StoreError::NotFound(format!("agent {agent_id}")))
+            }
+            Err(e) => Err(unavailable("TransactWriteItems", &e)),
+        }
+    }
+
     async fn query_index(&self, gsi1pk: &str, prefix: &str) -> Result<Vec<Item>, StoreError> {
         let mut out = Vec::new();
         let mut start: Option<Item> = None;
@@ -377,19 +398,7 @@ impl Store for DynamoStore {
                     .build(),
             );
         }
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("TransactionCanceledException") => {
-                Err(StoreError::NotFound(format!("agent {}", agent.agent_id)))
-            }
-            Err(e) => Err(unavailable("TransactWriteItems", &e)),
-        }
+        self.transact(items, &agent.agent_id).await
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
@@ -417,19 +426,7 @@ impl Store for DynamoStore {
                 )
                 .build(),
         ];
-        let result = self
-            .client
-            .transact_write_items()
-            .set_transact_items(Some(items))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if e.code() == Some("TransactionCanceledException") => {
-                Err(StoreError::NotFound(format!("agent {}", key.agent_id)))
-            }
-            Err(e) => Err(unavailable("TransactWriteItems", &e)),
-        }
+        self.transact(items, &key.agent_id).await
     }
 
     async fn list_keys(&self, agent_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
@@ -488,8 +485,7 @@ impl Store for DynamoStore {
             fail_open: item
                 .get("fail_open")
                 .and_then(|v| v.as_bool().ok())
-                .copied()
-                .unwrap_or(false),
+                .copied(),
         }))
     }
 
@@ -509,7 +505,8 @@ impl Store for DynamoStore {
                 .map_err(|e| unavailable("DeleteItem", &e))?;
             return Ok(());
         };
-        self.client
+        let mut put = self
+            .client
             .put_item()
             .table_name(&self.table)
             .item("pk", s(format!("TOOL#{tool}")))
@@ -517,11 +514,11 @@ impl Store for DynamoStore {
             .item("kind", s("tool_policy"))
             .item("per_minute", n(u64::from(p.per_minute)))
             .item("burst", n(u64::from(p.burst)))
-            .item("shards", n(u64::from(p.shards)))
-            .item("fail_open", AttributeValue::Bool(p.fail_open))
-            .send()
-            .await
-            .map_err(|e| unavailable("PutItem", &e))?;
+            .item("shards", n(u64::from(p.shards)));
+        if let Some(open) = p.fail_open {
+            put = put.item("fail_open", AttributeValue::Bool(open));
+        }
+        put.send().await.map_err(|e| unavailable("PutItem", &e))?;
         Ok(())
     }
 }

@@ -102,8 +102,9 @@ pub struct ToolPolicy {
     pub burst: u32,
     /// Buckets the rate is split over (for tools hotter than one item takes).
     pub shards: u32,
-    /// Whether the tool admits on a local bucket when the store fails.
-    pub fail_open: bool,
+    /// Whether the tool admits on a local bucket when the store fails (`None`: the tool's own
+    /// default).
+    pub fail_open: Option<bool>,
 }
 
 /// An agent: a program that calls tools, with its scopes.
