@@ -32,9 +32,10 @@ test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the of
 test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
 	tests/conformance/run.sh
 
-bench: $(VENV)/.stamp ## cold init and tools/call latency (release build); figures go in README
+bench: $(VENV)/.stamp ## cold init, tools/call latency, budget figures (release build; figures on stderr)
 	$(CARGO) build --release --bin lookup_customer
-	$(CARGO) bench -p tollgate-tests --bench stack
+	@mkdir -p target/bench
+	$(CARGO) bench -p tollgate-tests --bench stack > target/bench/stack-logs.jsonl
 
 invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>.json" >&2; exit 2; }
