@@ -45,6 +45,7 @@ type Setup = Result<(Catalog, Option<Dispatch>), lambda_runtime::Error>;
 
 fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
     init_logging();
+    install_panic_hook();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -164,6 +165,21 @@ fn invocation_of(ctx: &lambda_runtime::Context) -> Invocation {
         deadline: Instant::now() + Duration::from_millis(left),
         trace_id: ctx.xray_trace_id.clone(),
     }
+}
+
+/// Panics are caught and answered as system errors; their messages may carry argument values,
+/// so the hook logs only where the panic happened, never its message.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let location = info
+            .location()
+            .map(|l| format!("{}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        tracing::error!(
+            location,
+            "panic (message withheld: it may hold argument values)"
+        );
+    }));
 }
 
 /// JSON logs on stdout, filtered by `AWS_LAMBDA_LOG_LEVEL` (Lambda's log-level control) or

@@ -201,7 +201,12 @@ async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
     store
         .put_tool_policy(
             "lookup_customer",
-            Some(tollgate::store::ToolPolicy { per_minute: 1_000_000, burst: 1_000_000, shards: 1, fail_open: None }),
+            Some(tollgate::store::ToolPolicy {
+                per_minute: 1_000_000,
+                burst: 1_000_000,
+                shards: 1,
+                fail_open: None,
+            }),
         )
         .await?;
     let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;

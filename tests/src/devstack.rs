@@ -211,6 +211,7 @@ fn rand_key() -> [u8; 32] {
 /// Runs the local stack until interrupted.
 pub async fn run() -> anyhow::Result<()> {
     tollgate::lambda::init_logging();
+    tollgate::lambda::install_panic_hook();
     let port: u16 = std::env::var("PORT")
         .ok()
         .map_or(Ok(9000), |p| p.parse())
