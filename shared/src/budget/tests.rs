@@ -272,3 +272,55 @@ fn plan_shards_the_tool_bucket() {
     assert_eq!(tool.rate.burst, 25);
     assert_eq!(tool.limit, 6_000);
 }
+
+/// Two instances sharing one bucket, one clock `skew_ms` ahead: the over-admission this causes
+/// is at most `ceil(skew / interval)` calls over any run (README "Clock skew").
+#[tokio::test]
+async fn clock_skew_over_admission_is_bounded_by_skew_over_interval() {
+    for skew_ms in [0u64, 50, 250, 1_000, 3_000] {
+        let shared: Arc<dyn BucketStore> = Arc::new(MemoryBuckets::default());
+        let t = Arc::new(AtomicU64::new(10_000_000));
+        let ahead = {
+            let t = t.clone();
+            budgets(shared.clone(), Arc::new(AtomicU64::new(0)))
+                .with_clock(Arc::new(move || t.load(Ordering::Relaxed) + skew_ms))
+        };
+        let behind = budgets(shared, t.clone());
+        let p = principal(
+            "skew",
+            AgentBudget {
+                per_minute: Some(60),
+                per_day: Some(1_000_000),
+                ..AgentBudget::default()
+            },
+        );
+        let tool = spec(1_000_000, 1_000_000, false);
+        let mut admitted = 0u64;
+        let start = t.load(Ordering::Relaxed);
+        // Both instances call every 100 ms for 30 s of simulated time.
+        for step in 0..300u64 {
+            t.store(start + step * 100, Ordering::Relaxed);
+            for b in [&behind, &ahead] {
+                // Bypass the refused-until memory: each call goes to the shared store.
+                b.refused_until
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .clear();
+                if b.admit(&p, &tool).await.is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        let elapsed = 299 * 100;
+        let interval = 1_000;
+        let bound = 60 + elapsed / interval;
+        let extra = admitted.saturating_sub(bound);
+        eprintln!(
+            "clock skew {skew_ms} ms: {admitted} admitted, bound {bound}, over-admission {extra}"
+        );
+        assert!(
+            extra <= skew_ms.div_ceil(interval),
+            "skew {skew_ms} ms: {admitted} admitted, bound {bound}"
+        );
+    }
+}
