@@ -123,7 +123,7 @@ impl Invoker for InProcessInvoker {
             serde_json::to_value(event).map_err(|e| InvokeError::Transport(e.to_string()))?;
         let event: ApiGatewayV2httpRequest =
             serde_json::from_value(json).map_err(|e| InvokeError::Transport(e.to_string()))?;
-        let resp = server.handle(event, invocation.forwarded()).await;
+        let resp = server.handle(event, invocation.clone()).await;
         Ok(Response::from_event_response(resp))
     }
 }

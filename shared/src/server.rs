@@ -53,11 +53,6 @@ impl Invocation {
             trace_id: None,
         }
     }
-
-    /// The same invocation as seen by a tool function the gateway forwards to in-process.
-    pub fn forwarded(&self) -> Self {
-        self.clone()
-    }
 }
 
 /// How `tools/call` is carried out.
