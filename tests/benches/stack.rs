@@ -372,6 +372,54 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
     Ok(())
 }
 
+/// Warm-path cost of the audit record and its EMF line per call: argument redaction (one
+/// HMAC), two JSON serialisations; and the bytes of log each call writes.
+fn audit_cost() -> anyhow::Result<()> {
+    use tollgate::audit::{AuditRecord, CallStatus, HashKey, redact_arguments};
+    let tool =
+        tollgate::catalog::RegisteredTool::new(lookup_customer::LookupCustomer::with_table("t"))?;
+    let key = HashKey::new("v1", vec![9; 32]).ok_or_else(|| anyhow::anyhow!("key"))?;
+    let args = serde_json::json!({"email": "ada@example.com"});
+    let n = 100_000u32;
+    let mut bytes = 0usize;
+    let started = Instant::now();
+    for _ in 0..n {
+        let record = AuditRecord {
+            timestamp: humantime_now(),
+            level: "INFO",
+            kind: "audit",
+            service: "tollgate".into(),
+            function: "lookup_customer".into(),
+            cold_start: false,
+            request_id: "8f5e2c1a-3b4d-4e6f-9a0b-1c2d3e4f5a6b".into(),
+            trace_id: Some("1-6926a570-d97a32ce83f556f3ed31b057".into()),
+            agent_id: Some("billing-bot".into()),
+            auth_method: Some("api_key"),
+            tool: Some("lookup_customer".into()),
+            protocol_version: Some("2025-11-25".into()),
+            latency_ms: 8,
+            status: CallStatus::Success,
+            reason: None,
+            budget_layer: None,
+            arguments: Some(redact_arguments(Some(&tool), &args, Some(&key), true)),
+        };
+        let line = serde_json::to_string(&record)?;
+        let emf = serde_json::to_string(&tollgate::metrics::emf(&record, 1_795_676_400_000))?;
+        bytes = line.len() + emf.len() + 2;
+        std::hint::black_box((line, emf));
+    }
+    let per_call = started.elapsed() / n;
+    eprintln!(
+        "audit record + EMF line per call (warm, one hashed field): {:.2} us CPU, {bytes} bytes of log",
+        per_call.as_secs_f64() * 1e6
+    );
+    Ok(())
+}
+
+fn humantime_now() -> String {
+    humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
+}
+
 fn reqwest_client() -> tollgate::deps::reqwest::Client {
     tollgate::deps::reqwest::Client::new()
 }
@@ -395,6 +443,7 @@ async fn main() -> anyhow::Result<()> {
         binary.exists(),
         "build it first: cargo build --release --bin lookup_customer"
     );
+    audit_cost()?;
     cold_init(&binary).await?;
     stack_latency(&root).await?;
     Ok(())
