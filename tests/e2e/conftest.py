@@ -93,18 +93,14 @@ class CliResult:
         return json.loads(self.stdout)
 
 
-@dataclass
-class Stack:
+class _Endpoints:
+    """URLs and log readers shared by the session stack and extra `tollgate-dev` processes
+    (dataclasses with `port`, `stdout_path` and `stderr_path`)."""
+
     port: int
-    carrier_port: int
-    ddb_url: str
-    workdir: Path
     stdout_path: Path
     stderr_path: Path
-    demo_token: str
-    env: dict[str, str] = field(repr=False)
 
-    # --- URLs -----------------------------------------------------------------------------
     @property
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
@@ -140,6 +136,19 @@ class Stack:
         lines = text.split("\n")
         return [line for line in lines[:-1] if line.strip()]
 
+
+@dataclass
+class Stack(_Endpoints):
+    port: int
+    carrier_port: int
+    ddb_url: str
+    workdir: Path
+    stdout_path: Path
+    stderr_path: Path
+    demo_token: str
+    env: dict[str, str] = field(repr=False)
+
+    # --- URLs -----------------------------------------------------------------------------
     def audit_since(self, offset: int) -> list[dict[str, Any]]:
         records = []
         for line in self.stdout_lines_since(offset):
@@ -379,7 +388,7 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int) -> None:
 
 
 @dataclass
-class DevProcess:
+class DevProcess(_Endpoints):
     """One `tollgate-dev` process with its own port and working directory."""
 
     proc: subprocess.Popen[bytes]
@@ -388,33 +397,6 @@ class DevProcess:
     stdout_path: Path
     stderr_path: Path
     env: dict[str, str] = field(repr=False)
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def gateway_url(self) -> str:
-        return f"{self.base}/mcp"
-
-    def tool_url(self, tool: str) -> str:
-        return f"{self.base}/tools/{tool}/mcp"
-
-    def stdout_text(self) -> str:
-        return self.stdout_path.read_text(encoding="utf-8", errors="replace")
-
-    def stderr_text(self) -> str:
-        return self.stderr_path.read_text(encoding="utf-8", errors="replace")
-
-    def stdout_offset(self) -> int:
-        return self.stdout_path.stat().st_size
-
-    def stdout_lines_since(self, offset: int) -> list[str]:
-        with self.stdout_path.open("rb") as f:
-            f.seek(offset)
-            data = f.read()
-        lines = data.decode("utf-8", errors="replace").split("\n")
-        return [line for line in lines[:-1] if line.strip()]
 
     def alive(self) -> bool:
         return self.proc.poll() is None
