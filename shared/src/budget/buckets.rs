@@ -8,6 +8,9 @@
 //! The branch is chosen from the last TAT this instance saw. A failed condition returns the
 //! item (`ReturnValuesOnConditionCheckFailure = ALL_OLD`), so the next branch or the refusal is
 //! decided without a read. Attempts are bounded.
+//!
+//! A refund sets the TAT to `max(tat - interval, now)`: at `now` a bucket is already full,
+//! and letting the TAT dip below `now` would flip concurrent takers between the two branches.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -20,7 +23,7 @@ use super::gcra::{Decision, Rate, decide};
 use crate::store::{DynamoStore, StoreError};
 
 /// Most conditional writes one decision may take before giving up.
-pub const MAX_ATTEMPTS: u32 = 4;
+pub const MAX_ATTEMPTS: u32 = 6;
 
 /// The result of taking a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +45,9 @@ pub trait BucketStore: Send + Sync + std::fmt::Debug {
         rate: Rate,
         hint: Option<u64>,
     ) -> Result<Take, StoreError>;
-    /// Gives back one token taken by a call another layer refused.
-    async fn refund(&self, bucket: &str, rate: Rate) -> Result<(), StoreError>;
+    /// Gives back one token taken by a call another layer refused; the TAT never goes below
+    /// `now` (a full bucket has nothing more to give back).
+    async fn refund(&self, bucket: &str, now: u64, rate: Rate) -> Result<(), StoreError>;
     /// Reads a bucket's TAT (admin status; never on the request path).
     async fn peek(&self, bucket: &str) -> Result<Option<u64>, StoreError>;
 }
@@ -152,28 +156,66 @@ impl BucketStore for DynamoStore {
         )))
     }
 
-    async fn refund(&self, bucket: &str, rate: Rate) -> Result<(), StoreError> {
+    async fn refund(&self, bucket: &str, now: u64, rate: Rate) -> Result<(), StoreError> {
+        // The TAT after a refund is max(tat - interval, now): one branch per side of `now`,
+        // the second only when the first's condition fails (rare: refunds follow refusals).
         let (pk, sk) = bucket_key(bucket);
-        self.client()
+        let unavailable = |code: Option<&str>| {
+            StoreError::Unavailable(format!("UpdateItem: {}", code.unwrap_or("request failed")))
+        };
+        let result = self
+            .client()
             .update_item()
             .table_name(self.table())
-            .key("pk", pk)
-            .key("sk", sk)
+            .key("pk", pk.clone())
+            .key("sk", sk.clone())
             .update_expression("SET tat = tat - :interval")
-            .condition_expression("attribute_exists(tat)")
+            .condition_expression("tat >= :floor")
             .expression_attribute_values(
                 ":interval",
                 AttributeValue::N(rate.interval_ms.to_string()),
             )
+            .expression_attribute_values(
+                ":floor",
+                AttributeValue::N((now + rate.interval_ms).to_string()),
+            )
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| {
-                StoreError::Unavailable(format!(
-                    "UpdateItem: {}",
-                    e.code().unwrap_or("request failed")
-                ))
-            })
+            .await;
+        let old = match result {
+            Ok(_) => return Ok(()),
+            Err(err) => match err.into_service_error() {
+                UpdateItemError::ConditionalCheckFailedException(failed) => {
+                    tat_of(failed.item.as_ref())
+                }
+                other => return Err(unavailable(other.code())),
+            },
+        };
+        // Less than one interval ahead of `now`: the bucket becomes full. Already full or
+        // gone: nothing to give back.
+        let Some(old) = old.filter(|&t| t > now) else {
+            return Ok(());
+        };
+        let result = self
+            .client()
+            .update_item()
+            .table_name(self.table())
+            .key("pk", pk)
+            .key("sk", sk)
+            .update_expression("SET tat = :now")
+            .condition_expression("tat = :old")
+            .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
+            .expression_attribute_values(":old", AttributeValue::N(old.to_string()))
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(err) => match err.into_service_error() {
+                // Moved meanwhile: keep the token (errs toward refusing).
+                UpdateItemError::ConditionalCheckFailedException(_) => Ok(()),
+                other => Err(unavailable(other.code())),
+            },
+        }
     }
 
     async fn peek(&self, bucket: &str) -> Result<Option<u64>, StoreError> {
@@ -231,9 +273,11 @@ impl BucketStore for MemoryBuckets {
         })
     }
 
-    async fn refund(&self, bucket: &str, rate: Rate) -> Result<(), StoreError> {
-        if let Some(t) = self.lock().get_mut(bucket) {
-            *t = t.saturating_sub(rate.interval_ms);
+    async fn refund(&self, bucket: &str, now: u64, rate: Rate) -> Result<(), StoreError> {
+        if let Some(t) = self.lock().get_mut(bucket)
+            && *t > now
+        {
+            *t = t.saturating_sub(rate.interval_ms).max(now);
         }
         Ok(())
     }

@@ -388,7 +388,7 @@ impl Budgets {
             .zip(decisions)
             .filter(|(_, d)| matches!(d, Decision::Admit { .. }))
             .map(|(b, _)| async move {
-                if let Err(e) = store.refund(&b.key, b.rate).await {
+                if let Err(e) = store.refund(&b.key, (self.clock)(), b.rate).await {
                     tracing::warn!(error = %e, bucket = %b.key, "budget refund failed");
                 }
             });

@@ -185,7 +185,7 @@ impl BucketStore for Down {
     ) -> Result<buckets::Take, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn refund(&self, _: &str, _: Rate) -> Result<(), StoreError> {
+    async fn refund(&self, _: &str, _: u64, _: Rate) -> Result<(), StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
     async fn peek(&self, _: &str) -> Result<Option<u64>, StoreError> {
@@ -208,7 +208,7 @@ impl BucketStore for Slow {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Err(StoreError::Unavailable("slow".into()))
     }
-    async fn refund(&self, _: &str, _: Rate) -> Result<(), StoreError> {
+    async fn refund(&self, _: &str, _: u64, _: Rate) -> Result<(), StoreError> {
         Ok(())
     }
     async fn peek(&self, _: &str) -> Result<Option<u64>, StoreError> {
@@ -323,4 +323,25 @@ async fn clock_skew_over_admission_is_bounded_by_skew_over_interval() {
             "skew {skew_ms} ms: {admitted} admitted, bound {bound}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_refund_never_takes_a_bucket_below_now() {
+    let store = MemoryBuckets::default();
+    let rate = Rate {
+        interval_ms: 100,
+        burst: 3,
+    };
+    // Two takes at t=1000: TAT 1200. A refund at t=1000 gives one back (TAT 1100).
+    for _ in 0..2 {
+        store.take("b", 1000, rate, None).await.expect("take");
+    }
+    store.refund("b", 1000, rate).await.expect("refund");
+    assert_eq!(store.peek("b").await.expect("peek"), Some(1100));
+    // At t=1050 a second refund stops at now (a full bucket), not at 1000.
+    store.refund("b", 1050, rate).await.expect("refund");
+    assert_eq!(store.peek("b").await.expect("peek"), Some(1050));
+    // A full bucket has nothing to give back.
+    store.refund("b", 1080, rate).await.expect("refund");
+    assert_eq!(store.peek("b").await.expect("peek"), Some(1050));
 }
