@@ -42,6 +42,62 @@ pub struct Config {
     pub budget_timeout: Duration,
     /// How long a tool's budget override is cached per instance (`TOLLGATE_POLICY_CACHE_TTL_SECS`).
     pub policy_cache_ttl: Duration,
+    /// Which credentials are accepted, and how OAuth tokens are verified.
+    pub auth: AuthConfig,
+}
+
+/// Accepted authentication methods (`TOLLGATE_AUTH_METHODS`, comma separated: `api_key`,
+/// `oauth`, `mtls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuthMethods {
+    /// Per-agent bearer keys (`tg_…`).
+    pub api_key: bool,
+    /// OAuth 2.1 access tokens (JWT, or opaque through introspection).
+    pub oauth: bool,
+    /// Client certificates from API Gateway mutual TLS.
+    pub mtls: bool,
+}
+
+/// Authentication settings.
+#[derive(Debug, Clone)]
+pub struct AuthConfig {
+    /// Accepted methods.
+    pub methods: AuthMethods,
+    /// With mTLS, also require a bearer credential of the same agent
+    /// (`TOLLGATE_MTLS_REQUIRE_TOKEN`).
+    pub mtls_require_token: bool,
+    /// OAuth resource-server settings, when `oauth` is accepted.
+    pub oauth: Option<OAuthConfig>,
+}
+
+/// How OAuth access tokens are verified (the server is an OAuth 2.1 resource server).
+#[derive(Debug, Clone)]
+pub struct OAuthConfig {
+    /// Expected `iss` (`TOLLGATE_OAUTH_ISSUER`).
+    pub issuer: String,
+    /// JWKS URL (`TOLLGATE_OAUTH_JWKS_URL`); discovered from the issuer's metadata when unset.
+    pub jwks_url: Option<String>,
+    /// Audiences accepted (`TOLLGATE_OAUTH_AUDIENCE`, comma separated; default
+    /// `TOLLGATE_RESOURCE_URL`). A direct tool route also accepts its own URL.
+    pub audiences: Vec<String>,
+    /// Claims tried in order for the agent identity (`TOLLGATE_OAUTH_AGENT_CLAIM`, comma
+    /// separated; default `client_id,azp,sub`).
+    pub agent_claims: Vec<String>,
+    /// Clock leeway for `exp`, `nbf` and `iat` (`TOLLGATE_OAUTH_LEEWAY_SECS`, default 30).
+    pub leeway: Duration,
+    /// How long a fetched JWKS is used before a refresh (`TOLLGATE_OAUTH_JWKS_TTL_SECS`).
+    pub jwks_ttl: Duration,
+    /// Least time between two JWKS fetches prompted by unknown `kid`s
+    /// (`TOLLGATE_OAUTH_JWKS_MIN_REFRESH_SECS`).
+    pub jwks_min_refresh: Duration,
+    /// RFC 7662 introspection endpoint for opaque tokens (`TOLLGATE_OAUTH_INTROSPECTION_URL`).
+    pub introspection_url: Option<String>,
+    /// Secrets Manager id of the introspection client credentials, a JSON object with
+    /// `client_id` and `client_secret` (`TOLLGATE_OAUTH_INTROSPECTION_SECRET`).
+    pub introspection_secret: Option<String>,
+    /// Longest an introspection answer is reused (never past the token's `exp`)
+    /// (`TOLLGATE_OAUTH_INTROSPECTION_CACHE_SECS`).
+    pub introspection_cache_ttl: Duration,
 }
 
 /// A configuration variable held a value that cannot be used.
@@ -89,7 +145,9 @@ impl Config {
                 reason: "must be an absolute http(s) URL".to_owned(),
             });
         }
+        let auth = auth_config(&lookup, resource_url.as_deref())?;
         Ok(Self {
+            auth,
             table: lookup("TOLLGATE_TABLE").unwrap_or_else(|| "tollgate".to_owned()),
             allowed_origins: lookup("TOLLGATE_ALLOWED_ORIGINS")
                 .map(|v| {
@@ -138,6 +196,131 @@ impl Config {
     }
 }
 
+fn auth_config(
+    lookup: &impl Fn(&str) -> Option<String>,
+    resource_url: Option<&str>,
+) -> Result<AuthConfig, ConfigError> {
+    let issuer = lookup("TOLLGATE_OAUTH_ISSUER").filter(|s| !s.is_empty());
+    let list = |name: &str| -> Option<Vec<String>> {
+        lookup(name).filter(|v| !v.trim().is_empty()).map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect()
+        })
+    };
+    let methods = match list("TOLLGATE_AUTH_METHODS") {
+        None => AuthMethods {
+            api_key: true,
+            oauth: issuer.is_some(),
+            mtls: false,
+        },
+        Some(names) => {
+            let mut m = AuthMethods {
+                api_key: false,
+                oauth: false,
+                mtls: false,
+            };
+            for name in &names {
+                match name.as_str() {
+                    "api_key" => m.api_key = true,
+                    "oauth" => m.oauth = true,
+                    "mtls" => m.mtls = true,
+                    other => {
+                        return Err(ConfigError::Invalid {
+                            name: "TOLLGATE_AUTH_METHODS",
+                            reason: format!(
+                                "unknown method {other:?}: use api_key, oauth and/or mtls"
+                            ),
+                        });
+                    }
+                }
+            }
+            m
+        }
+    };
+    if !(methods.api_key || methods.oauth || methods.mtls) {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_AUTH_METHODS",
+            reason: "name at least one of api_key, oauth, mtls".to_owned(),
+        });
+    }
+    let mtls_require_token = parse_or(lookup, "TOLLGATE_MTLS_REQUIRE_TOKEN", false)?;
+    if mtls_require_token && !methods.mtls {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_MTLS_REQUIRE_TOKEN",
+            reason: "needs mtls in TOLLGATE_AUTH_METHODS".to_owned(),
+        });
+    }
+    if mtls_require_token && !(methods.api_key || methods.oauth) {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_MTLS_REQUIRE_TOKEN",
+            reason: "needs api_key or oauth in TOLLGATE_AUTH_METHODS".to_owned(),
+        });
+    }
+    let oauth = if methods.oauth {
+        let issuer = issuer.ok_or(ConfigError::Missing("TOLLGATE_OAUTH_ISSUER"))?;
+        let audiences = list("TOLLGATE_OAUTH_AUDIENCE")
+            .or_else(|| resource_url.map(|u| vec![u.to_owned()]))
+            .ok_or(ConfigError::Missing("TOLLGATE_OAUTH_AUDIENCE"))?;
+        let introspection_url =
+            lookup("TOLLGATE_OAUTH_INTROSPECTION_URL").filter(|s| !s.is_empty());
+        let introspection_secret =
+            lookup("TOLLGATE_OAUTH_INTROSPECTION_SECRET").filter(|s| !s.is_empty());
+        if introspection_url.is_some() && introspection_secret.is_none() {
+            return Err(ConfigError::Missing("TOLLGATE_OAUTH_INTROSPECTION_SECRET"));
+        }
+        for (name, url) in [
+            ("TOLLGATE_OAUTH_ISSUER", Some(&issuer)),
+            (
+                "TOLLGATE_OAUTH_JWKS_URL",
+                lookup("TOLLGATE_OAUTH_JWKS_URL").as_ref(),
+            ),
+            (
+                "TOLLGATE_OAUTH_INTROSPECTION_URL",
+                introspection_url.as_ref(),
+            ),
+        ] {
+            if let Some(url) = url.filter(|u| !u.is_empty())
+                && !(url.starts_with("https://") || url.starts_with("http://"))
+            {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be an absolute http(s) URL".to_owned(),
+                });
+            }
+        }
+        Some(OAuthConfig {
+            jwks_url: lookup("TOLLGATE_OAUTH_JWKS_URL").filter(|s| !s.is_empty()),
+            issuer,
+            audiences,
+            agent_claims: list("TOLLGATE_OAUTH_AGENT_CLAIM")
+                .unwrap_or_else(|| ["client_id", "azp", "sub"].map(str::to_owned).to_vec()),
+            leeway: Duration::from_secs(parse_or(lookup, "TOLLGATE_OAUTH_LEEWAY_SECS", 30)?),
+            jwks_ttl: Duration::from_secs(parse_or(lookup, "TOLLGATE_OAUTH_JWKS_TTL_SECS", 600)?),
+            jwks_min_refresh: Duration::from_secs(parse_or(
+                lookup,
+                "TOLLGATE_OAUTH_JWKS_MIN_REFRESH_SECS",
+                30,
+            )?),
+            introspection_url,
+            introspection_secret,
+            introspection_cache_ttl: Duration::from_secs(parse_or(
+                lookup,
+                "TOLLGATE_OAUTH_INTROSPECTION_CACHE_SECS",
+                60,
+            )?),
+        })
+    } else {
+        None
+    };
+    Ok(AuthConfig {
+        methods,
+        mtls_require_token,
+        oauth,
+    })
+}
+
 fn positive(v: u32, name: &'static str) -> Result<u32, ConfigError> {
     if v == 0 {
         return Err(ConfigError::Invalid {
@@ -177,6 +360,81 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn auth_methods_default_to_keys_plus_oauth_when_an_issuer_is_set() {
+        let c = cfg(&[]).expect("config");
+        assert_eq!(
+            (
+                c.auth.methods.api_key,
+                c.auth.methods.oauth,
+                c.auth.methods.mtls
+            ),
+            (true, false, false)
+        );
+        let c = cfg(&[
+            ("TOLLGATE_OAUTH_ISSUER", "https://as.example"),
+            ("TOLLGATE_RESOURCE_URL", "https://api.example/mcp"),
+        ])
+        .expect("config");
+        assert!(c.auth.methods.oauth);
+        let oauth = c.auth.oauth.expect("oauth");
+        assert_eq!(oauth.audiences, ["https://api.example/mcp"]);
+        assert_eq!(oauth.agent_claims, ["client_id", "azp", "sub"]);
+    }
+
+    #[test]
+    fn auth_method_errors_name_the_variable() {
+        for (pairs, name) in [
+            (
+                vec![("TOLLGATE_AUTH_METHODS", "api_key,saml")],
+                "TOLLGATE_AUTH_METHODS",
+            ),
+            (
+                vec![("TOLLGATE_AUTH_METHODS", " , ")],
+                "TOLLGATE_AUTH_METHODS",
+            ),
+            (
+                vec![("TOLLGATE_AUTH_METHODS", "oauth")],
+                "TOLLGATE_OAUTH_ISSUER",
+            ),
+            (
+                vec![
+                    ("TOLLGATE_AUTH_METHODS", "oauth"),
+                    ("TOLLGATE_OAUTH_ISSUER", "https://as.example"),
+                ],
+                "TOLLGATE_OAUTH_AUDIENCE",
+            ),
+            (
+                vec![("TOLLGATE_MTLS_REQUIRE_TOKEN", "true")],
+                "TOLLGATE_MTLS_REQUIRE_TOKEN",
+            ),
+            (
+                vec![
+                    ("TOLLGATE_AUTH_METHODS", "oauth"),
+                    ("TOLLGATE_OAUTH_ISSUER", "https://as.example"),
+                    ("TOLLGATE_OAUTH_AUDIENCE", "https://api.example/mcp"),
+                    (
+                        "TOLLGATE_OAUTH_INTROSPECTION_URL",
+                        "https://as.example/introspect",
+                    ),
+                ],
+                "TOLLGATE_OAUTH_INTROSPECTION_SECRET",
+            ),
+            (
+                vec![
+                    ("TOLLGATE_AUTH_METHODS", "oauth"),
+                    ("TOLLGATE_OAUTH_ISSUER", "https://as.example"),
+                    ("TOLLGATE_OAUTH_AUDIENCE", "https://api.example/mcp"),
+                    ("TOLLGATE_OAUTH_JWKS_URL", "file:///etc/keys"),
+                ],
+                "TOLLGATE_OAUTH_JWKS_URL",
+            ),
+        ] {
+            let err = cfg(&pairs).expect_err("must be refused").to_string();
+            assert!(err.contains(name), "{pairs:?}: {err}");
+        }
     }
 
     #[test]

@@ -134,7 +134,8 @@ impl Rejection {
             Self::MethodNotFound { http_404: true } => 404,
             Self::MethodNotFound { http_404: false } | Self::UnknownTool(_) => 200,
             Self::Auth(a) if a.is_permanent() => 403,
-            Self::Auth(AuthError::StoreUnavailable) | Self::Unavailable { .. } => 503,
+            Self::Auth(a) if a.is_unavailable() => 503,
+            Self::Unavailable { .. } => 503,
             Self::RateLimited(_) => 429,
             Self::Auth(_) => 401,
             Self::Internal => 500,
@@ -168,9 +169,8 @@ impl Rejection {
     fn retry_hint(&self) -> &'static str {
         match self {
             Self::Auth(a) if a.is_permanent() => "never",
-            Self::Auth(AuthError::StoreUnavailable)
-            | Self::Unavailable { .. }
-            | Self::RateLimited(_) => "after_retry_after",
+            Self::Auth(a) if a.is_unavailable() => "after_retry_after",
+            Self::Unavailable { .. } | Self::RateLimited(_) => "after_retry_after",
             Self::Auth(_) => "with_new_credentials",
             Self::InsufficientScope { .. } => "after_scope_granted",
             Self::Internal => "later",
@@ -213,7 +213,11 @@ impl Rejection {
                 codes::PERMANENTLY_DENIED,
                 "Permanently denied: this credential or agent has been switched off".into(),
             ),
-            Self::Auth(AuthError::StoreUnavailable) | Self::Unavailable { .. } => (
+            Self::Auth(a) if a.is_unavailable() => (
+                codes::UNAVAILABLE,
+                "Temporarily unavailable: retry after the Retry-After delay".into(),
+            ),
+            Self::Unavailable { .. } => (
                 codes::UNAVAILABLE,
                 "Temporarily unavailable: retry after the Retry-After delay".into(),
             ),
@@ -276,7 +280,7 @@ impl Rejection {
                     &format!("Bearer realm=\"tollgate\"{metadata_param}"),
                 );
             }
-            Self::Auth(a) if !a.is_permanent() && *a != AuthError::StoreUnavailable => {
+            Self::Auth(a) if !a.is_permanent() && !a.is_unavailable() => {
                 resp = resp.with_header(
                     WWW_AUTHENTICATE,
                     &format!("Bearer realm=\"tollgate\", error=\"invalid_token\"{metadata_param}"),
@@ -290,7 +294,7 @@ impl Rejection {
                     ),
                 );
             }
-            Self::Auth(AuthError::StoreUnavailable) => resp = resp.with_header(RETRY_AFTER, "1"),
+            Self::Auth(a) if a.is_unavailable() => resp = resp.with_header(RETRY_AFTER, "1"),
             Self::RateLimited(r) => {
                 let secs = r.retry_after_ms.div_ceil(1000).max(1);
                 resp = resp

@@ -95,6 +95,24 @@ pub fn build_clients(
     })
 }
 
+/// The OAuth verifier when OAuth tokens are accepted (introspection credentials from
+/// Secrets Manager).
+pub fn build_oauth(clients: &Clients) -> Option<Arc<crate::auth::oauth::OAuthVerifier>> {
+    use crate::auth::oauth::{CredentialSource, OAuthVerifier, SecretsManagerCredentials};
+    let oauth = clients.config.auth.oauth.clone()?;
+    let credentials = oauth.introspection_secret.clone().map(|id| {
+        Box::new(SecretsManagerCredentials::new(
+            clients.secretsmanager.clone(),
+            id,
+        )) as Box<dyn CredentialSource>
+    });
+    Some(Arc::new(OAuthVerifier::new(
+        oauth,
+        clients.http.clone(),
+        credentials,
+    )))
+}
+
 /// A server over `catalog` with the DynamoDB-backed authenticator.
 pub fn build_server(
     catalog: Catalog,
@@ -108,7 +126,11 @@ pub fn build_server(
         clients.dynamodb.clone(),
         config.table.clone(),
     ));
-    let auth = Authenticator::new(store.clone(), config.key_cache_ttl);
+    let auth = Authenticator::new(store.clone(), config.key_cache_ttl).with_config(
+        &config.auth,
+        build_oauth(&clients),
+        config.resource_url.as_deref(),
+    );
     let local = matches!(dispatch, Dispatch::Local);
     let identity = ServerIdentity {
         function: function.to_owned(),

@@ -197,7 +197,7 @@ impl Server {
             Ok(Message::Notification { .. } | Message::Response) => {
                 return match self.auth.authenticate(&req).await {
                     Ok(_) => Response::empty(202),
-                    Err(d) => self.reject(d.error.into(), None),
+                    Err(d) => self.deny(&req, d.error.into(), None),
                 };
             }
             Err((e, id)) => return self.reject(Rejection::Parse(e), id.as_ref()),
@@ -217,7 +217,7 @@ impl Server {
         }
         let principal = match self.auth.authenticate(&req).await {
             Ok(p) => p,
-            Err(d) => return self.reject(d.error.into(), Some(&rpc.id)),
+            Err(d) => return self.deny(&req, d.error.into(), Some(&rpc.id)),
         };
         let result = match rpc.method.as_str() {
             "initialize" => self.initialize_result(&negotiated.version),
@@ -245,6 +245,31 @@ impl Server {
         r.into_response(id, self.metadata_url.as_deref())
     }
 
+    /// An authentication or scope refusal: its `WWW-Authenticate` names the metadata of the
+    /// resource the request addressed (a direct tool route is a resource of its own).
+    fn deny(&self, req: &Request<'_>, r: Rejection, id: Option<&RequestId>) -> Response {
+        let own = self
+            .tool_route(req.path())
+            .and(self.config.resource_url.as_deref())
+            .and_then(origin_of)
+            .map(|origin| {
+                format!(
+                    "{origin}{WELL_KNOWN_PRM}{}",
+                    req.path().trim_end_matches('/')
+                )
+            });
+        r.into_response(id, own.as_deref().or(self.metadata_url.as_deref()))
+    }
+
+    /// The tool a `/tools/{tool}/mcp` path names, when this server serves it.
+    fn tool_route(&self, path: &str) -> Option<&RegisteredTool> {
+        let name = path
+            .trim_end_matches('/')
+            .strip_prefix("/tools/")?
+            .strip_suffix("/mcp")?;
+        self.catalog.get(name).map(AsRef::as_ref)
+    }
+
     /// RFC 9728 protected-resource metadata: the resource URI (the MCP endpoint the path
     /// names), the authorization servers, the scopes tools require and how to send tokens.
     fn protected_resource_metadata(&self, req: &Request<'_>, suffix: &str) -> Response {
@@ -254,17 +279,23 @@ impl Server {
         let Some(origin) = self.config.resource_url.as_deref().and_then(origin_of) else {
             return Response::json(404, &json!({"error": "not_found"}));
         };
-        let resource = if suffix.is_empty() {
-            self.config.resource_url.clone().unwrap_or_default()
-        } else if suffix.starts_with('/') {
-            format!("{origin}{suffix}")
-        } else {
-            return Response::json(404, &json!({"error": "not_found"}));
-        };
+        let canonical = self.config.resource_url.clone().unwrap_or_default();
+        let canonical_path = canonical[origin.len()..].trim_end_matches('/');
+        let (resource, scopes) =
+            if suffix.is_empty() || suffix.trim_end_matches('/') == canonical_path {
+                (canonical, self.catalog.scopes())
+            } else if let Some(tool) = self.tool_route(suffix) {
+                (
+                    format!("{origin}{}", suffix.trim_end_matches('/')),
+                    vec![tool.spec().scope],
+                )
+            } else {
+                return Response::json(404, &json!({"error": "not_found"}));
+            };
         let mut body = json!({
             "resource": resource,
             "resource_name": self.identity.name,
-            "scopes_supported": self.catalog.scopes(),
+            "scopes_supported": scopes,
             "bearer_methods_supported": ["header"],
         });
         if let Some(issuer) = &self.config.oauth_issuer {
@@ -378,7 +409,7 @@ impl Server {
             Err(d) => {
                 facts.denied_agent = d.agent_id;
                 self.write_audit(&facts, CallStatus::DeniedAuth, Some(d.error.reason()));
-                return self.reject(d.error.into(), Some(&rpc.id));
+                return self.deny(req, d.error.into(), Some(&rpc.id));
             }
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
@@ -407,7 +438,8 @@ impl Server {
         let scope = tool.spec().scope;
         if !principal.has_scope(scope) {
             self.write_audit(&facts, CallStatus::DeniedScope, Some("insufficient_scope"));
-            return self.reject(
+            return self.deny(
+                req,
                 Rejection::InsufficientScope {
                     scope: scope.to_owned(),
                 },
@@ -628,7 +660,8 @@ fn forward_event(event: &ApiGatewayV2httpRequest, trace: &TraceContext) -> ApiGa
 /// The RFC 9728 well-known prefix.
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
 
-fn origin_of(url: &str) -> Option<String> {
+/// Scheme and authority of an absolute URL.
+pub fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let authority = rest.split(['/', '?', '#']).next()?;
     Some(format!("{scheme}://{authority}"))

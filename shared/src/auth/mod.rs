@@ -1,17 +1,26 @@
 //! Authentication: turns the request's credentials into a typed [`Principal`].
 //!
-//! Nothing else in tollgate reads the `Authorization` header. Bearer keys are looked up by
-//! their public id with one read, compared by digest in constant time, and cached per instance
-//! for at most `TOLLGATE_KEY_CACHE_TTL_SECS` (revocation takes effect within that bound).
+//! Nothing else in tollgate reads the `Authorization` header or the client certificate.
+//! Bearer keys are looked up by their public id with one read, compared by digest in constant
+//! time, and cached per instance for at most `TOLLGATE_KEY_CACHE_TTL_SECS` (revocation takes
+//! effect within that bound). OAuth access tokens are verified by [`oauth::OAuthVerifier`];
+//! client certificates from API Gateway mutual TLS are mapped by [`mtls`]. Agent records and
+//! certificate bindings are cached for the same bound.
 
 pub mod keys;
+pub mod mtls;
+pub mod oauth;
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::config::{AuthConfig, AuthMethods};
 use crate::http::Request;
-use crate::store::{AgentStatus, KeyRecord, KeyStatus, Store, now_ms};
+use crate::store::{
+    AgentRecord, AgentStatus, CertBinding, KeyRecord, KeyStatus, Store, StoreError, now_ms,
+};
+use oauth::OAuthVerifier;
 
 /// How a principal proved who it is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -84,12 +93,48 @@ pub enum AuthError {
     /// The credential store could not be reached.
     #[error("credential store unavailable")]
     StoreUnavailable,
+    /// The access token is not a well-formed, correctly signed token for an accepted algorithm.
+    #[error("invalid token")]
+    InvalidToken,
+    /// The token (`nbf`, `iat`) or certificate is not valid yet.
+    #[error("not yet valid")]
+    NotYetValid,
+    /// The token's audience is not this server (RFC 8707).
+    #[error("wrong audience")]
+    WrongAudience,
+    /// The token was issued by another authorization server.
+    #[error("wrong issuer")]
+    WrongIssuer,
+    /// The token names a signing key the issuer does not publish.
+    #[error("unknown signing key")]
+    UnknownSigningKey,
+    /// The token carries none of the configured identity claims.
+    #[error("no identity claim")]
+    NoIdentity,
+    /// The authorization server (JWKS, introspection) could not be reached and nothing cached
+    /// can decide.
+    #[error("authorization server unavailable")]
+    IssuerUnavailable,
+    /// The client certificate is bound to no agent.
+    #[error("unknown certificate")]
+    UnknownCertificate,
+    /// The client certificate's validity has ended.
+    #[error("certificate expired")]
+    CertificateExpired,
+    /// The certificate and the token belong to different agents.
+    #[error("certificate and token disagree")]
+    CertificateMismatch,
 }
 
 impl AuthError {
     /// Whether the denial is permanent (the agent must not retry with this credential).
     pub fn is_permanent(&self) -> bool {
         matches!(self, Self::Revoked | Self::AgentDisabled)
+    }
+
+    /// Whether the denial is temporary on the server's side (503, retry later).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::StoreUnavailable | Self::IssuerUnavailable)
     }
 
     /// Machine-readable reason for error bodies and logs.
@@ -102,6 +147,16 @@ impl AuthError {
             Self::Revoked => "key_revoked",
             Self::AgentDisabled => "agent_disabled",
             Self::StoreUnavailable => "credential_store_unavailable",
+            Self::InvalidToken => "invalid_token",
+            Self::NotYetValid => "not_yet_valid",
+            Self::WrongAudience => "wrong_audience",
+            Self::WrongIssuer => "wrong_issuer",
+            Self::UnknownSigningKey => "unknown_signing_key",
+            Self::NoIdentity => "no_identity_claim",
+            Self::IssuerUnavailable => "authorization_server_unavailable",
+            Self::UnknownCertificate => "unknown_certificate",
+            Self::CertificateExpired => "certificate_expired",
+            Self::CertificateMismatch => "certificate_token_mismatch",
         }
     }
 }
@@ -129,30 +184,103 @@ impl From<AuthError> for Denied {
 pub const MAX_AUTHORIZATION_LEN: usize = 8192;
 const MAX_CACHE_ENTRIES: usize = 10_000;
 
-#[derive(Debug, Clone)]
-struct Cached {
-    record: Option<KeyRecord>,
-    fetched: Instant,
+/// A per-instance cache whose entries live at most `ttl`.
+#[derive(Debug)]
+struct TtlCache<V> {
+    map: Mutex<HashMap<String, (V, Instant)>>,
+    ttl: Duration,
+}
+
+impl<V: Clone> TtlCache<V> {
+    fn new(ttl: Duration) -> Self {
+        Self {
+            map: Mutex::new(HashMap::new()),
+            ttl,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (V, Instant)>> {
+        self.map
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &str) -> Option<V> {
+        self.lock()
+            .get(key)
+            .filter(|(_, at)| at.elapsed() < self.ttl)
+            .map(|(v, _)| v.clone())
+    }
+
+    fn insert(&self, key: &str, value: V) {
+        let mut map = self.lock();
+        if map.len() >= MAX_CACHE_ENTRIES {
+            let ttl = self.ttl;
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= MAX_CACHE_ENTRIES {
+                map.clear();
+            }
+        }
+        map.insert(key.to_owned(), (value, Instant::now()));
+    }
 }
 
 /// Authenticates requests; one per process, shared by every request.
+///
+/// Which credentials count is configuration ([`AuthMethods`]): a client certificate (mTLS)
+/// when one was presented and mTLS is accepted, else the bearer token: a `tg_` key, or an
+/// OAuth access token. Every path yields the same [`Principal`].
 #[derive(Debug)]
 pub struct Authenticator {
     store: Arc<dyn Store>,
-    ttl: Duration,
-    cache: Mutex<HashMap<String, Cached>>,
+    keys: TtlCache<Option<KeyRecord>>,
+    agents: TtlCache<Option<AgentRecord>>,
+    certs: TtlCache<Option<CertBinding>>,
+    methods: AuthMethods,
+    mtls_require_token: bool,
+    oauth: Option<Arc<OAuthVerifier>>,
+    /// Scheme and authority of the public URL, for a direct tool route's own audience.
+    origin: Option<String>,
     fixed: Option<Principal>,
 }
 
 impl Authenticator {
-    /// An authenticator reading keys from `store`, caching each lookup for `ttl`.
+    /// An authenticator accepting bearer keys from `store`, caching each lookup for `ttl`.
     pub fn new(store: Arc<dyn Store>, ttl: Duration) -> Self {
         Self {
             store,
-            ttl,
-            cache: Mutex::new(HashMap::new()),
+            keys: TtlCache::new(ttl),
+            agents: TtlCache::new(ttl),
+            certs: TtlCache::new(ttl),
+            methods: AuthMethods {
+                api_key: true,
+                oauth: false,
+                mtls: false,
+            },
+            mtls_require_token: false,
+            oauth: None,
+            origin: None,
             fixed: None,
         }
+    }
+
+    /// Accepts the configured methods; OAuth tokens are checked by `oauth`.
+    pub fn with_config(
+        mut self,
+        auth: &AuthConfig,
+        oauth: Option<Arc<OAuthVerifier>>,
+        resource_url: Option<&str>,
+    ) -> Self {
+        self.methods = auth.methods;
+        self.mtls_require_token = auth.mtls_require_token;
+        self.oauth = oauth;
+        self.origin = resource_url.and_then(crate::server::origin_of);
+        self
+    }
+
+    /// The OAuth verifier, when OAuth tokens are accepted.
+    pub fn oauth(&self) -> Option<&Arc<OAuthVerifier>> {
+        self.oauth.as_ref()
     }
 
     /// An authenticator that admits every request as `principal` without credentials.
@@ -160,12 +288,9 @@ impl Authenticator {
     /// Only for test fixtures that drive the protocol without credentials (the MCP conformance
     /// suite sends none). No configuration variable selects it; functions never use it.
     pub fn admit_all_as(principal: Principal) -> Self {
-        Self {
-            store: Arc::new(crate::store::MemoryStore::new()),
-            ttl: Duration::ZERO,
-            cache: Mutex::new(HashMap::new()),
-            fixed: Some(principal),
-        }
+        let mut auth = Self::new(Arc::new(crate::store::MemoryStore::new()), Duration::ZERO);
+        auth.fixed = Some(principal);
+        auth
     }
 
     /// Extracts and verifies the request's credentials.
@@ -174,11 +299,73 @@ impl Authenticator {
         if let Some(p) = &self.fixed {
             return Ok(p.clone());
         }
-        let token = bearer_token(req)?;
-        let Some(key_id) = keys::key_id(token) else {
+        let cert = if self.methods.mtls {
+            mtls::ClientCert::from_event(req.event())?
+        } else {
+            None
+        };
+        let Some(cert) = cert else {
+            if self.mtls_require_token || !(self.methods.api_key || self.methods.oauth) {
+                // A certificate is required and none came.
+                return Err(AuthError::Missing.into());
+            }
+            return self.by_token(bearer_token(req)?, req).await;
+        };
+        tracing::Span::current().record("auth.method", "mtls");
+        let by_cert = self.by_cert(&cert).await?;
+        if !self.mtls_require_token {
+            return Ok(by_cert);
+        }
+        // Both factors: the token decides scopes; it must belong to the certificate's agent.
+        let by_token = self.by_token(bearer_token(req)?, req).await?;
+        if by_token.agent_id != by_cert.agent_id {
+            return Err(Denied {
+                error: AuthError::CertificateMismatch,
+                agent_id: Some(by_cert.agent_id),
+            });
+        }
+        Ok(by_token)
+    }
+
+    async fn by_token(&self, token: &str, req: &Request<'_>) -> Result<Principal, Denied> {
+        if let Some(key_id) = keys::key_id(token)
+            && self.methods.api_key
+        {
+            tracing::Span::current().record("auth.method", "api_key");
+            return self.by_key(token, key_id).await;
+        }
+        let Some(oauth) = self.oauth.as_ref().filter(|_| self.methods.oauth) else {
             return Err(AuthError::UnknownToken.into());
         };
-        tracing::Span::current().record("auth.method", "api_key");
+        tracing::Span::current().record("auth.method", "oauth");
+        // A direct tool route is also a resource of its own (its metadata names it).
+        let route_url = self
+            .origin
+            .as_ref()
+            .filter(|_| req.path().starts_with("/tools/"))
+            .map(|o| format!("{o}{}", req.path()));
+        let identity = oauth.verify(token, route_url.as_deref()).await?;
+        let agent_id = oauth::agent_id_for(&identity.subject);
+        let record = self.agent(&agent_id, true).await?;
+        let Some(record) = record else {
+            return Err(AuthError::StoreUnavailable.into());
+        };
+        if record.status != AgentStatus::Active {
+            return Err(Denied {
+                error: AuthError::AgentDisabled,
+                agent_id: Some(agent_id),
+            });
+        }
+        Ok(Principal {
+            agent_id,
+            scopes: identity.scopes,
+            method: AuthMethod::Oauth,
+            credential_id: identity.credential_id,
+            budget: record.budget,
+        })
+    }
+
+    async fn by_key(&self, token: &str, key_id: &str) -> Result<Principal, Denied> {
         let record = self.lookup(key_id).await?;
         let Some(record) = record else {
             return Err(AuthError::UnknownToken.into());
@@ -208,44 +395,95 @@ impl Authenticator {
         })
     }
 
+    async fn by_cert(&self, cert: &mtls::ClientCert) -> Result<Principal, Denied> {
+        cert.check_validity(now_ms() / 1000)?;
+        let mut binding = None;
+        for id in cert.binding_ids() {
+            if let Some(hit) = self.cert_binding(&id).await? {
+                binding = Some(hit);
+                break;
+            }
+        }
+        let Some(binding) = binding else {
+            return Err(AuthError::UnknownCertificate.into());
+        };
+        let Some(record) = self.agent(&binding.agent_id, false).await? else {
+            return Err(AuthError::UnknownCertificate.into());
+        };
+        if record.status != AgentStatus::Active {
+            return Err(Denied {
+                error: AuthError::AgentDisabled,
+                agent_id: Some(record.agent_id),
+            });
+        }
+        Ok(Principal {
+            agent_id: record.agent_id,
+            scopes: record.scopes,
+            method: AuthMethod::Mtls,
+            credential_id: cert.fingerprint.clone(),
+            budget: record.budget,
+        })
+    }
+
     async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, Denied> {
-        if let Some(hit) = self.cached(key_id) {
+        if let Some(hit) = self.keys.get(key_id) {
             return Ok(hit);
         }
         let record = self.store.get_key(key_id).await.map_err(|e| {
             tracing::warn!(error = %e, "key lookup failed");
             Denied::from(AuthError::StoreUnavailable)
         })?;
-        let mut cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= MAX_CACHE_ENTRIES {
-            let ttl = self.ttl;
-            cache.retain(|_, c| c.fetched.elapsed() < ttl);
-            if cache.len() >= MAX_CACHE_ENTRIES {
-                cache.clear();
-            }
-        }
-        cache.insert(
-            key_id.to_owned(),
-            Cached {
-                record: record.clone(),
-                fetched: Instant::now(),
-            },
-        );
+        self.keys.insert(key_id, record.clone());
         Ok(record)
     }
 
-    fn cached(&self, key_id: &str) -> Option<Option<KeyRecord>> {
-        let cache = self
-            .cache
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache
-            .get(key_id)
-            .filter(|c| c.fetched.elapsed() < self.ttl)
-            .map(|c| c.record.clone())
+    async fn cert_binding(&self, id: &str) -> Result<Option<CertBinding>, Denied> {
+        if let Some(hit) = self.certs.get(id) {
+            return Ok(hit);
+        }
+        let binding = self.store.get_cert(id).await.map_err(|e| {
+            tracing::warn!(error = %e, "certificate lookup failed");
+            Denied::from(AuthError::StoreUnavailable)
+        })?;
+        self.certs.insert(id, binding.clone());
+        Ok(binding)
+    }
+
+    /// The agent's record; with `create`, an agent seen for the first time (OAuth) is created
+    /// with the deployment's default budgets and no stored scopes.
+    async fn agent(&self, agent_id: &str, create: bool) -> Result<Option<AgentRecord>, Denied> {
+        if let Some(hit) = self.agents.get(agent_id)
+            && (hit.is_some() || !create)
+        {
+            return Ok(hit);
+        }
+        let unavailable = |e: StoreError| {
+            tracing::warn!(error = %e, "agent lookup failed");
+            Denied::from(AuthError::StoreUnavailable)
+        };
+        let mut record = self.store.get_agent(agent_id).await.map_err(unavailable)?;
+        if record.is_none() && create {
+            let new = AgentRecord {
+                agent_id: agent_id.to_owned(),
+                description: "created on its first OAuth access token".to_owned(),
+                status: AgentStatus::Active,
+                scopes: BTreeSet::new(),
+                budget: crate::store::AgentBudget::default(),
+                created_at_ms: now_ms(),
+            };
+            match self.store.create_agent(&new).await {
+                Ok(()) => {
+                    tracing::info!(agent_id, "agent created for an OAuth identity");
+                    record = Some(new);
+                }
+                Err(StoreError::AlreadyExists(_)) => {
+                    record = self.store.get_agent(agent_id).await.map_err(unavailable)?;
+                }
+                Err(e) => return Err(unavailable(e)),
+            }
+        }
+        self.agents.insert(agent_id, record.clone());
+        Ok(record)
     }
 }
 

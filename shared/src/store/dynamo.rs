@@ -11,7 +11,8 @@ use aws_sdk_dynamodb::types::{
 };
 
 use super::{
-    AgentBudget, AgentRecord, AgentStatus, KeyRecord, KeyStatus, Store, StoreError, ToolPolicy,
+    AgentBudget, AgentRecord, AgentStatus, CertBinding, KeyRecord, KeyStatus, Store, StoreError,
+    ToolPolicy,
 };
 
 type Item = HashMap<String, AttributeValue>;
@@ -520,5 +521,113 @@ impl Store for DynamoStore {
         }
         put.send().await.map_err(|e| unavailable("PutItem", &e))?;
         Ok(())
+    }
+
+    async fn bind_cert(&self, binding: &CertBinding) -> Result<(), StoreError> {
+        // The agent must exist: checked in the same transaction as the write.
+        let result = self
+            .client
+            .transact_write_items()
+            .transact_items(
+                TransactWriteItem::builder()
+                    .condition_check(
+                        aws_sdk_dynamodb::types::ConditionCheck::builder()
+                            .table_name(&self.table)
+                            .key("pk", s(format!("AGENT#{}", binding.agent_id)))
+                            .key("sk", s("AGENT"))
+                            .condition_expression("attribute_exists(pk)")
+                            .build()
+                            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                    )
+                    .build(),
+            )
+            .transact_items(
+                TransactWriteItem::builder()
+                    .put(
+                        Put::builder()
+                            .table_name(&self.table)
+                            .item("pk", s(format!("CERT#{}", binding.id)))
+                            .item("sk", s("CERT"))
+                            .item("kind", s("cert"))
+                            .item("agent_id", s(&binding.agent_id))
+                            .item("created_at_ms", n(binding.created_at_ms))
+                            .condition_expression("attribute_not_exists(pk)")
+                            .build()
+                            .map_err(|e| StoreError::Unavailable(e.to_string()))?,
+                    )
+                    .build(),
+            )
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let reasons: Vec<Option<String>> = e
+                    .as_service_error()
+                    .and_then(|se| match se {
+                        aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(tc) => Some(tc),
+                        _ => None,
+                    })
+                    .map(|tc| {
+                        tc.cancellation_reasons()
+                            .iter()
+                            .map(|r| r.code().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let failed = |i: usize| {
+                    reasons.get(i).and_then(Option::as_deref) == Some("ConditionalCheckFailed")
+                };
+                if failed(0) {
+                    Err(StoreError::NotFound(format!("agent {}", binding.agent_id)))
+                } else if failed(1) {
+                    Err(StoreError::AlreadyExists(format!(
+                        "certificate {}",
+                        binding.id
+                    )))
+                } else {
+                    Err(unavailable("TransactWriteItems", &e))
+                }
+            }
+        }
+    }
+
+    async fn get_cert(&self, id: &str) -> Result<Option<CertBinding>, StoreError> {
+        let resp = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("CERT#{id}")))
+            .key("sk", s("CERT"))
+            .send()
+            .await
+            .map_err(|e| unavailable("GetItem", &e))?;
+        let Some(item) = resp.item else {
+            return Ok(None);
+        };
+        Ok(Some(CertBinding {
+            id: id.to_owned(),
+            agent_id: get_s(&item, "agent_id")?.to_owned(),
+            created_at_ms: get_n(&item, "created_at_ms")?.unwrap_or(0),
+        }))
+    }
+
+    async fn unbind_cert(&self, id: &str) -> Result<(), StoreError> {
+        let result = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", s(format!("CERT#{id}")))
+            .key("sk", s("CERT"))
+            .condition_expression("attribute_exists(pk)")
+            .send()
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                Err(StoreError::NotFound(format!("certificate {id}")))
+            }
+            Err(e) => Err(unavailable("DeleteItem", &e)),
+        }
     }
 }

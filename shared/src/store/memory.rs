@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::{AgentRecord, KeyRecord, KeyStatus, Store, StoreError, ToolPolicy};
+use super::{AgentRecord, CertBinding, KeyRecord, KeyStatus, Store, StoreError, ToolPolicy};
 
 /// A [`Store`] in a mutex; counts key reads so cache tests can see them.
 #[derive(Debug, Default)]
@@ -12,6 +12,7 @@ pub struct MemoryStore {
     agents: Mutex<BTreeMap<String, AgentRecord>>,
     keys: Mutex<BTreeMap<String, KeyRecord>>,
     tool_policies: Mutex<BTreeMap<String, ToolPolicy>>,
+    certs: Mutex<BTreeMap<String, CertBinding>>,
     key_reads: AtomicU64,
 }
 
@@ -119,5 +120,31 @@ impl Store for MemoryStore {
             None => policies.remove(tool),
         };
         Ok(())
+    }
+
+    async fn bind_cert(&self, binding: &CertBinding) -> Result<(), StoreError> {
+        if !lock(&self.agents).contains_key(&binding.agent_id) {
+            return Err(StoreError::NotFound(format!("agent {}", binding.agent_id)));
+        }
+        let mut certs = lock(&self.certs);
+        if certs.contains_key(&binding.id) {
+            return Err(StoreError::AlreadyExists(format!(
+                "certificate {}",
+                binding.id
+            )));
+        }
+        certs.insert(binding.id.clone(), binding.clone());
+        Ok(())
+    }
+
+    async fn get_cert(&self, id: &str) -> Result<Option<CertBinding>, StoreError> {
+        Ok(lock(&self.certs).get(id).cloned())
+    }
+
+    async fn unbind_cert(&self, id: &str) -> Result<(), StoreError> {
+        lock(&self.certs)
+            .remove(id)
+            .map(|_| ())
+            .ok_or_else(|| StoreError::NotFound(format!("certificate {id}")))
     }
 }

@@ -148,6 +148,18 @@ pub struct KeyRecord {
     pub budget: AgentBudget,
 }
 
+/// A client certificate bound to an agent (mTLS). `id` is `sha256:<hex>` (the certificate's
+/// fingerprint) or `subject:<DN>` (any certificate with that subject from the truststore).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertBinding {
+    /// The binding's id.
+    pub id: String,
+    /// The agent the certificate authenticates as.
+    pub agent_id: String,
+    /// Creation time, Unix ms.
+    pub created_at_ms: u64,
+}
+
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -193,6 +205,12 @@ pub trait Store: Send + Sync + std::fmt::Debug {
         tool: &str,
         policy: Option<ToolPolicy>,
     ) -> Result<(), StoreError>;
+    /// Binds a client certificate to an existing agent; `AlreadyExists` when bound.
+    async fn bind_cert(&self, binding: &CertBinding) -> Result<(), StoreError>;
+    /// Looks a certificate binding up: one read.
+    async fn get_cert(&self, id: &str) -> Result<Option<CertBinding>, StoreError>;
+    /// Removes a certificate binding; `NotFound` when there is none.
+    async fn unbind_cert(&self, id: &str) -> Result<(), StoreError>;
 }
 
 /// Checks an agent id: lowercase letters, digits, `.`, `_`, `-`, 1 to 64 characters.
