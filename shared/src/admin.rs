@@ -179,6 +179,66 @@ pub async fn revoke_key(store: &dyn Store, key_id: &str) -> Result<KeyRecord, Ad
     Ok(store.revoke_key(key_id).await?)
 }
 
+/// What a certificate binding names: one certificate (by its PEM) or a subject DN.
+#[derive(Debug, Clone)]
+pub enum CertSelector {
+    /// The PEM text of one certificate: bound by its SHA-256 fingerprint.
+    Pem(String),
+    /// A subject DN exactly as API Gateway reports it (`CN=…,O=…`).
+    Subject(String),
+}
+
+impl CertSelector {
+    /// The binding id (`sha256:<hex>` or `subject:<DN>`).
+    pub fn binding_id(&self) -> Result<String, AdminError> {
+        match self {
+            Self::Pem(pem) => crate::auth::mtls::pem_to_der(pem)
+                .map(|der| crate::auth::mtls::fingerprint(&der))
+                .ok_or_else(|| {
+                    AdminError::Invalid(
+                        "no PEM certificate found: pass a file holding \
+                         -----BEGIN CERTIFICATE-----"
+                            .to_owned(),
+                    )
+                }),
+            Self::Subject(dn) => {
+                let dn = dn.trim();
+                if dn.is_empty() || dn.len() > 1024 || dn.chars().any(char::is_control) {
+                    return Err(AdminError::Invalid(
+                        "invalid subject: give the DN as API Gateway reports it, e.g. CN=agent,O=Example"
+                            .to_owned(),
+                    ));
+                }
+                Ok(crate::auth::mtls::subject_binding(dn))
+            }
+        }
+    }
+}
+
+/// Binds a client certificate to an agent (mTLS).
+pub async fn bind_cert(
+    store: &dyn Store,
+    agent_id: &str,
+    cert: &CertSelector,
+) -> Result<crate::store::CertBinding, AdminError> {
+    let id = cert.binding_id()?;
+    let agent = existing_agent(store, agent_id).await?;
+    let binding = crate::store::CertBinding {
+        id,
+        agent_id: agent.agent_id,
+        created_at_ms: now_ms(),
+    };
+    store.bind_cert(&binding).await?;
+    Ok(binding)
+}
+
+/// Removes a certificate binding; the certificate is refused within the cache TTL.
+pub async fn unbind_cert(store: &dyn Store, cert: &CertSelector) -> Result<String, AdminError> {
+    let id = cert.binding_id()?;
+    store.unbind_cert(&id).await?;
+    Ok(id)
+}
+
 /// Parses a duration such as `30d`, `12h`, `90m` or `3600s`.
 pub fn parse_ttl(text: &str) -> Result<Duration, AdminError> {
     let err = || {
@@ -204,6 +264,40 @@ pub fn parse_ttl(text: &str) -> Result<Duration, AdminError> {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+
+    #[tokio::test]
+    async fn certificate_bindings() {
+        let store = MemoryStore::new();
+        create_agent(&store, "bot", "", &[]).await.expect("create");
+        let pem = CertSelector::Pem(
+            "-----BEGIN CERTIFICATE-----\nAAEC\nAw==\n-----END CERTIFICATE-----\n".into(),
+        );
+        let b = bind_cert(&store, "bot", &pem).await.expect("bind");
+        assert!(b.id.starts_with("sha256:"), "{}", b.id);
+        assert!(matches!(
+            bind_cert(&store, "bot", &pem).await,
+            Err(AdminError::AlreadyExists(_))
+        ));
+        assert!(matches!(
+            bind_cert(&store, "ghost", &CertSelector::Subject("CN=x".into())).await,
+            Err(AdminError::NotFound(_))
+        ));
+        for bad in [
+            CertSelector::Pem("not a certificate".into()),
+            CertSelector::Subject(" ".into()),
+            CertSelector::Subject("CN=a\nCN=b".into()),
+        ] {
+            assert!(matches!(
+                bind_cert(&store, "bot", &bad).await,
+                Err(AdminError::Invalid(_))
+            ));
+        }
+        assert_eq!(unbind_cert(&store, &pem).await.expect("unbind"), b.id);
+        assert!(matches!(
+            unbind_cert(&store, &pem).await,
+            Err(AdminError::NotFound(_))
+        ));
+    }
 
     #[tokio::test]
     async fn lifecycle() {

@@ -234,13 +234,12 @@ impl OAuthVerifier {
 
     /// The key named `kid`, refreshing the JWKS when it is stale or does not know `kid`.
     async fn key_for(&self, kid: Option<&str>) -> Result<PinnedKey, AuthError> {
-        let (found, stale, never, may_refetch) = {
+        let (found, stale, may_refetch) = {
             let jwks = self.jwks.read().await;
             (
                 pick(&jwks.keys, kid),
                 jwks.fetched
                     .is_none_or(|t| t.elapsed() >= self.config.jwks_ttl),
-                jwks.fetched.is_none(),
                 jwks.attempted
                     .is_none_or(|t| t.elapsed() >= self.config.jwks_min_refresh),
             )
@@ -250,14 +249,14 @@ impl OAuthVerifier {
             Some(k) => {
                 // Stale: refresh if no fetch was tried recently; on failure keep the old keys.
                 if may_refetch {
-                    self.refresh(false).await;
+                    self.refresh().await;
                 }
                 return Ok(pick(&self.jwks.read().await.keys, kid).unwrap_or(k));
             }
             None => {}
         }
-        if never || may_refetch {
-            self.refresh(!never).await;
+        if may_refetch {
+            self.refresh().await;
         }
         let jwks = self.jwks.read().await;
         match pick(&jwks.keys, kid) {
@@ -267,19 +266,18 @@ impl OAuthVerifier {
         }
     }
 
-    /// Fetches the JWKS unless another task just did. `rate_limited` refetches honour the
-    /// minimum interval even after waiting for the fetch lock.
-    async fn refresh(&self, rate_limited: bool) {
+    /// Fetches the JWKS unless a fetch was tried within the minimum interval (also by a
+    /// task this one waited for): a cold instance whose issuer is down does not retry per call.
+    async fn refresh(&self) {
         let _one = self.fetch.lock().await;
+        if self
+            .jwks
+            .read()
+            .await
+            .attempted
+            .is_some_and(|t| t.elapsed() < self.config.jwks_min_refresh)
         {
-            let jwks = self.jwks.read().await;
-            let recent = jwks
-                .attempted
-                .is_some_and(|t| t.elapsed() < self.config.jwks_min_refresh);
-            // Someone fetched while this task waited for the lock.
-            if recent && (rate_limited || jwks.fetched.is_some()) {
-                return;
-            }
+            return;
         }
         let url = self.jwks.read().await.url.clone();
         let started = Instant::now();

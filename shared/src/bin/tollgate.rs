@@ -146,6 +146,46 @@ enum AgentsCmd {
         /// Agent id.
         agent_id: String,
     },
+    /// Bind a client certificate (mTLS) to an agent: one certificate by its PEM file
+    /// (fingerprint), or every certificate with a subject DN.
+    BindCert {
+        /// Agent id.
+        agent_id: String,
+        #[command(flatten)]
+        cert: CertArgs,
+    },
+    /// Remove a certificate binding.
+    UnbindCert {
+        #[command(flatten)]
+        cert: CertArgs,
+    },
+}
+
+#[derive(clap::Args)]
+#[group(required = true, multiple = false)]
+struct CertArgs {
+    /// PEM file of the client certificate.
+    #[arg(long)]
+    pem: Option<std::path::PathBuf>,
+    /// Subject DN as API Gateway reports it (e.g. `CN=agent,O=Example`).
+    #[arg(long)]
+    subject: Option<String>,
+}
+
+impl CertArgs {
+    fn selector(self) -> Result<admin::CertSelector, admin::AdminError> {
+        match (self.pem, self.subject) {
+            (Some(path), _) => std::fs::read_to_string(&path)
+                .map(admin::CertSelector::Pem)
+                .map_err(|e| {
+                    admin::AdminError::Invalid(format!("cannot read {}: {e}", path.display()))
+                }),
+            (None, Some(dn)) => Ok(admin::CertSelector::Subject(dn)),
+            (None, None) => Err(admin::AdminError::Invalid(
+                "give --pem FILE or --subject DN".to_owned(),
+            )),
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -289,6 +329,22 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
                 out(agent_json(&a))
             } else {
                 print_agent(&a)
+            }
+        }
+        Command::Agents(AgentsCmd::BindCert { agent_id, cert }) => {
+            let b = admin::bind_cert(&store, &agent_id, &cert.selector()?).await?;
+            if cli.json {
+                out(serde_json::json!({"binding": b.id, "agent_id": b.agent_id}))
+            } else {
+                println!("bound {} to agent {}", b.id, b.agent_id);
+            }
+        }
+        Command::Agents(AgentsCmd::UnbindCert { cert }) => {
+            let id = admin::unbind_cert(&store, &cert.selector()?).await?;
+            if cli.json {
+                out(serde_json::json!({"unbound": id}))
+            } else {
+                println!("unbound {id}");
             }
         }
         Command::Agents(AgentsCmd::Enable { agent_id }) => {
