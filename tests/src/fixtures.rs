@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 
 use tollgate::auth::keys;
 use tollgate::store::{
-    AgentBudget, AgentRecord, AgentStatus, KeyRecord, KeyStatus, Store, StoreError,
+    AgentBudget, AgentRecord, AgentStatus, CertBinding, KeyRecord, KeyStatus, Store, StoreError,
 };
 
 /// Agent holding every scope any tool requires.
@@ -41,6 +41,13 @@ pub const TOKEN_THROTTLED: &str = "tg_fxthrtdkey22_u19LT-BH5-xk_4fzENgz8PKklKD7o
 /// Well-formed, but never seeded: the store does not know its key id.
 pub const TOKEN_UNKNOWN: &str = "tg_fxunknwnkey2_W2GF7gkSiFx41a4EBucdZ9DNkeoUBTpzc0fNgDat5EQ";
 
+/// Client certificate (PEM) bound by fingerprint to [`AGENT_FULL`] (mTLS fixtures).
+pub const CERT_KNOWN_PEM: &str = include_str!("../../events/certs/known.pem");
+/// Client certificate bound by fingerprint to [`AGENT_FULL`], whose validity ended in 2020.
+pub const CERT_EXPIRED_PEM: &str = include_str!("../../events/certs/expired.pem");
+/// Subject DN bound to [`AGENT_READER`]: any truststore certificate with it authenticates.
+pub const CERT_READER_SUBJECT: &str = "O=Tollgate Fixtures,CN=fixture-reader-client";
+
 /// Every scope the example tools require (`customers:read`, `tickets:write`,
 /// `shipments:read`), as the gateway's catalog declares them.
 pub fn all_scopes() -> BTreeSet<String> {
@@ -56,7 +63,7 @@ const EXPIRED_AT_MS: u64 = 1_000_000_000_000;
 
 /// Creates the fixture agents and keys in `store`: one agent with every scope (keys active,
 /// revoked and expired), one with `customers:read` only, one disabled, one allowed a single
-/// call a minute. Idempotent: records that exist already are left as they are.
+/// call a minute; client-certificate bindings for the mTLS fixtures. Idempotent: records that exist already are left as they are.
 pub async fn seed(store: &dyn Store) -> Result<(), StoreError> {
     let all = all_scopes();
     let reader = BTreeSet::from(["customers:read".to_owned()]);
@@ -146,6 +153,27 @@ pub async fn seed(store: &dyn Store) -> Result<(), StoreError> {
             budget: owner.budget.clone(),
         };
         ignore_existing(store.create_key(&key).await)?;
+    }
+    let cert_id = |pem: &str| {
+        tollgate::auth::mtls::pem_to_der(pem)
+            .map(|der| tollgate::auth::mtls::fingerprint(&der))
+            .ok_or_else(|| StoreError::Corrupt("fixture certificate".to_owned()))
+    };
+    let bindings = [
+        (cert_id(CERT_KNOWN_PEM)?, AGENT_FULL),
+        (cert_id(CERT_EXPIRED_PEM)?, AGENT_FULL),
+        (
+            tollgate::auth::mtls::subject_binding(CERT_READER_SUBJECT),
+            AGENT_READER,
+        ),
+    ];
+    for (id, agent_id) in bindings {
+        let binding = CertBinding {
+            id,
+            agent_id: agent_id.to_owned(),
+            created_at_ms: CREATED_AT_MS,
+        };
+        ignore_existing(store.bind_cert(&binding).await)?;
     }
     Ok(())
 }

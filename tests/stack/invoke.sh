@@ -38,6 +38,7 @@ export AWS_SECRET_ACCESS_KEY="${AWS_SECRET_ACCESS_KEY:-local}"
 # The fixtures' API (events/README.md); the fixture test uses the same values.
 export TOLLGATE_RESOURCE_URL="${TOLLGATE_RESOURCE_URL:-https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/mcp}"
 export TOLLGATE_MAX_BODY_BYTES="${TOLLGATE_MAX_BODY_BYTES:-8192}"
+export TOLLGATE_AUTH_METHODS="${TOLLGATE_AUTH_METHODS:-api_key,mtls}"
 export TOLLGATE_APP_TABLE="${TOLLGATE_APP_TABLE:-tollgate-app}"
 
 free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }

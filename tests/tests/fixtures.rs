@@ -213,6 +213,8 @@ fn clients(sdk: &aws_config::SdkConfig, resource_url: &str) -> anyhow::Result<Ar
     let vars = HashMap::from([
         ("TOLLGATE_RESOURCE_URL", resource_url.to_owned()),
         ("TOLLGATE_MAX_BODY_BYTES", MAX_BODY_BYTES.to_owned()),
+        // Keys, and client certificates from API Gateway mutual TLS (custom domains).
+        ("TOLLGATE_AUTH_METHODS", "api_key,mtls".to_owned()),
     ]);
     let config = Arc::new(Config::from_lookup(|k| vars.get(k).cloned())?);
     Ok(Arc::new(tollgate::lambda::build_clients(sdk, config)?))
@@ -229,7 +231,13 @@ async fn deployment(
     tollgate_tests::fixtures::seed(memory.as_ref()).await?;
     let store: Arc<dyn Store> = memory;
     let config = &clients.config;
-    let auth = || Authenticator::new(store.clone(), config.key_cache_ttl);
+    let auth = || {
+        Authenticator::new(store.clone(), config.key_cache_ttl).with_config(
+            &config.auth,
+            None,
+            config.resource_url.as_deref(),
+        )
+    };
     let mut tools = HashMap::new();
     for tool in catalog.iter() {
         let name = tool.spec().name;
@@ -735,6 +743,10 @@ const EXPECTED: &[(&str, u16, Want)] = &[
     ("lookup_customer.call-no-token", 401, Err_(None)),
     ("lookup_customer.call-over-budget", 429, Err_(None)),
     ("lookup_customer.tools-list", 200, Ok_),
+    ("lookup_customer.mtls-subject-bound-cert", 200, Ok_),
+    ("gateway.mtls-known-cert", 200, Ok_),
+    ("gateway.mtls-unknown-cert", 401, Err_(Some(-31001))),
+    ("gateway.mtls-expired-cert", 401, Err_(Some(-31001))),
     ("open_ticket.call-ok", 200, Ok_),
     ("open_ticket.call-invalid-arguments", 200, ToolError),
     ("open_ticket.call-unknown-customer", 200, ToolError),
