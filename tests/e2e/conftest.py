@@ -103,7 +103,8 @@ class _Endpoints:
 
     @property
     def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        scheme = "https" if getattr(self, "env", {}).get("TOLLGATE_DEV_TLS_CERT") else "http"
+        return f"{scheme}://127.0.0.1:{self.port}"
 
     @property
     def gateway_url(self) -> str:
@@ -425,6 +426,8 @@ def dev_env(base_env: dict[str, str], port: int, *, ddb_url: str | None = None,
         env.pop("TOLLGATE_DEV_CARRIER", None)
         env["TRACK_SHIPMENT_API_URL"] = f"http://127.0.0.1:{carrier_port}"
     env.update(overrides)
+    if env.get("TOLLGATE_DEV_TLS_CERT") and "TOLLGATE_RESOURCE_URL" not in overrides:
+        env["TOLLGATE_RESOURCE_URL"] = f"https://127.0.0.1:{port}/mcp"
     return env
 
 
@@ -474,9 +477,11 @@ class Processes:
 
     @staticmethod
     def _wait_dev(dev: DevProcess) -> DevProcess:
+        # Readiness only: a TLS instance's certificate is checked by the tests that use it.
+        tls = {"verify": False} if dev.base.startswith("https") else {}
         _wait_http(
-            f"http://127.0.0.1:{dev.port}/mcp", lambda r: r.status_code == 401, dev.proc, "tollgate-dev",
-            dev.stderr_path, method="POST",
+            dev.gateway_url, lambda r: r.status_code == 401, dev.proc, "tollgate-dev",
+            dev.stderr_path, method="POST", **tls,
             headers={"Content-Type": "application/json", "Accept": ACCEPT},
             content=b'{"jsonrpc":"2.0","id":0,"method":"tools/list"}',
         )

@@ -252,7 +252,9 @@ pub async fn run() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("bind 127.0.0.1:{port} (set PORT to use another)"))?;
-    let url = format!("http://127.0.0.1:{port}/mcp");
+    let tls = crate::tls_front::TlsFiles::from_env();
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}/mcp");
     eprintln!(
         "\ntollgate local stack ready on {url}\n\
          tools: {}\n\
@@ -266,6 +268,9 @@ pub async fn run() -> anyhow::Result<()> {
             .collect::<Vec<_>>()
             .join(", ")
     );
+    if let Some(files) = tls {
+        return crate::tls_front::serve(listener, app(routes), files.server_config()?).await;
+    }
     axum::serve(listener, app(routes))
         .with_graceful_shutdown(async {
             let _ = tokio::signal::ctrl_c().await;

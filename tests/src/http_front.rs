@@ -32,6 +32,7 @@ pub fn app(routes: Routes) -> axum::Router {
 
 async fn handle(
     State(routes): State<Arc<Routes>>,
+    peer: Option<axum::Extension<Option<crate::tls_front::PeerCert>>>,
     method: Method,
     uri: Uri,
     headers: HeaderMap,
@@ -58,7 +59,7 @@ async fn handle(
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.as_str(), v)))
         .collect();
     let request_id = uuid::Uuid::new_v4().to_string();
-    let event = tollgate::http::event_from_parts(
+    let mut event = tollgate::http::event_from_parts(
         method.as_str(),
         path,
         header_pairs,
@@ -66,6 +67,10 @@ async fn handle(
         &request_id,
         "127.0.0.1",
     );
+    // Over mutual TLS, the verified client certificate, as API Gateway passes it.
+    if let Some(axum::Extension(Some(peer))) = peer {
+        event.request_context.authentication = Some(peer.0);
+    }
     let inv = Invocation::new(request_id, routes.timeout);
     let resp = server.respond(&event, &inv).await;
     let mut out = AxumResponse::new(axum::body::Body::from(resp.body.unwrap_or_default()));

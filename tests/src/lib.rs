@@ -8,3 +8,4 @@ pub mod devstack;
 pub mod fixtures;
 pub mod http_front;
 pub mod moto;
+pub mod tls_front;
