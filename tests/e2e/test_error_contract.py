@@ -176,6 +176,12 @@ def test_notification_is_202_without_body(stack, token, http, url) -> None:
 # --- authentication ---------------------------------------------------------------------------
 
 
+def metadata_url_of(url: str) -> str:
+    """RFC 9728 path-specific metadata URL of the resource at `url` (a route is its own resource)."""
+    origin, path = url.split("/", 3)[:3], url.split("/", 3)[3]
+    return f"{'/'.join(origin)}/.well-known/oauth-protected-resource/{path}"
+
+
 @pytest.mark.parametrize("method", ["tools/list", "tools/call"])
 def test_missing_credentials_is_401(stack, http, url, method) -> None:
     body = lookup_body(id="no-auth") if method == "tools/call" else legacy_request("tools/list", id="no-auth")
@@ -184,7 +190,7 @@ def test_missing_credentials_is_401(stack, http, url, method) -> None:
     challenge = resp.headers.get("www-authenticate", "")
     assert challenge.startswith('Bearer realm="tollgate"'), challenge
     assert "error=" not in challenge, "no error code when no credentials were sent (RFC 6750 3.1)"
-    assert f'resource_metadata="{stack.metadata_url}"' in challenge, challenge
+    assert f'resource_metadata="{metadata_url_of(url)}"' in challenge, challenge
     assert err["data"]["reason"] == "missing_credentials"
 
 
@@ -309,8 +315,8 @@ def test_missing_scope_is_403_insufficient_scope(stack, http, route, modern) -> 
     err = rpc_error(resp, 403, -31004, id="scope-1")
     challenge = resp.headers.get("www-authenticate", "")
     assert challenge.startswith(INSUFFICIENT), challenge
-    # The gateway's metadata names /mcp (the resource the agent called through).
-    assert f'resource_metadata="{stack.metadata_url}"' in challenge, challenge
+    # The metadata of the resource the agent called: /mcp, or the tool's own route.
+    assert f'resource_metadata="{metadata_url_of(target)}"' in challenge, challenge
     assert err["data"]["reason"] == "insufficient_scope"
 
 
@@ -521,12 +527,22 @@ def test_protected_resource_metadata_is_served_and_names_the_resource(stack, htt
     doc = resp.json()
     assert doc["resource"] == (f"{base}{suffix}" if suffix else stack.gateway_url)
     assert doc["bearer_methods_supported"] == ["header"]
-    assert "customers:read" in doc["scopes_supported"]
+    if suffix.startswith("/tools/"):
+        assert doc["scopes_supported"] == ["customers:read"], "a tool route's own scope"
+    else:
+        assert sorted(doc["scopes_supported"]) == ["customers:read", "shipments:read", "tickets:write"]
+
+
+@pytest.mark.parametrize("suffix", ["/tools/nope/mcp", "/other", "x"])
+def test_metadata_for_an_unknown_resource_is_404(stack, http, suffix) -> None:
+    base = stack.gateway_url.removesuffix("/mcp")
+    assert http.get(f"{base}/.well-known/oauth-protected-resource{suffix}").status_code == 404
 
 
 def test_metadata_url_from_a_bare_401_resolves(stack, http, url) -> None:
     resp = post(http, url, legacy_request("tools/list", id=1), base_headers(None, LEGACY))
     challenge = resp.headers["www-authenticate"]
     metadata = challenge.split('resource_metadata="', 1)[1].split('"', 1)[0]
+    assert metadata == metadata_url_of(url)
     doc = http.get(metadata).json()
-    assert doc["resource"] == stack.gateway_url
+    assert doc["resource"] == url, "the metadata names the resource the 401 came from"
