@@ -337,6 +337,11 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
     if s["app_table"]:
         statements.append(statement("AppTable", list(s["app_table"]), {"Fn::GetAtt": ["AppTable", "Arn"]}))
     statements.append(statement("ReadHashKey", ["secretsmanager:GetSecretValue"], HASH_KEY_SECRET))
+    # The introspection credentials (OAuth). With no secret configured the ARN names no
+    # secret (`secret:-??????`), so the statement grants nothing.
+    statements.append(statement("ReadIntrospectionCredentials", ["secretsmanager:GetSecretValue"], {"Fn::Sub": (
+        "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+        ":secret:${OAuthIntrospectionSecretName}-??????")}))
     statements.append(
         statement(
             "TableEncryptionKeyViaDynamoDB",
@@ -451,6 +456,9 @@ def environment(fn: Function) -> dict[str, Any]:
         "TOLLGATE_OAUTH_ISSUER": {"Fn::If": ["HasOAuthIssuer", {"Ref": "OAuthIssuer"}, NO_VALUE]},
         "TOLLGATE_OAUTH_AUDIENCE": {"Fn::If": ["HasOAuthAudience", {"Ref": "OAuthAudience"}, NO_VALUE]},
         "TOLLGATE_OAUTH_JWKS_URL": {"Fn::If": ["HasOAuthJwksUrl", {"Ref": "OAuthJwksUrl"}, NO_VALUE]},
+        "TOLLGATE_OAUTH_INTROSPECTION_URL": {"Fn::If": ["HasIntrospection", {"Ref": "OAuthIntrospectionUrl"}, NO_VALUE]},
+        "TOLLGATE_OAUTH_INTROSPECTION_SECRET": {"Fn::If": ["HasIntrospection", {"Ref": "OAuthIntrospectionSecretName"}, NO_VALUE]},
+        "TOLLGATE_MTLS_REQUIRE_TOKEN": {"Ref": "MtlsRequireToken"},
         "TOLLGATE_ALLOWED_ORIGINS": {"Fn::If": ["HasAllowedOrigins", {"Ref": "AllowedOrigins"}, NO_VALUE]},
         "OTEL_SERVICE_NAME": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}"},
         "OTEL_EXPORTER_OTLP_ENDPOINT": {"Fn::If": ["HasOtelEndpoint", {"Ref": "OtelExporterEndpoint"}, NO_VALUE]},

@@ -103,7 +103,12 @@ def test_each_tool_role_reaches_only_its_resources(resources, functions, manifes
         dynamo = {a: r for a, r in g.items() if a.startswith("dynamodb:")}
         assert dynamo == expected, fn.name
         assert {a: r for a, r in g.items() if a.startswith("secretsmanager:")} == {
-            "secretsmanager:GetSecretValue": {"HashKeySecret|HashKeySecretArn"}
+            "secretsmanager:GetSecretValue": {
+                "HashKeySecret|HashKeySecretArn",
+                # The OAuth introspection credentials: one named secret of this account and region.
+                "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+                ":secret:${OAuthIntrospectionSecretName}-??????",
+            }
         }
         assert not [a for a in g if a.startswith("lambda:")], f"{fn.name} may invoke functions"
         assert set(g) - set(expected) - {"secretsmanager:GetSecretValue"} <= XRAY_ACTIONS | {
