@@ -178,5 +178,97 @@ mod arbitrary_headers {
             let result = rt.block_on(a.authenticate(&Request::new(&ev)));
             prop_assert!(result.is_err());
         }
+
+        /// JWT-shaped and opaque tokens of arbitrary content through the OAuth path (issuer
+        /// unreachable): refused, never a panic; client-certificate blocks of arbitrary content
+        /// likewise.
+        #[test]
+        fn arbitrary_tokens_and_certificates_never_panic(
+            parts in proptest::collection::vec("[A-Za-z0-9_\\-=+/.]{0,80}", 1..4),
+            pem in "\\PC{0,300}",
+            not_after in "\\PC{0,40}",
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("rt");
+            let a = oauth_authenticator();
+            let token = parts.join(".");
+            let ev = event(Some(&format!("Bearer {token}")));
+            let mut cert = aws_lambda_events::apigw::ApiGatewayV2httpRequestContextAuthenticationClientCert::default();
+            cert.client_cert_pem = Some(pem);
+            cert.validity.not_after = Some(not_after);
+            let mut auth = aws_lambda_events::apigw::ApiGatewayV2httpRequestContextAuthentication::default();
+            auth.client_cert = Some(cert);
+            let with_cert = {
+                let mut e = ev.clone();
+                e.request_context.authentication = Some(auth);
+                e
+            };
+            prop_assert!(rt.block_on(a.authenticate(&Request::new(&ev))).is_err());
+            prop_assert!(rt.block_on(a.authenticate(&Request::new(&with_cert))).is_err());
+        }
     }
+}
+
+/// Keys, OAuth (issuer on a closed loopback port) and mTLS accepted.
+fn oauth_authenticator() -> Authenticator {
+    let config = crate::Config::from_lookup(|k| match k {
+        "TOLLGATE_AUTH_METHODS" => Some("api_key,oauth,mtls".to_owned()),
+        "TOLLGATE_OAUTH_ISSUER" => Some("http://127.0.0.1:9".to_owned()),
+        "TOLLGATE_OAUTH_AUDIENCE" => Some("https://api.example/mcp".to_owned()),
+        "TOLLGATE_OAUTH_INTROSPECTION_URL" => Some("http://127.0.0.1:9/introspect".to_owned()),
+        "TOLLGATE_OAUTH_INTROSPECTION_SECRET" => Some("unused".to_owned()),
+        _ => None,
+    })
+    .expect("config");
+    let oauth = config.auth.oauth.clone().expect("oauth");
+    let verifier = Arc::new(oauth::OAuthVerifier::new(
+        oauth,
+        reqwest::Client::new(),
+        None,
+    ));
+    Authenticator::new(Arc::new(MemoryStore::new()), Duration::from_secs(30)).with_config(
+        &config.auth,
+        Some(verifier),
+        Some("https://api.example/mcp"),
+    )
+}
+
+#[tokio::test]
+async fn an_unreachable_issuer_is_503_and_a_key_still_works() {
+    let a = oauth_authenticator();
+    let jwt = "eyJhbGciOiJSUzI1NiIsImtpZCI6ImsxIn0.eyJzdWIiOiJ4In0.c2ln";
+    let err = a
+        .authenticate(&Request::new(&event(Some(&format!("Bearer {jwt}")))))
+        .await
+        .expect_err("refused");
+    assert_eq!(err.error, AuthError::IssuerUnavailable);
+    let hs = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2ln";
+    let err = a
+        .authenticate(&Request::new(&event(Some(&format!("Bearer {hs}")))))
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        err.error,
+        AuthError::InvalidToken,
+        "HMAC is refused before any fetch"
+    );
+    let (store, token, _) = seeded().await;
+    let a = Authenticator::new(store, Duration::from_secs(30)).with_config(
+        &crate::Config::from_lookup(|k| {
+            (k == "TOLLGATE_AUTH_METHODS").then(|| "api_key,mtls".to_owned())
+        })
+        .expect("config")
+        .auth,
+        None,
+        None,
+    );
+    let p = a
+        .authenticate(&Request::new(&event(Some(&format!("Bearer {token}")))))
+        .await
+        .expect("key");
+    assert_eq!(p.method, AuthMethod::ApiKey);
+    let err = a
+        .authenticate(&Request::new(&event(Some("Bearer eyJ.a.b"))))
+        .await
+        .expect_err("no oauth");
+    assert_eq!(err.error, AuthError::UnknownToken);
 }
