@@ -102,6 +102,7 @@ pub struct RegisteredTool {
     descriptor: rmcp::model::Tool,
     validator: jsonschema::Validator,
     log_plan: BTreeMap<String, LogAs>,
+    provider: Option<&'static str>,
     inner: Box<dyn ErasedTool>,
 }
 
@@ -171,6 +172,7 @@ impl RegisteredTool {
             spec,
             descriptor,
             validator,
+            provider: tool.provider(),
             inner: Box::new(Typed(tool)),
         })
     }
@@ -178,6 +180,11 @@ impl RegisteredTool {
     /// The tool's declarations.
     pub fn spec(&self) -> &ToolSpec {
         &self.spec
+    }
+
+    /// The third-party provider whose user access token the tool needs, if any.
+    pub fn provider(&self) -> Option<&'static str> {
+        self.provider
     }
 
     /// The MCP `Tool` object listed to agents.

@@ -44,6 +44,8 @@ pub struct Config {
     pub policy_cache_ttl: Duration,
     /// Which credentials are accepted, and how OAuth tokens are verified.
     pub auth: AuthConfig,
+    /// Third-party providers tools act on for users, and the vault's key.
+    pub connect: crate::connect::ConnectConfig,
 }
 
 /// Accepted authentication methods (`TOLLGATE_AUTH_METHODS`, comma separated: `api_key`,
@@ -146,8 +148,10 @@ impl Config {
             });
         }
         let auth = auth_config(&lookup, resource_url.as_deref())?;
+        let connect = connect_config(&lookup)?;
         Ok(Self {
             auth,
+            connect,
             table: lookup("TOLLGATE_TABLE").unwrap_or_else(|| "tollgate".to_owned()),
             allowed_origins: lookup("TOLLGATE_ALLOWED_ORIGINS")
                 .map(|v| {
@@ -321,6 +325,64 @@ fn auth_config(
     })
 }
 
+fn connect_config(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::connect::ConnectConfig, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid {
+        name: "TOLLGATE_PROVIDERS",
+        reason,
+    };
+    let mut providers = Vec::new();
+    for name in lookup("TOLLGATE_PROVIDERS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        if !name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return Err(invalid(format!(
+                "provider {name:?}: use lowercase letters, digits and '_'"
+            )));
+        }
+        let prefix = format!("TOLLGATE_PROVIDER_{}_", name.to_uppercase());
+        let var = |suffix: &str, required: bool| -> Result<String, ConfigError> {
+            match lookup(&format!("{prefix}{suffix}")).filter(|v| !v.trim().is_empty()) {
+                Some(v) => Ok(v.trim().to_owned()),
+                None if required => Err(invalid(format!("{prefix}{suffix} must be set"))),
+                None => Ok(String::new()),
+            }
+        };
+        let provider = crate::connect::ProviderConfig {
+            name: name.to_owned(),
+            authorize_url: var("AUTHORIZE_URL", true)?,
+            token_url: var("TOKEN_URL", true)?,
+            client_id: var("CLIENT_ID", true)?,
+            client_secret: var("CLIENT_SECRET", true)?,
+            scopes: var("SCOPES", false)?,
+        };
+        for url in [&provider.authorize_url, &provider.token_url] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(invalid(format!(
+                    "{prefix}*_URL must be absolute http(s) URLs"
+                )));
+            }
+        }
+        providers.push(provider);
+    }
+    let kms_key = lookup("TOLLGATE_VAULT_KMS_KEY").filter(|v| !v.is_empty());
+    if !providers.is_empty() && kms_key.is_none() {
+        return Err(ConfigError::Missing("TOLLGATE_VAULT_KMS_KEY"));
+    }
+    Ok(crate::connect::ConnectConfig {
+        providers,
+        kms_key,
+        callback_url: lookup("TOLLGATE_CONNECT_CALLBACK_URL").filter(|v| !v.is_empty()),
+    })
+}
+
 fn positive(v: u32, name: &'static str) -> Result<u32, ConfigError> {
     if v == 0 {
         return Err(ConfigError::Invalid {
@@ -435,6 +497,43 @@ mod tests {
             let err = cfg(&pairs).expect_err("must be refused").to_string();
             assert!(err.contains(name), "{pairs:?}: {err}");
         }
+    }
+
+    #[test]
+    fn providers_are_read_and_checked() {
+        let base = [
+            ("TOLLGATE_PROVIDERS", "demo_account"),
+            (
+                "TOLLGATE_PROVIDER_DEMO_ACCOUNT_AUTHORIZE_URL",
+                "https://p.example/authorize",
+            ),
+            (
+                "TOLLGATE_PROVIDER_DEMO_ACCOUNT_TOKEN_URL",
+                "https://p.example/token",
+            ),
+            ("TOLLGATE_PROVIDER_DEMO_ACCOUNT_CLIENT_ID", "tollgate"),
+            (
+                "TOLLGATE_PROVIDER_DEMO_ACCOUNT_CLIENT_SECRET",
+                "tollgate/demo-secret",
+            ),
+            ("TOLLGATE_VAULT_KMS_KEY", "alias/tollgate-vault"),
+        ];
+        let c = cfg(&base).expect("config");
+        assert_eq!(c.connect.providers.len(), 1);
+        assert_eq!(c.connect.providers[0].token_url, "https://p.example/token");
+        let err = cfg(&base[..5]).expect_err("no key").to_string();
+        assert!(err.contains("TOLLGATE_VAULT_KMS_KEY"), "{err}");
+        let err = cfg(&[base[0], base[1], base[5]])
+            .expect_err("partial")
+            .to_string();
+        assert!(
+            err.contains("TOLLGATE_PROVIDER_DEMO_ACCOUNT_TOKEN_URL"),
+            "{err}"
+        );
+        let err = cfg(&[("TOLLGATE_PROVIDERS", "Bad-Name")])
+            .expect_err("name")
+            .to_string();
+        assert!(err.contains("TOLLGATE_PROVIDERS"), "{err}");
     }
 
     #[test]

@@ -67,6 +67,17 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The first value of query parameter `name`, percent-decoded.
+    pub fn query(&self, name: &str) -> Option<String> {
+        self.event
+            .raw_query_string
+            .as_deref()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| percent_decode(k).as_deref() == Some(name))
+            .and_then(|(_, v)| percent_decode(v))
+    }
+
     /// The underlying event.
     pub fn event(&self) -> &'a ApiGatewayV2httpRequest {
         self.event
@@ -159,6 +170,27 @@ impl Response {
     }
 }
 
+/// `application/x-www-form-urlencoded` decoding of one component; `None` when not UTF-8 or
+/// malformed.
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
 /// Builds an API Gateway HTTP API (payload 2.0) event from plain HTTP parts, as API Gateway
 /// would: lowercase header names, text body, request context with method, path and source IP.
 /// The local stack uses it to feed real HTTP requests to the same handler Lambda runs.
@@ -191,11 +223,12 @@ pub fn event_from_parts<'h>(
             ),
         },
     };
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
     let event = serde_json::json!({
         "version": "2.0",
         "routeKey": format!("{method} {path}"),
         "rawPath": path,
-        "rawQueryString": "",
+        "rawQueryString": query,
         "headers": header_map,
         "requestContext": {
             "accountId": "000000000000",

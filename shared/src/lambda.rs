@@ -91,6 +91,7 @@ pub fn build_clients(
         dynamodb: aws_sdk_dynamodb::Client::new(sdk),
         http,
         secretsmanager: aws_sdk_secretsmanager::Client::new(sdk),
+        kms: aws_sdk_kms::Client::new(sdk),
         config,
     })
 }
@@ -152,6 +153,19 @@ pub fn build_server(
             secret.clone(),
             config.hash_key_ttl,
         )));
+    }
+    if !config.connect.providers.is_empty() {
+        // Tools acting on third-party accounts, and the gateway's connect callback.
+        match crate::connect::Connections::new(
+            &clients,
+            clients.kms.clone(),
+            config.connect.clone(),
+        ) {
+            Some(c) => server = server.with_connections(Arc::new(c)),
+            None => tracing::error!(
+                "providers are configured but no callback URL: set TOLLGATE_CONNECT_CALLBACK_URL or TOLLGATE_RESOURCE_URL"
+            ),
+        }
     }
     if !local {
         // The gateway forwards; the tool function enforces the budgets once.

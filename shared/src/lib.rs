@@ -11,6 +11,7 @@ pub mod auth;
 pub mod budget;
 pub mod catalog;
 pub mod config;
+pub mod connect;
 pub mod error;
 pub mod gateway;
 pub mod hash_key;
@@ -34,6 +35,7 @@ pub use tool::{Annotations, DefaultBudget, Json, LogAs, Tool, ToolContext, ToolE
 /// Re-exports tool crates need, so every tool builds against the same versions.
 pub mod deps {
     pub use aws_sdk_dynamodb;
+    pub use aws_sdk_kms;
     pub use aws_sdk_secretsmanager;
     pub use reqwest;
     pub use schemars;

@@ -87,6 +87,7 @@ pub struct Server {
     hash_keys: Arc<HashKeys>,
     identity: ServerIdentity,
     budgets: Option<Arc<Budgets>>,
+    connections: Option<Arc<crate::connect::Connections>>,
     /// `WWW-Authenticate` `resource_metadata` URL, from the configured resource URL.
     metadata_url: Option<String>,
     served_any: AtomicBool,
@@ -140,6 +141,7 @@ impl Server {
             hash_keys: Arc::new(hash_key.map_or_else(HashKeys::none, HashKeys::fixed)),
             identity,
             budgets: None,
+            connections: None,
             served_any: AtomicBool::new(false),
         }
     }
@@ -159,6 +161,47 @@ impl Server {
     /// The budgets this server enforces, if any.
     pub fn budgets(&self) -> Option<&Arc<Budgets>> {
         self.budgets.as_ref()
+    }
+
+    /// Serves tools that act on third-party accounts (the connection vault).
+    pub fn with_connections(mut self, connections: Arc<crate::connect::Connections>) -> Self {
+        self.connections = Some(connections);
+        self
+    }
+
+    /// `GET /connect/callback?state=…&code=…`: the user's browser returning from the
+    /// provider. Plain text for a person; nothing internal in it.
+    async fn connect_callback(&self, req: &Request<'_>) -> Response {
+        let text = |status: u16, message: &str| {
+            let mut r = Response::empty(status);
+            r.body = Some(message.to_owned());
+            r.with_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .with_header(http::header::CACHE_CONTROL, "no-store")
+        };
+        if req.method() != http::Method::GET {
+            return Response::empty(405).with_header(http::header::ALLOW, "GET");
+        }
+        let Some(connections) = &self.connections else {
+            return text(404, "Not found.");
+        };
+        if let Some(error) = req.query("error") {
+            let shown = if error == "access_denied" {
+                "The authorization was declined. Nothing was connected."
+            } else {
+                "The provider did not authorize the connection. Nothing was connected."
+            };
+            return text(400, shown);
+        }
+        let (Some(state), Some(code)) = (req.query("state"), req.query("code")) else {
+            return text(400, "This link is incomplete. Ask the agent for a new one.");
+        };
+        if state.len() > 128 || code.len() > 2048 {
+            return text(400, "This link is not valid. Ask the agent for a new one.");
+        }
+        match connections.callback(&state, &code).await {
+            Ok(message) => text(200, &message),
+            Err(message) => text(400, message),
+        }
     }
 
     /// The tools this server serves.
@@ -181,6 +224,9 @@ impl Server {
         let req = Request::new(event);
         if let Some(suffix) = req.path().strip_prefix(WELL_KNOWN_PRM) {
             return self.protected_resource_metadata(&req, suffix);
+        }
+        if req.path() == crate::connect::CALLBACK_PATH {
+            return self.connect_callback(&req).await;
         }
         if let Err(r) = transport::check(&req, &self.config) {
             let id = match r {
@@ -475,13 +521,37 @@ impl Server {
             .deadline
             .checked_sub(self.config.deadline_margin)
             .unwrap_or(inv.deadline);
-        let ctx = ToolContext {
+        let mut ctx = ToolContext {
             principal: Arc::new(principal.clone()),
             request_id: inv.request_id.clone(),
             deadline,
             clients: self.clients.clone(),
             trace: trace.clone(),
+            provider_token: None,
         };
+        if let Some(provider) = tool.provider() {
+            let token = match &self.connections {
+                Some(c) => c.access_token(&principal, provider, deadline).await,
+                None => Err(crate::connect::ConnectError::Unavailable),
+            };
+            match token {
+                Ok(t) => ctx.provider_token = Some(t),
+                Err(e) => {
+                    let status = match e {
+                        crate::connect::ConnectError::NotConnected { .. }
+                        | crate::connect::ConnectError::Reconsent { .. } => {
+                            CallStatus::BusinessError
+                        }
+                        _ => CallStatus::SystemError,
+                    };
+                    self.write_audit(&facts, status, Some(e.reason()));
+                    return with_rate_limit(
+                        self.call_result(&rpc.id, &e.to_result(provider), negotiated.era),
+                        admission.as_ref(),
+                    );
+                }
+            }
+        }
         let run = AssertUnwindSafe(tool.call(ctx, args.clone())).catch_unwind();
         let outcome = tokio::time::timeout_at(deadline.into(), run).await;
         let (status, reason, result) = match outcome {

@@ -111,6 +111,8 @@ pub struct Clients {
     pub http: reqwest::Client,
     /// Secrets Manager client.
     pub secretsmanager: aws_sdk_secretsmanager::Client,
+    /// KMS client (the connection vault's encryption).
+    pub kms: aws_sdk_kms::Client,
     /// The process configuration.
     pub config: Arc<Config>,
 }
@@ -128,6 +130,8 @@ pub struct ToolContext {
     pub clients: Arc<Clients>,
     /// The trace this call belongs to; pass [`ToolContext::trace_headers`] on downstream calls.
     pub trace: crate::trace::TraceContext,
+    /// The user's access token at the tool's provider, when the tool declares one.
+    pub provider_token: Option<crate::connect::ProviderToken>,
 }
 
 impl ToolContext {
@@ -230,6 +234,14 @@ pub trait Tool: Send + Sync + 'static {
 
     /// Name, scope, annotations, budget and log plan.
     fn spec(&self) -> ToolSpec;
+
+    /// The third-party provider (`TOLLGATE_PROVIDERS`) this tool acts on for the user. The
+    /// handler then receives a ready access token in [`ToolContext::provider_token`]; when the
+    /// user has not connected (or must consent again), the framework answers with the connect
+    /// link and the handler does not run.
+    fn provider(&self) -> Option<&'static str> {
+        None
+    }
 
     /// Runs the tool. Cancelled at `ctx.deadline`; a panic is caught and becomes a system error.
     fn call(

@@ -268,6 +268,7 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
         method: tollgate::AuthMethod::ApiKey,
         credential_id: "bench".to_owned(),
         budget: Default::default(),
+        user: None,
     };
     let spec = |per_minute: u32, burst: u32| tollgate::ToolSpec {
         name: "bench_tool",

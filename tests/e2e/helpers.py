@@ -28,6 +28,9 @@ TOOL_SCOPES = {
     "track_shipment": "shipments:read",
 }
 ALL_SCOPES = sorted(TOOL_SCOPES.values())
+# Every tool the gateway serves: the above, plus account_profile, which acts on a user's
+# third-party account and needs a configured provider (test_connections.py).
+CATALOG_SCOPES = {**TOOL_SCOPES, "account_profile": "account:read"}
 
 
 

@@ -15,6 +15,7 @@ import httpx2
 import pytest
 
 from helpers import (
+    CATALOG_SCOPES,
     ALLOWED_ORIGIN,
     KEY_CACHE_TTL_SECS,
     MAX_BODY_BYTES,
@@ -530,7 +531,7 @@ def test_protected_resource_metadata_is_served_and_names_the_resource(stack, htt
     if suffix.startswith("/tools/"):
         assert doc["scopes_supported"] == ["customers:read"], "a tool route's own scope"
     else:
-        assert sorted(doc["scopes_supported"]) == ["customers:read", "shipments:read", "tickets:write"]
+        assert sorted(doc["scopes_supported"]) == sorted(CATALOG_SCOPES.values())
 
 
 @pytest.mark.parametrize("suffix", ["/tools/nope/mcp", "/other", "x"])

@@ -17,6 +17,7 @@ from mcp import ClientSession
 from mcp.shared.exceptions import MCPError
 
 from helpers import (
+    CATALOG_SCOPES,
     MODERN,
     SUPPORTED_VERSIONS,
     TOOL_SCOPES,
@@ -299,7 +300,7 @@ def test_demo_agent_token_works_with_the_client_script(stack) -> None:
     base = [sys.executable, str(script), "--url", stack.gateway_url, "--token", stack.demo_token]
     listed = subprocess.run([*base, "list"], capture_output=True, text=True, timeout=60, env=stack.env)
     assert listed.returncode == 0, listed.stderr
-    assert sorted(line.split("\t")[0] for line in listed.stdout.splitlines()) == sorted(TOOL_SCOPES)
+    assert sorted(line.split("\t")[0] for line in listed.stdout.splitlines()) == sorted(CATALOG_SCOPES)
     called = subprocess.run([*base, "call", "lookup_customer", json.dumps({"email": "ada@example.com"})],
                             capture_output=True, text=True, timeout=60, env=stack.env)
     assert called.returncode == 0, called.stderr

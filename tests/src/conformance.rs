@@ -453,6 +453,7 @@ pub fn principal() -> Principal {
         method: AuthMethod::ApiKey,
         credential_id: "conformance-fixture".to_owned(),
         budget: Default::default(),
+        user: None,
     }
 }
 

@@ -200,6 +200,56 @@ pub async fn ensure_hash_key_secret(
     Ok(())
 }
 
+/// Creates the connection vault's KMS key under `alias` if the alias does not exist (local
+/// stacks only: on AWS the SAM template owns the key).
+pub async fn ensure_vault_key(
+    kms: &tollgate::deps::aws_sdk_kms::Client,
+    alias: &str,
+) -> anyhow::Result<()> {
+    if !alias.starts_with("alias/") {
+        return Ok(());
+    }
+    let aliases = kms
+        .list_aliases()
+        .send()
+        .await
+        .context("list KMS aliases")?;
+    if aliases
+        .aliases()
+        .iter()
+        .any(|a| a.alias_name() == Some(alias))
+    {
+        return Ok(());
+    }
+    let key = kms
+        .create_key()
+        .description("tollgate local connection vault")
+        .send()
+        .await
+        .context("create the vault key")?;
+    let key_id = key
+        .key_metadata()
+        .map(|m| m.key_id().to_owned())
+        .context("vault key id")?;
+    match kms
+        .create_alias()
+        .alias_name(alias)
+        .target_key_id(key_id)
+        .send()
+        .await
+    {
+        Ok(_) => Ok(()),
+        // Another local instance created it meanwhile.
+        Err(e)
+            if e.as_service_error()
+                .is_some_and(|s| s.is_already_exists_exception()) =>
+        {
+            Ok(())
+        }
+        Err(e) => Err(anyhow::Error::new(e).context("alias the vault key")),
+    }
+}
+
 fn rand_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     for chunk in key.chunks_mut(16) {
@@ -225,6 +275,9 @@ pub async fn run() -> anyhow::Result<()> {
     let token = seed_demo_agent(&store, &catalog).await?;
     if let Some(secret) = &config.hash_key_secret {
         ensure_hash_key_secret(&clients.secretsmanager, secret).await?;
+    }
+    if let Some(alias) = config.connect.kms_key.as_deref() {
+        ensure_vault_key(&clients.kms, alias).await?;
     }
     let token_path = std::path::Path::new("target/dev/demo-token");
     std::fs::create_dir_all("target/dev")?;

@@ -39,7 +39,10 @@ async fn handle(
     body: Bytes,
 ) -> AxumResponse {
     let path = uri.path();
-    let server = if path == "/mcp" || path.starts_with(tollgate::server::WELL_KNOWN_PRM) {
+    let server = if path == "/mcp"
+        || path.starts_with(tollgate::server::WELL_KNOWN_PRM)
+        || path == tollgate::connect::CALLBACK_PATH
+    {
         Some(routes.gateway.clone())
     } else {
         path.strip_prefix("/tools/")
@@ -61,7 +64,7 @@ async fn handle(
     let request_id = uuid::Uuid::new_v4().to_string();
     let mut event = tollgate::http::event_from_parts(
         method.as_str(),
-        path,
+        uri.path_and_query().map_or(path, |p| p.as_str()),
         header_pairs,
         Some(&body),
         &request_id,

@@ -10,13 +10,21 @@
 //   POST /_test/rotate    {alg}     -> {kid}: a new signing key, published in the JWKS.
 //   POST /_test/opaque    {claims}  -> {token}: an opaque token, known to /introspect.
 //   POST /_test/jwks      {down}    -> {}: the JWKS endpoint answers 503 while down.
-//   GET  /_test/stats               -> {jwks_fetches, introspections, tokens}
+//   GET  /_test/stats               -> {jwks_fetches, introspections, tokens, refreshes}
+//   POST /_test/provider  {down, slow_ms, access_ttl} -> {}: the token endpoint's behaviour.
+//   POST /_test/revoke    {refresh} -> {}: revokes the grant that refresh token belongs to.
+//   GET  /_test/refresh?token=T     -> {known, used, current, revoked}: a refresh token's state.
+//
+// As a third-party provider (the server tollgate's connections act on), refresh tokens are
+// real: each is single use and rotated on every refresh; reusing one revokes its grant; a
+// revoked grant answers invalid_grant. Access tokens are checked by GET /api/profile.
+// Provider clients authenticate with HTTP Basic: demo-client / demo-secret.
 //
 // Usage: node oauth_server.mjs PORT   (prints "ready <issuer>" once listening)
 // Introspection clients authenticate with HTTP Basic: tollgate-rs / rs-secret.
 
 import http from "node:http";
-import { randomBytes, createPublicKey } from "node:crypto";
+import { randomBytes, createPublicKey, createHash } from "node:crypto";
 import { OAuth2Issuer, OAuth2Service, JWKStore } from "oauth2-mock-server";
 import { SignJWT, importJWK } from "jose";
 
@@ -28,7 +36,71 @@ const service = new OAuth2Service(issuer);
 const unpublished = new JWKStore();
 let currentKid = (await issuer.keys.generate("RS256")).kid;
 
-const stats = { jwks_fetches: 0, introspections: 0, tokens: 0 };
+const stats = { jwks_fetches: 0, introspections: 0, tokens: 0, refreshes: 0 };
+const PROVIDER_CLIENT = { id: "demo-client", secret: "demo-secret" };
+const provider = { down: false, slow_ms: 0, access_ttl: 3600 };
+const grants = new Map(); // grant id -> {sub, revoked, current_refresh, issued}
+const refreshTokens = new Map(); // refresh token -> {grant, used}
+const accessTokens = new Map(); // access token -> {sub, exp}
+
+function issueProviderTokens(grantId) {
+  const grant = grants.get(grantId);
+  const refresh = randomBytes(24).toString("base64url");
+  const access = randomBytes(24).toString("base64url");
+  refreshTokens.set(refresh, { grant: grantId, used: false });
+  accessTokens.set(access, { sub: grant.sub, exp: Date.now() + provider.access_ttl * 1000 });
+  grant.current_refresh = refresh;
+  grant.issued += 1;
+  return { access_token: access, token_type: "Bearer", expires_in: provider.access_ttl, refresh_token: refresh };
+}
+
+async function providerToken(req, res, form) {
+  const client = basicAuth(req);
+  if (!client || client.id !== PROVIDER_CLIENT.id || client.secret !== PROVIDER_CLIENT.secret) {
+    send(res, 401, { error: "invalid_client" });
+    return;
+  }
+  if (provider.down) {
+    send(res, 503, { error: "temporarily_unavailable" });
+    return;
+  }
+  if (provider.slow_ms) await new Promise((r) => setTimeout(r, provider.slow_ms));
+  if (form.grant_type === "refresh_token") {
+    stats.refreshes += 1;
+    const entry = refreshTokens.get(form.refresh_token ?? "");
+    const grant = entry && grants.get(entry.grant);
+    if (!entry || !grant || grant.revoked) {
+      send(res, 400, { error: "invalid_grant", error_description: "unknown or revoked refresh token" });
+      return;
+    }
+    if (entry.used) {
+      grant.revoked = true; // reuse of a rotated token: the grant is compromised
+      send(res, 400, { error: "invalid_grant", error_description: "refresh token reused" });
+      return;
+    }
+    entry.used = true;
+    send(res, 200, issueProviderTokens(entry.grant));
+    return;
+  }
+  if (form.grant_type === "authorization_code") {
+    const saved = codes.get(form.code ?? "");
+    if (!saved || !saved.code_challenge || !form.code_verifier) {
+      send(res, 400, { error: "invalid_grant", error_description: "unknown code or PKCE missing" });
+      return;
+    }
+    const digest = createHash("sha256").update(form.code_verifier).digest("base64url");
+    if (digest !== saved.code_challenge || saved.redirect_uri !== form.redirect_uri) {
+      send(res, 400, { error: "invalid_grant", error_description: "PKCE or redirect_uri mismatch" });
+      return;
+    }
+    codes.delete(form.code);
+    const grantId = randomBytes(8).toString("hex");
+    grants.set(grantId, { sub: "johndoe", revoked: false, current_refresh: null, issued: 0 });
+    send(res, 200, issueProviderTokens(grantId));
+    return;
+  }
+  send(res, 400, { error: "unsupported_grant_type" });
+}
 const opaque = new Map();
 const codes = new Map();
 let jwksDown = false;
@@ -48,6 +120,8 @@ service.on("beforeAuthorizeRedirect", (redirect, req) => {
       scope: req.query.scope,
       resource: req.query.resource,
       client_id: req.query.client_id,
+      code_challenge: req.query.code_challenge,
+      redirect_uri: req.query.redirect_uri,
     });
   }
 });
@@ -152,6 +226,15 @@ const testRoutes = {
     return {};
   },
   "GET /_test/stats": async () => stats,
+  "POST /_test/provider": async (body) => {
+    Object.assign(provider, body);
+    return {};
+  },
+  "POST /_test/revoke": async (body) => {
+    const entry = refreshTokens.get(body.refresh ?? "");
+    if (entry) grants.get(entry.grant).revoked = true;
+    return { revoked: Boolean(entry) };
+  },
 };
 
 const server = http.createServer(async (req, res) => {
@@ -161,6 +244,34 @@ const server = http.createServer(async (req, res) => {
     if (route) {
       const body = req.method === "POST" ? (await readJson(req)).json() : {};
       send(res, 200, await route(body));
+      return;
+    }
+    if (path === "/_test/refresh") {
+      const token = new URL(req.url, "http://x").searchParams.get("token") ?? "";
+      const entry = refreshTokens.get(token);
+      const grant = entry && grants.get(entry.grant);
+      send(res, 200, {
+        known: Boolean(entry),
+        used: Boolean(entry?.used),
+        current: Boolean(grant && grant.current_refresh === token),
+        revoked: Boolean(grant?.revoked),
+        issued: grant?.issued ?? 0,
+      });
+      return;
+    }
+    if (path === "/api/profile") {
+      const h = req.headers.authorization ?? "";
+      const entry = h.startsWith("Bearer ") ? accessTokens.get(h.slice(7)) : undefined;
+      if (!entry || entry.exp < Date.now()) {
+        send(res, 401, { error: "invalid_token" });
+        return;
+      }
+      send(res, 200, { username: entry.sub, display_name: "John Doe", plan: "pro" });
+      return;
+    }
+    if (req.method === "POST" && path === "/token" && basicAuth(req)?.id === PROVIDER_CLIENT.id) {
+      const { text } = await readJson(req);
+      await providerToken(req, res, Object.fromEntries(new URLSearchParams(text)));
       return;
     }
     if (path === "/jwks") {

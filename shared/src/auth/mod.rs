@@ -59,6 +59,10 @@ pub struct Principal {
     pub credential_id: String,
     /// The agent's budgets (copied with its scopes).
     pub budget: crate::store::AgentBudget,
+    /// The end user the agent acts for, when the credential names one apart from the agent
+    /// (an OAuth token's `sub`); tools acting on third-party accounts key connections by it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 impl Principal {
@@ -362,6 +366,7 @@ impl Authenticator {
             method: AuthMethod::Oauth,
             credential_id: identity.credential_id,
             budget: record.budget,
+            user: identity.user.filter(|u| *u != identity.subject),
         })
     }
 
@@ -392,6 +397,7 @@ impl Authenticator {
             method: AuthMethod::ApiKey,
             credential_id: record.key_id,
             budget: record.budget,
+            user: None,
         })
     }
 
@@ -422,6 +428,7 @@ impl Authenticator {
             method: AuthMethod::Mtls,
             credential_id: cert.fingerprint.clone(),
             budget: record.budget,
+            user: None,
         })
     }
 

@@ -44,6 +44,8 @@ pub struct TokenIdentity {
     pub credential_id: String,
     /// Expiry, Unix seconds.
     pub expires_at: Option<u64>,
+    /// The token's `sub`, when present (the end user).
+    pub user: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -588,6 +590,11 @@ fn identity(
         scopes,
         credential_id,
         expires_at: claims.get("exp").and_then(Value::as_u64),
+        user: claims
+            .get("sub")
+            .and_then(Value::as_str)
+            .filter(|s| !s.is_empty() && s.len() <= 256)
+            .map(str::to_owned),
     })
 }
 

@@ -45,6 +45,25 @@ enum Command {
     /// Budgets of agents and tools (data: no redeploy needed).
     #[command(subcommand)]
     Budgets(BudgetsCmd),
+    /// Users' connections to third-party providers (tokens are never shown).
+    #[command(subcommand)]
+    Connections(ConnectionsCmd),
+}
+
+#[derive(Subcommand)]
+enum ConnectionsCmd {
+    /// List a user's connections: provider, status, version, access-token expiry.
+    List {
+        /// The user (an OAuth subject, or the agent id for agents acting as themselves).
+        user: String,
+    },
+    /// Delete a user's connection: its tokens are gone and the next call gets a connect link.
+    Revoke {
+        /// The user.
+        user: String,
+        /// The provider.
+        provider: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -387,6 +406,35 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
             }
         }
         Command::Budgets(cmd) => budgets(&store, cmd, cli.json).await?,
+        Command::Connections(ConnectionsCmd::List { user }) => {
+            let list = tollgate::connect::list(store.client(), store.table(), &user).await?;
+            if cli.json {
+                out(json!(list));
+            } else if list.is_empty() {
+                println!("no connections for {user}");
+            } else {
+                for c in &list {
+                    println!(
+                        "{}\t{}\tversion {}\taccess token expires {}",
+                        c.provider,
+                        c.status,
+                        c.version,
+                        humantime::format_rfc3339_seconds(
+                            std::time::UNIX_EPOCH
+                                + std::time::Duration::from_millis(c.access_expires_at_ms)
+                        )
+                    );
+                }
+            }
+        }
+        Command::Connections(ConnectionsCmd::Revoke { user, provider }) => {
+            tollgate::connect::revoke(store.client(), store.table(), &user, &provider).await?;
+            if cli.json {
+                out(json!({"revoked": {"user": user, "provider": provider}}));
+            } else {
+                println!("revoked {user}'s connection to {provider}");
+            }
+        }
         Command::Scopes(cmd) => {
             let (agent_id, change, scopes) = match cmd {
                 ScopesCmd::Add { agent_id, scopes } => (agent_id, ScopeChange::Add, scopes),

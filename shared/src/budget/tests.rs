@@ -16,6 +16,7 @@ fn principal(agent: &str, budget: AgentBudget) -> Principal {
         method: AuthMethod::ApiKey,
         credential_id: "k".to_owned(),
         budget,
+        user: None,
     }
 }
 
