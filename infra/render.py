@@ -337,6 +337,20 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
     if s["app_table"]:
         statements.append(statement("AppTable", list(s["app_table"]), {"Fn::GetAtt": ["AppTable", "Arn"]}))
     statements.append(statement("ReadHashKey", ["secretsmanager:GetSecretValue"], HASH_KEY_SECRET))
+    # OAuth identities seen for the first time become agent records (conditional PutItem on
+    # AGENT# keys only); connect links store their single-use state under CONNSTATE# keys.
+    leading = lambda *keys: {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(keys)}}  # noqa: E731
+    statements.append(statement("CreateOAuthAgentsAndConnectStates", ["dynamodb:PutItem"],
+                                {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading("AGENT#*", "CONNSTATE#*")))
+    if not fn.is_tool:
+        # The connect callback redeems (deletes) a state once.
+        statements.append(statement("RedeemConnectStates", ["dynamodb:DeleteItem"],
+                                    {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading("CONNSTATE#*")))
+    # The connection vault: tokens encrypted with the stack key, only under a vault
+    # encryption context (so these rights cannot decrypt anything else).
+    statements.append(statement("ConnectionVault", ["kms:Encrypt", "kms:Decrypt"],
+                                {"Fn::GetAtt": ["TollgateKey", "Arn"]},
+                                {"Null": {"kms:EncryptionContext:tollgate:field": "false"}}))
     # The introspection credentials (OAuth). With no secret configured the ARN names no
     # secret (`secret:-??????`), so the statement grants nothing.
     statements.append(statement("ReadIntrospectionCredentials", ["secretsmanager:GetSecretValue"], {"Fn::Sub": (
@@ -459,6 +473,7 @@ def environment(fn: Function) -> dict[str, Any]:
         "TOLLGATE_OAUTH_INTROSPECTION_URL": {"Fn::If": ["HasIntrospection", {"Ref": "OAuthIntrospectionUrl"}, NO_VALUE]},
         "TOLLGATE_OAUTH_INTROSPECTION_SECRET": {"Fn::If": ["HasIntrospection", {"Ref": "OAuthIntrospectionSecretName"}, NO_VALUE]},
         "TOLLGATE_MTLS_REQUIRE_TOKEN": {"Ref": "MtlsRequireToken"},
+        "TOLLGATE_VAULT_KMS_KEY": {"Ref": "TollgateKey"},
         "TOLLGATE_ALLOWED_ORIGINS": {"Fn::If": ["HasAllowedOrigins", {"Ref": "AllowedOrigins"}, NO_VALUE]},
         "OTEL_SERVICE_NAME": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}"},
         "OTEL_EXPORTER_OTLP_ENDPOINT": {"Fn::If": ["HasOtelEndpoint", {"Ref": "OtelExporterEndpoint"}, NO_VALUE]},

@@ -98,17 +98,27 @@ def test_each_tool_role_reaches_only_its_resources(resources, functions, manifes
         _, statements = by_fn[fn.name]
         g = grants(statements)
         expected = {a: {"TollgateTable"} for a in shared}
+        # OAuth agent records and connect-link states (conditioned on their key prefixes,
+        # checked in test_writes_outside_the_shared_actions_are_limited_to_key_prefixes).
+        expected["dynamodb:PutItem"] = {"TollgateTable"}
         for action in fn.settings["app_table"]:
             expected.setdefault(action, set()).add("AppTable")
         dynamo = {a: r for a, r in g.items() if a.startswith("dynamodb:")}
         assert dynamo == expected, fn.name
+        secrets = {
+            "HashKeySecret|HashKeySecretArn",
+            # The OAuth introspection credentials: one named secret of this account and region.
+            "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
+            ":secret:${OAuthIntrospectionSecretName}-??????",
+        }
+        # A tool acting on a third-party account reads its provider's client secret (tools.toml).
+        secrets |= {
+            st["Resource"]["Fn::Sub"] if isinstance(st["Resource"], dict) else st["Resource"]
+            for st in fn.settings.get("statements", [])
+            if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+        }
         assert {a: r for a, r in g.items() if a.startswith("secretsmanager:")} == {
-            "secretsmanager:GetSecretValue": {
-                "HashKeySecret|HashKeySecretArn",
-                # The OAuth introspection credentials: one named secret of this account and region.
-                "arn:${AWS::Partition}:secretsmanager:${AWS::Region}:${AWS::AccountId}"
-                ":secret:${OAuthIntrospectionSecretName}-??????",
-            }
+            "secretsmanager:GetSecretValue": secrets
         }
         assert not [a for a in g if a.startswith("lambda:")], f"{fn.name} may invoke functions"
         assert set(g) - set(expected) - {"secretsmanager:GetSecretValue"} <= XRAY_ACTIONS | {
@@ -141,6 +151,11 @@ def test_kms_use_is_limited_to_the_stack_key_through_its_services(resources):
         if any(a.startswith("kms:") for a in actions):
             assert all(a.startswith("kms:") for a in actions), lid
             assert [target(r) for r in as_list(s["Resource"])] == ["TollgateKey"], lid
+            if s.get("Sid") == "ConnectionVault":
+                # Direct use, only under the vault's encryption context.
+                assert sorted(actions) == ["kms:Decrypt", "kms:Encrypt"], lid
+                assert s["Condition"] == {"Null": {"kms:EncryptionContext:tollgate:field": "false"}}, lid
+                continue
             via = s["Condition"]["StringEquals"]["kms:ViaService"]["Fn::Sub"]
             assert via in ("dynamodb.${AWS::Region}.${AWS::URLSuffix}", "secretsmanager.${AWS::Region}.${AWS::URLSuffix}")
 
@@ -171,4 +186,23 @@ def test_gateway_invokes_exactly_the_tool_functions(resources, tool_folders):
 def test_no_function_may_scan_query_or_delete(resources):
     forbidden = {"dynamodb:Scan", "dynamodb:Query", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem", "dynamodb:DeleteTable"}
     for fn_name, (_, statements) in roles(resources).items():
-        assert not forbidden & set(grants(statements)), fn_name
+        unconditioned = [s for s in statements if "Condition" not in s]
+        assert not forbidden & set(grants(unconditioned)), fn_name
+
+
+def test_writes_outside_the_shared_actions_are_limited_to_key_prefixes(resources, manifest):
+    """PutItem (OAuth agent records, connect states) and the gateway's DeleteItem (redeeming a
+    connect state) on the tollgate table carry a dynamodb:LeadingKeys condition."""
+    shared = set(manifest["shared"]["tollgate_table_actions"])
+    for fn_name, (_, statements) in roles(resources).items():
+        for s in statements:
+            actions = set(as_list(s["Action"]))
+            on_table = {target(r) for r in as_list(s["Resource"])} == {"TollgateTable"}
+            extra = {a for a in actions if a.startswith("dynamodb:")} - shared
+            if not (on_table and extra):
+                continue
+            keys = s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+            if "dynamodb:DeleteItem" in extra:
+                assert fn_name == "gateway" and keys == ["CONNSTATE#*"], (fn_name, s)
+            else:
+                assert extra == {"dynamodb:PutItem"} and keys == ["AGENT#*", "CONNSTATE#*"], (fn_name, s)

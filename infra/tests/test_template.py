@@ -59,6 +59,7 @@ def test_every_tool_folder_has_exactly_one_function_role_log_group_and_route_set
                 ("DELETE", "/mcp"),
                 ("GET", "/.well-known/oauth-protected-resource"),
                 ("GET", "/.well-known/oauth-protected-resource/{proxy+}"),
+                ("GET", "/connect/callback"),
             }
         else:
             path = f"/tools/{name}/mcp"
