@@ -28,6 +28,17 @@ pub enum InvokeError {
     Function(String),
 }
 
+impl InvokeError {
+    /// The error class, for spans (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownTool(_) => "unknown_function",
+            Self::Transport(_) => "invoke_failed",
+            Self::Function(_) => "function_error",
+        }
+    }
+}
+
 /// Calls a tool's function with an API Gateway event and returns its HTTP response.
 #[async_trait::async_trait]
 pub trait Invoker: Send + Sync + std::fmt::Debug {

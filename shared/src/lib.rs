@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tool;
 pub mod trace;
 
