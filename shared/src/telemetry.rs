@@ -206,10 +206,20 @@ pub fn parse_daemon_address(value: &str) -> Option<SocketAddr> {
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
 static FLUSH_PENDING: AtomicBool = AtomicBool::new(false);
 
-/// Installs the process-wide subscriber: JSON logs on stdout filtered by
-/// `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG` (default `info`), plus the span exporters `config`
-/// names. `function` is the default `service.name`. Later calls are no-ops.
-pub fn install(config: &TelemetryConfig, function: &str) {
+/// A subscriber (JSON logs plus span export) and the span pipeline behind it.
+#[derive(Debug)]
+pub struct Telemetry {
+    /// The subscriber.
+    pub dispatch: tracing::Dispatch,
+    /// The span pipeline, when `config` named an exporter (flush it after each invocation).
+    pub provider: Option<SdkTracerProvider>,
+    problems: Vec<String>,
+}
+
+/// Builds the subscriber: JSON logs on stdout filtered by `AWS_LAMBDA_LOG_LEVEL` / `RUST_LOG`
+/// (default `info`), plus the span exporters `config` names. `function` is the default
+/// `service.name`.
+pub fn build(config: &TelemetryConfig, function: &str) -> Telemetry {
     let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned())
@@ -222,7 +232,7 @@ pub fn install(config: &TelemetryConfig, function: &str) {
         .without_time()
         .with_filter(tracing_subscriber::EnvFilter::new(filter));
     let mut problems = config.warnings.clone();
-    let provider = if config.exports() && PROVIDER.get().is_none() {
+    let provider = if config.exports() {
         match build_provider(config, function) {
             Ok(p) => Some(p),
             Err(e) => {
@@ -243,15 +253,27 @@ pub fn install(config: &TelemetryConfig, function: &str) {
             .with_tracked_inactivity(false)
             .with_filter(span_targets())
     });
-    let installed = tracing_subscriber::registry()
-        .with(logs)
-        .with(spans)
-        .try_init()
-        .is_ok();
-    if installed && let Some(p) = provider {
+    let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs).with(spans));
+    Telemetry {
+        dispatch,
+        provider,
+        problems,
+    }
+}
+
+/// Installs [`build`]'s subscriber for the whole process; later calls are no-ops.
+pub fn install(config: &TelemetryConfig, function: &str) {
+    if PROVIDER.get().is_some() {
+        return;
+    }
+    let telemetry = build(config, function);
+    if telemetry.dispatch.try_init().is_err() {
+        return;
+    }
+    if let Some(p) = telemetry.provider {
         let _ = PROVIDER.set(p);
     }
-    for problem in problems {
+    for problem in telemetry.problems {
         tracing::warn!(problem, "telemetry configuration");
     }
 }
@@ -296,10 +318,16 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
         builder = builder.with_batch_exporter(exporter);
     }
     if let Some(addr) = config.xray_daemon {
-        use opentelemetry_aws::xray_exporter::{XrayExporter, daemon_client::XrayDaemonClient};
+        use opentelemetry_aws::xray_exporter::{
+            SegmentTranslator, XrayExporter, daemon_client::XrayDaemonClient,
+        };
         let client =
             XrayDaemonClient::new(addr).map_err(|e| format!("X-Ray daemon client: {e}"))?;
-        builder = builder.with_batch_exporter(XrayExporter::new(client));
+        // A caller's W3C trace id need not start with a recent epoch: send its segments anyway
+        // and leave acceptance to X-Ray, rather than dropping the caller's trace here.
+        let translator = SegmentTranslator::new().skip_timestamp_validation();
+        builder =
+            builder.with_batch_exporter(XrayExporter::new(client).with_translator(translator));
     }
     Ok(builder.build())
 }
@@ -559,9 +587,12 @@ impl Intercept for AwsSdkSpans {
         "tollgate::telemetry::AwsSdkSpans"
     }
 
-    fn read_before_execution(
+    // Not `read_before_execution`: a client interceptor runs that hook before the operation's
+    // configuration (its service and operation names) is in the bag.
+    fn read_before_serialization(
         &self,
         _context: &BeforeSerializationInterceptorContextRef<'_>,
+        _runtime_components: &RuntimeComponents,
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         if !opentelemetry::Context::current().has_active_span() {
