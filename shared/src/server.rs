@@ -273,6 +273,8 @@ impl Server {
         }
     }
 
+    /// An error response; its reason is the server span's `error.type` (recorded here only,
+    /// so a span holds one).
     fn reject(&self, r: Rejection, id: Option<&RequestId>) -> Response {
         telemetry::record_error(
             r.reason(),
@@ -472,6 +474,7 @@ impl Server {
         };
         if let Err(message) = tool.validate(args) {
             self.write_audit(&facts, CallStatus::InvalidInput, Some("schema_validation"));
+            telemetry::record_error("schema_validation", false);
             let result = CallToolResult::error(vec![Content::text(message)]);
             return with_rate_limit(
                 self.call_result(&rpc.id, &result, negotiated.era),
@@ -526,6 +529,13 @@ impl Server {
             }
         };
         self.write_audit(&facts, status, reason);
+        if status != CallStatus::Success {
+            // MCP semantic conventions: a result with `isError` is a `tool_error`.
+            telemetry::record_error(
+                reason.unwrap_or("tool_error"),
+                status == CallStatus::SystemError,
+            );
+        }
         with_rate_limit(
             self.call_result(&rpc.id, &result, negotiated.era),
             admission.as_ref(),
@@ -605,13 +615,6 @@ impl Server {
     }
 
     fn write_audit(&self, facts: &CallFacts<'_>, status: CallStatus, reason: Option<&str>) {
-        if status != CallStatus::Success {
-            // MCP semantic conventions: a result with `isError` is a `tool_error`.
-            telemetry::record_error(
-                reason.unwrap_or("tool_error"),
-                status == CallStatus::SystemError,
-            );
-        }
         let record = AuditRecord {
             timestamp: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             level: if status == CallStatus::SystemError {
