@@ -83,11 +83,20 @@ impl Invoker for LambdaInvoker {
     ) -> Result<Response, InvokeError> {
         let payload =
             serde_json::to_vec(event).map_err(|e| InvokeError::Transport(e.to_string()))?;
+        // The Invoke request names the same parent as the forwarded event, so Lambda's own
+        // segments for the tool function join this trace too.
+        let trace_header = event.headers.get("x-amzn-trace-id").cloned();
         let out = self
             .client
             .invoke()
             .function_name(self.function_name(tool))
             .payload(aws_smithy_types::Blob::new(payload))
+            .customize()
+            .mutate_request(move |req| {
+                if let Some(v) = trace_header.as_ref().and_then(|v| v.to_str().ok()) {
+                    req.headers_mut().insert("x-amzn-trace-id", v.to_owned());
+                }
+            })
             .send()
             .await
             .map_err(|e| {
