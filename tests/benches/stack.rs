@@ -427,8 +427,10 @@ fn audit_cost() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Calls measured per span configuration (after a warm-up).
-const TRACED_CALLS: u32 = 1000;
+/// Calls measured per span configuration and round (after a warm-up).
+const TRACED_CALLS: u32 = 300;
+/// Rounds, each running every configuration once; the figure is the median round.
+const TRACED_ROUNDS: usize = 5;
 
 /// CPU per call of spans on the warm path: `tools/call lookup_customer` through the gateway
 /// (in-process forward, cached key, three budget writes, one DynamoDB read: 11 spans with
@@ -437,7 +439,9 @@ const TRACED_CALLS: u32 = 1000;
 /// receiver on loopback, flushed after every call as the Lambda runtime layer does. CPU is
 /// summed over this process's threads except the main runtime's, which serves the sinks (and
 /// the SDK connections opened earlier, alike in every configuration): the difference to "off"
-/// is the cost of creating, recording, translating, encoding and sending the spans.
+/// is the cost of creating, recording, translating, encoding and sending the spans. The
+/// configurations alternate over several rounds and each figure is the median round, so a
+/// neighbour's load (CI builds on the same 2 cores) spreads over all of them alike.
 async fn tracing_cost(
     routes: tollgate_tests::http_front::Routes,
     token: &str,
@@ -480,28 +484,37 @@ async fn tracing_cost(
             },
         ),
     ];
-    let mut off = None;
-    for (label, config) in configs {
-        let routes = routes.clone();
-        let token = token.to_owned();
-        let per_call = tokio::task::spawn_blocking(move || {
-            std::thread::Builder::new()
-                .name("bench-calls".into())
-                .spawn(move || traced_calls(&routes, &token, &config))?
-                .join()
-                .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
+    for _ in 0..TRACED_ROUNDS {
+        for (i, (_, config)) in configs.iter().enumerate() {
+            let (routes, token, config) = (routes.clone(), token.to_owned(), config.clone());
+            let per_call = tokio::task::spawn_blocking(move || {
+                std::thread::Builder::new()
+                    .name("bench-calls".into())
+                    .spawn(move || traced_calls(&routes, &token, &config))?
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+            })
+            .await??;
+            samples[i].push(per_call);
+        }
+    }
+    let medians: Vec<f64> = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort();
+            s[s.len() / 2].as_secs_f64() * 1e6
         })
-        .await??;
-        let extra = off.map_or(String::new(), |o: Duration| {
-            format!(
-                ", +{:.1} us over spans off",
-                (per_call.as_secs_f64() - o.as_secs_f64()) * 1e6
-            )
-        });
-        off = off.or(Some(per_call));
+        .collect();
+    for (i, (label, _)) in configs.iter().enumerate() {
+        let extra = if i == 0 {
+            String::new()
+        } else {
+            format!(", +{:.1} us over spans off", medians[i] - medians[0])
+        };
         eprintln!(
-            "spans {label}: tools/call lookup_customer via gateway, {TRACED_CALLS} warm calls: {:.1} us CPU per call{extra}",
-            per_call.as_secs_f64() * 1e6
+            "spans {label}: tools/call lookup_customer via gateway, {TRACED_ROUNDS} rounds of {TRACED_CALLS} warm calls: median {:.1} us CPU per call{extra}",
+            medians[i]
         );
     }
     udp_sink.abort();
@@ -526,8 +539,8 @@ fn traced_calls(
     tracing::dispatcher::with_default(&telemetry.dispatch, || {
         rt.block_on(async {
             let mut started = Duration::ZERO;
-            for i in 0..TRACED_CALLS + 50 {
-                if i == 50 {
+            for i in 0..TRACED_CALLS + 20 {
+                if i == 20 {
                     started = cpu_time()?;
                 }
                 let event = tollgate::http::event_from_parts(
