@@ -44,6 +44,7 @@ class OtlpReceiver:
 
     def __init__(self) -> None:
         self.payloads: list[bytes] = []
+        self.received_at: list[float] = []  # time.monotonic() of each payload
         self.spans: list[Span] = []
         self._lock = threading.Lock()
         receiver = self
@@ -92,6 +93,7 @@ class OtlpReceiver:
                     ))
         with self._lock:
             self.payloads.append(body)
+            self.received_at.append(time.monotonic())
             self.spans.extend(spans)
 
     def close(self) -> None:
