@@ -436,7 +436,8 @@ const TRACED_ROUNDS: usize = 5;
 /// (in-process forward, cached key, three budget writes, one DynamoDB read: 11 spans with
 /// spans on), driven on its own thread under a subscriber built as `telemetry::install`
 /// builds it, with spans off, then exported to an X-Ray daemon socket (UDP) and to an OTLP/HTTP
-/// receiver on loopback, flushed after every call as the Lambda runtime layer does. CPU is
+/// receiver on loopback, flushed after every call as the Lambda runtime layer does (and, to
+/// show what the per-invocation flush costs, X-Ray flushed every 50 calls). CPU is
 /// summed over this process's threads except the main runtime's, which serves the sinks (and
 /// the SDK connections opened earlier, alike in every configuration): the difference to "off"
 /// is the cost of creating, recording, translating, encoding and sending the spans. The
@@ -467,31 +468,33 @@ async fn tracing_cost(
         );
         axum::serve(otlp, app).await
     });
+    let with_xray = TelemetryConfig {
+        xray_daemon: Some(xray),
+        ..TelemetryConfig::off()
+    };
+    // (label, configuration, flush after every n calls: 1 is what Lambda does).
     let configs = [
-        ("off", TelemetryConfig::off()),
-        (
-            "X-Ray daemon (UDP)",
-            TelemetryConfig {
-                xray_daemon: Some(xray),
-                ..TelemetryConfig::off()
-            },
-        ),
+        ("off", TelemetryConfig::off(), 1),
+        ("X-Ray daemon (UDP)", with_xray.clone(), 1),
         (
             "OTLP/HTTP protobuf",
             TelemetryConfig {
                 otlp_traces_endpoint: Some(otlp_url),
                 ..TelemetryConfig::off()
             },
+            1,
         ),
+        ("X-Ray daemon (UDP), flushed every 50 calls", with_xray, 50),
     ];
     let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
     for _ in 0..TRACED_ROUNDS {
-        for (i, (_, config)) in configs.iter().enumerate() {
+        for (i, (_, config, flush_every)) in configs.iter().enumerate() {
             let (routes, token, config) = (routes.clone(), token.to_owned(), config.clone());
+            let flush_every = *flush_every;
             let per_call = tokio::task::spawn_blocking(move || {
                 std::thread::Builder::new()
                     .name("bench-calls".into())
-                    .spawn(move || traced_calls(&routes, &token, &config))?
+                    .spawn(move || traced_calls(&routes, &token, &config, flush_every))?
                     .join()
                     .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
             })
@@ -506,7 +509,7 @@ async fn tracing_cost(
             s[s.len() / 2].as_secs_f64() * 1e6
         })
         .collect();
-    for (i, (label, _)) in configs.iter().enumerate() {
+    for (i, (label, _, _)) in configs.iter().enumerate() {
         let extra = if i == 0 {
             String::new()
         } else {
@@ -528,6 +531,7 @@ fn traced_calls(
     routes: &tollgate_tests::http_front::Routes,
     token: &str,
     config: &tollgate::telemetry::TelemetryConfig,
+    flush_every: u32,
 ) -> anyhow::Result<Duration> {
     let telemetry = tollgate::telemetry::build(config, "bench");
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -541,6 +545,9 @@ fn traced_calls(
             let mut started = Duration::ZERO;
             for i in 0..TRACED_CALLS + 20 {
                 if i == 20 {
+                    if let Some(provider) = &telemetry.provider {
+                        let _ = provider.force_flush(); // the warm-up's spans
+                    }
                     started = cpu_time()?;
                 }
                 let event = tollgate::http::event_from_parts(
@@ -558,11 +565,18 @@ fn traced_calls(
                 let inv = tollgate::Invocation::new("bench", Duration::from_secs(10));
                 let resp = routes.gateway.respond(&event, &inv).await;
                 anyhow::ensure!(resp.status == 200, "status {}", resp.status);
-                if let Some(provider) = &telemetry.provider {
+                if let Some(provider) = &telemetry.provider
+                    && (i + 1) % flush_every == 0
+                {
                     provider
                         .force_flush()
                         .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
                 }
+            }
+            if let Some(provider) = &telemetry.provider {
+                provider
+                    .force_flush()
+                    .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
             }
             Ok(cpu_time()?.saturating_sub(started) / TRACED_CALLS)
         })
