@@ -7,7 +7,7 @@
 //!   the span tree and the headers sent downstream all name the same ids.
 //! - **Propagation.** Outgoing calls name the *enclosing* span (the `Lambda.Invoke` or HTTP
 //!   CLIENT span) as the parent, in `traceparent` and `X-Amzn-Trace-Id` ([`current_span`]);
-//!   AWS SDK calls get a CLIENT span each and carry `X-Amzn-Trace-Id` ([`AwsSdkSpans`]).
+//!   AWS SDK calls get a CLIENT span each and carry both headers naming it ([`AwsSdkSpans`]).
 //! - **Export.** X-Ray segments over UDP to the daemon when `AWS_XRAY_DAEMON_ADDRESS` is set
 //!   (Lambda sets it when active tracing is on); OTLP/HTTP protobuf when
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` is set; both when
@@ -564,8 +564,9 @@ pub fn record_error(kind: &str, server_fault: bool) {
 // --- AWS SDK ---------------------------------------------------------------------------------
 
 /// An AWS SDK interceptor: one CLIENT span per operation (`DynamoDB.UpdateItem`, …) under
-/// the current span, and `X-Amzn-Trace-Id` naming that span on the request (the header is
-/// not signed). Inside no traced request it does nothing.
+/// the current span, and `X-Amzn-Trace-Id` and `traceparent` naming that span on the request
+/// (added after signing: SigV4 leaves `X-Amzn-Trace-Id` out, and unsigned headers are
+/// allowed). Inside no traced request it does nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AwsSdkSpans;
 
@@ -637,10 +638,11 @@ impl Intercept for AwsSdkSpans {
                 sc.span_id(),
                 u8::from(sc.is_sampled())
             );
-            context
-                .request_mut()
-                .headers_mut()
-                .insert("x-amzn-trace-id", header);
+            let flags = if sc.is_sampled() { "01" } else { "00" };
+            let traceparent = format!("00-{trace}-{}-{flags}", sc.span_id());
+            let headers = context.request_mut().headers_mut();
+            headers.insert("x-amzn-trace-id", header);
+            headers.insert("traceparent", traceparent);
         }
         Ok(())
     }

@@ -1,6 +1,7 @@
 //! The AWS SDK interceptor against a DynamoDB-protocol endpoint on loopback: a call made inside
 //! a traced request gets its own CLIENT span under the enclosing span, the request carries
-//! `X-Amzn-Trace-Id` naming that span, and the X-Ray daemon (a UDP socket) receives it.
+//! `X-Amzn-Trace-Id` and `traceparent` naming that span, and the X-Ray daemon (a UDP socket)
+//! receives it.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,17 +13,21 @@ use tollgate::telemetry::{self, AwsSdkSpans, TelemetryConfig};
 use tollgate::trace::TraceContext;
 use tracing::Instrument as _;
 
-type Seen = Arc<Mutex<Vec<Option<String>>>>;
+type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;
 
 async fn dynamodb(
     State(seen): State<Seen>,
     headers: HeaderMap,
 ) -> impl axum::response::IntoResponse {
-    let trace = headers
-        .get("x-amzn-trace-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
-    seen.lock().expect("lock").push(trace);
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    seen.lock()
+        .expect("lock")
+        .push((header("x-amzn-trace-id"), header("traceparent")));
     ([("content-type", "application/x-amz-json-1.0")], "{}")
 }
 
@@ -88,8 +93,12 @@ async fn sdk_calls_get_a_client_span_named_in_their_trace_header() -> anyhow::Re
 
     let seen = seen.lock().expect("lock").clone();
     assert_eq!(seen.len(), 2);
-    assert_eq!(seen[0], None, "no trace header outside a traced request");
-    let header = seen[1].clone().expect("trace header");
+    assert_eq!(
+        seen[0],
+        (None, None),
+        "no trace header outside a traced request"
+    );
+    let header = seen[1].0.clone().expect("trace header");
     let parent = header
         .split(';')
         .find_map(|f| f.strip_prefix("Parent="))
@@ -100,6 +109,10 @@ async fn sdk_calls_get_a_client_span_named_in_their_trace_header() -> anyhow::Re
         "{header}"
     );
     assert_ne!(parent, trace.span_id, "the SDK call has its own span");
+    assert_eq!(
+        seen[1].1.as_deref(),
+        Some(format!("00-{}-{parent}-01", trace.trace_id).as_str())
+    );
     let docs = segments(&daemon);
     let call = docs
         .iter()
