@@ -18,8 +18,8 @@
 //!   spans in the buffer), in the local stack after each response. The response path itself
 //!   never waits on the network for spans.
 //! - **Sampling.** `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, default
-//!   `parentbased_always_on`: a caller's sampled flag is followed. A caller context without a
-//!   parent span id (an X-Ray header with only `Root`) is sampled by the root sampler.
+//!   `parentbased_always_on`: a caller's sampled flag is followed, also when the caller named
+//!   no parent span (an X-Ray header with only `Root` and `Sampled=0`).
 //! - **Never** arguments, tokens or header values in span attributes: spans carry method,
 //!   registered tool name, request id, protocol version, agent id, outcome codes, and for
 //!   downstream HTTP only method, host and port (a path can hold personal data).
@@ -43,7 +43,10 @@ use opentelemetry::trace::{
     SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState, TracerProvider as _,
 };
 use opentelemetry_aws::trace::XrayIdGenerator;
-use opentelemetry_sdk::trace::{IdGenerator, RandomIdGenerator, Sampler, SdkTracerProvider};
+use opentelemetry_sdk::trace::{
+    IdGenerator, RandomIdGenerator, Sampler, SamplingDecision, SamplingResult, SdkTracerProvider,
+    ShouldSample,
+};
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer as _;
@@ -97,7 +100,16 @@ impl Sampling {
         )
     }
 
-    fn sampler(self) -> Sampler {
+    /// The SDK sampler, wrapped so a parent-based one also follows a caller that said "not
+    /// sampled" without naming a parent span.
+    fn sampler(self) -> FollowCaller {
+        FollowCaller {
+            parent_based: matches!(self, Self::ParentBased(_)),
+            inner: self.sdk_sampler(),
+        }
+    }
+
+    fn sdk_sampler(self) -> Sampler {
         let root = |r| match r {
             Root::AlwaysOn => Sampler::AlwaysOn,
             Root::AlwaysOff => Sampler::AlwaysOff,
@@ -109,6 +121,42 @@ impl Sampling {
             Self::Ratio(f) => Sampler::TraceIdRatioBased(f),
             Self::ParentBased(r) => Sampler::ParentBased(Box::new(root(r))),
         }
+    }
+}
+
+/// Marks a caller context that asked not to be sampled but named no parent span (an X-Ray
+/// header with only `Root` and `Sampled=0`): a parent-based sampler has no parent to follow.
+#[derive(Debug, Clone, Copy)]
+struct CallerUnsampled;
+
+/// [`Sampling`]'s sampler, honouring [`CallerUnsampled`].
+#[derive(Debug, Clone)]
+struct FollowCaller {
+    inner: Sampler,
+    parent_based: bool,
+}
+
+impl ShouldSample for FollowCaller {
+    fn should_sample(
+        &self,
+        parent_context: Option<&opentelemetry::Context>,
+        trace_id: TraceId,
+        name: &str,
+        span_kind: &opentelemetry::trace::SpanKind,
+        attributes: &[opentelemetry::KeyValue],
+        links: &[opentelemetry::trace::Link],
+    ) -> SamplingResult {
+        let caller_unsampled = parent_context
+            .is_some_and(|cx| !cx.has_active_span() && cx.get::<CallerUnsampled>().is_some());
+        if self.parent_based && caller_unsampled {
+            return SamplingResult {
+                decision: SamplingDecision::Drop,
+                attributes: Vec::new(),
+                trace_state: TraceState::default(),
+            };
+        }
+        self.inner
+            .should_sample(parent_context, trace_id, name, span_kind, attributes, links)
     }
 }
 
@@ -421,6 +469,7 @@ pub fn continue_trace(span: &tracing::Span, trace: &TraceContext) {
     {
         Some(parent) => opentelemetry::Context::new()
             .with_remote_span_context(SpanContext::new(trace_id, parent, flags, true, state)),
+        None if !trace.sampled => opentelemetry::Context::new().with_value(CallerUnsampled),
         None => opentelemetry::Context::new(),
     };
     if span.set_parent(parent).is_err() {

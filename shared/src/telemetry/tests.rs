@@ -139,6 +139,36 @@ fn an_unsampled_caller_is_followed_and_told_downstream() {
 }
 
 #[test]
+fn an_unsampled_caller_without_a_parent_span_is_followed_too() {
+    let mut h = http::HeaderMap::new();
+    h.insert(
+        "x-amzn-trace-id",
+        http::HeaderValue::from_static("Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=0"),
+    );
+    let trace = TraceContext::extract(None, &h, None);
+    assert_eq!(
+        (trace.parent_span_id.as_deref(), trace.sampled),
+        (None, false)
+    );
+    let mut sent = Vec::new();
+    let spans = spans_of(Sampling::ParentBased(Root::AlwaysOn), || {
+        let server = server_span("tools/call", None, "1", &trace);
+        let _in_server = server.enter();
+        invoke_span("t").in_scope(|| sent = trace.outgoing_headers());
+    });
+    assert!(spans.is_empty(), "{spans:?}");
+    assert!(sent[1].1.ends_with(";Sampled=0"), "{:?}", sent[1]);
+    let spans = spans_of(Sampling::AlwaysOn, || {
+        server_span("tools/call", None, "1", &trace).in_scope(|| {});
+    });
+    assert_eq!(spans.len(), 1);
+    assert_eq!(
+        spans[0].span_context.trace_id().to_string(),
+        "5759e988bd862e3fe1be46a994272793"
+    );
+}
+
+#[test]
 fn without_span_export_outgoing_headers_name_the_invocation_span() {
     let trace = caller("01");
     let server = server_span("ping", None, "1", &trace);
