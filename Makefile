@@ -32,7 +32,7 @@ test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the of
 test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
 	tests/conformance/run.sh
 
-bench: $(VENV)/.stamp ## cold init, tools/call latency, budget figures (release build; figures on stderr)
+bench: $(VENV)/.stamp ## cold init, tools/call latency, budget figures, span cost (release build; figures on stderr)
 	$(CARGO) build --release --bin lookup_customer
 	@mkdir -p target/bench
 	$(CARGO) bench -p tollgate-tests --bench stack > target/bench/stack-logs.jsonl

@@ -28,6 +28,17 @@ pub enum InvokeError {
     Function(String),
 }
 
+impl InvokeError {
+    /// The error class, for spans (`error.type`).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::UnknownTool(_) => "unknown_function",
+            Self::Transport(_) => "invoke_failed",
+            Self::Function(_) => "function_error",
+        }
+    }
+}
+
 /// Calls a tool's function with an API Gateway event and returns its HTTP response.
 #[async_trait::async_trait]
 pub trait Invoker: Send + Sync + std::fmt::Debug {
@@ -72,11 +83,20 @@ impl Invoker for LambdaInvoker {
     ) -> Result<Response, InvokeError> {
         let payload =
             serde_json::to_vec(event).map_err(|e| InvokeError::Transport(e.to_string()))?;
+        // The Invoke request names the same parent as the forwarded event, so Lambda's own
+        // segments for the tool function join this trace too.
+        let trace_header = event.headers.get("x-amzn-trace-id").cloned();
         let out = self
             .client
             .invoke()
             .function_name(self.function_name(tool))
             .payload(aws_smithy_types::Blob::new(payload))
+            .customize()
+            .mutate_request(move |req| {
+                if let Some(v) = trace_header.as_ref().and_then(|v| v.to_str().ok()) {
+                    req.headers_mut().insert("x-amzn-trace-id", v.to_owned());
+                }
+            })
             .send()
             .await
             .map_err(|e| {

@@ -44,7 +44,8 @@ pub fn run_gateway(
 type Setup = Result<(Catalog, Option<Dispatch>), lambda_runtime::Error>;
 
 fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
-    init_logging();
+    let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "tollgate".into());
+    crate::telemetry::install(&crate::telemetry::TelemetryConfig::from_env(), &function);
     install_panic_hook();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -63,19 +64,50 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
             Arc::new(StdoutSink),
             &function,
         ));
-        lambda_runtime::run(service_fn(
-            move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
-                let server = server.clone();
-                async move {
-                    let inv = invocation_of(&event.context);
-                    Ok::<_, lambda_runtime::Error>(
-                        Box::pin(server.handle(event.payload, inv)).await,
-                    )
-                }
-            },
-        ))
-        .await
+        let handler = service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+            let server = server.clone();
+            async move {
+                let inv = invocation_of(&event.context);
+                Ok::<_, lambda_runtime::Error>(Box::pin(server.handle(event.payload, inv)).await)
+            }
+        });
+        lambda_runtime::Runtime::new(handler)
+            .layer(lambda_runtime::layers::TracingLayer::new())
+            .layer(lambda_runtime::tower::layer::layer_fn(FlushAfterResponse))
+            .run()
+            .await
     })
+}
+
+/// Exports the invocation's spans once its response has been posted to the Runtime API and
+/// before the next event is polled: the response never waits on the span exporters, and the
+/// environment is not frozen with spans still buffered.
+struct FlushAfterResponse<S>(S);
+
+impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for FlushAfterResponse<S>
+where
+    S: lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation, Response = ()>,
+    S::Future: 'static,
+{
+    type Response = ();
+    type Error = S::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), S::Error>>>>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, invocation: lambda_runtime::LambdaInvocation) -> Self::Future {
+        let served = self.0.call(invocation);
+        Box::pin(async move {
+            let result = served.await;
+            crate::telemetry::flush().await;
+            result
+        })
+    }
 }
 
 /// Clients shared by every call: one DynamoDB client, one pooled HTTP client.
@@ -87,8 +119,12 @@ pub fn build_clients(
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .build()?;
+    // Every DynamoDB call made inside a traced request gets its own CLIENT span.
+    let dynamodb = aws_sdk_dynamodb::config::Builder::from(sdk)
+        .interceptor(crate::telemetry::AwsSdkSpans)
+        .build();
     Ok(Clients {
-        dynamodb: aws_sdk_dynamodb::Client::new(sdk),
+        dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
         http,
         secretsmanager: aws_sdk_secretsmanager::Client::new(sdk),
         kms: aws_sdk_kms::Client::new(sdk),
@@ -219,18 +255,7 @@ pub fn install_panic_hook() {
 }
 
 /// JSON logs on stdout, filtered by `AWS_LAMBDA_LOG_LEVEL` (Lambda's log-level control) or
-/// `RUST_LOG`, default `info`.
+/// `RUST_LOG`, default `info`; no span export ([`crate::telemetry::install`] adds it).
 pub fn init_logging() {
-    let filter = std::env::var("AWS_LAMBDA_LOG_LEVEL")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| "info".to_owned())
-        .to_lowercase();
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_current_span(false)
-        .with_span_list(false)
-        .with_target(false)
-        .without_time()
-        .try_init();
+    crate::telemetry::install(&crate::telemetry::TelemetryConfig::off(), "tollgate");
 }

@@ -3,7 +3,8 @@
 //! One pipeline serves every MCP request, in the order of the request path in DESIGN.md:
 //! transport and JSON-RPC checks ([`protocol`]), authentication ([`auth`]), authorization by
 //! scope, argument validation and the tool run ([`tool`], [`server`]), then one audit record
-//! ([`audit`]). The same handler is fed an API Gateway HTTP API (payload 2.0) event whoever calls
+//! ([`audit`]), all inside one server span continuing the caller's trace ([`trace`],
+//! [`telemetry`]). The same handler is fed an API Gateway HTTP API (payload 2.0) event whoever calls
 //! it: the Lambda runtime ([`lambda`]), the gateway's forward ([`gateway`]) or the local stack.
 
 pub mod audit;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tool;
 pub mod trace;
 

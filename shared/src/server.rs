@@ -17,6 +17,7 @@ use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse
 use futures::FutureExt as _;
 use rmcp::model::{CallToolResult, ContentBlock as Content};
 use serde_json::{Value, json};
+use tracing::Instrument as _;
 
 use crate::audit::{AuditRecord, AuditSink, CallStatus, HashKey, redact_arguments};
 use crate::auth::{Authenticator, Principal};
@@ -30,6 +31,7 @@ use crate::http::{Request, Response};
 use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
 use crate::protocol::version::{self, Era, Negotiated};
 use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS, transport};
+use crate::telemetry;
 use crate::tool::{Clients, ToolContext, ToolError};
 use crate::trace::TraceContext;
 
@@ -248,23 +250,53 @@ impl Server {
             }
             Err((e, id)) => return self.reject(Rejection::Parse(e), id.as_ref()),
         };
-        let negotiated = match version::negotiate(&req, &rpc) {
+        // One trace per agent request: the server span continues the caller's context.
+        let trace = TraceContext::extract(rpc.meta(), req.headers(), inv.trace_id.as_deref());
+        let tool = (rpc.method == "tools/call")
+            .then(|| rpc.params.get("name").and_then(Value::as_str))
+            .flatten()
+            .and_then(|n| self.catalog.get(n))
+            .map(|t| t.spec().name);
+        let span = telemetry::server_span(
+            span_method(&rpc.method),
+            tool,
+            &span_request_id(&rpc.id),
+            &trace,
+        );
+        self.serve(&req, event, &rpc, &trace, inv, started)
+            .instrument(span)
+            .await
+    }
+
+    /// A parsed JSON-RPC request, inside its server span.
+    async fn serve(
+        &self,
+        req: &Request<'_>,
+        event: &ApiGatewayV2httpRequest,
+        rpc: &RpcRequest,
+        trace: &TraceContext,
+        inv: &Invocation,
+        started: Instant,
+    ) -> Response {
+        let negotiated = match version::negotiate(req, rpc) {
             Ok(n) => n,
             Err(r) => return self.reject(r, Some(&rpc.id)),
         };
+        tracing::Span::current().record("mcp.protocol.version", negotiated.version.as_str());
         if !is_known_method(negotiated.era, &rpc.method) {
             let http_404 = negotiated.era == Era::Modern;
             return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
         }
         if rpc.method == "tools/call" {
             return self
-                .tools_call(&req, event, &rpc, &negotiated, inv, started)
+                .tools_call(req, event, rpc, &negotiated, trace, inv, started)
                 .await;
         }
-        let principal = match self.auth.authenticate(&req).await {
+        let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
             Err(d) => return self.deny(&req, d.error.into(), Some(&rpc.id)),
         };
+        tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
         let result = match rpc.method.as_str() {
             "initialize" => self.initialize_result(&negotiated.version),
             "ping" => json!({}),
@@ -287,7 +319,13 @@ impl Server {
         }
     }
 
+    /// An error response; its reason is the server span's `error.type` (recorded here only,
+    /// so a span holds one).
     fn reject(&self, r: Rejection, id: Option<&RequestId>) -> Response {
+        telemetry::record_error(
+            r.reason(),
+            matches!(r, Rejection::Unavailable { .. } | Rejection::Internal),
+        );
         r.into_response(id, self.metadata_url.as_deref())
     }
 
@@ -416,29 +454,23 @@ impl Server {
         result
     }
 
-    #[tracing::instrument(name = "tools/call", skip_all, fields(
-        mcp.method.name = "tools/call",
-        trace_id = tracing::field::Empty,
-        gen_ai.tool.name = tracing::field::Empty,
-        enduser.id = tracing::field::Empty,
-    ))]
+    #[allow(clippy::too_many_arguments)]
     async fn tools_call(
         &self,
         req: &Request<'_>,
         event: &ApiGatewayV2httpRequest,
         rpc: &RpcRequest,
         negotiated: &Negotiated,
+        trace: &TraceContext,
         inv: &Invocation,
         started: Instant,
     ) -> Response {
         let empty = json!({});
         let args = rpc.params.get("arguments").unwrap_or(&empty);
         let name = rpc.params.get("name").and_then(Value::as_str);
-        let trace = TraceContext::extract(rpc.meta(), req.headers(), inv.trace_id.as_deref());
-        tracing::Span::current().record("trace_id", trace.xray_trace_id().as_str());
         let mut facts = CallFacts {
             inv,
-            trace: &trace,
+            trace,
             started,
             version: &negotiated.version,
             principal: None,
@@ -472,7 +504,6 @@ impl Server {
             self.write_audit(&facts, CallStatus::InvalidInput, Some("unknown_tool"));
             return self.reject(Rejection::UnknownTool(printable(name)), Some(&rpc.id));
         };
-        tracing::Span::current().record("gen_ai.tool.name", tool.spec().name);
         facts.tool = Some(tool);
         if !args.is_object() {
             self.write_audit(&facts, CallStatus::InvalidInput, Some("invalid_params"));
@@ -493,8 +524,19 @@ impl Server {
             );
         }
         if let Dispatch::Forward(invoker) = &self.dispatch {
-            let forwarded = forward_event(event, &trace);
-            return match invoker.invoke(tool.spec().name, &forwarded, inv).await {
+            let span = telemetry::invoke_span(tool.spec().name);
+            let forwarded = async {
+                // Inside the CLIENT span: the tool function's parent is this call.
+                let forwarded = forward_event(event, trace);
+                let result = invoker.invoke(tool.spec().name, &forwarded, inv).await;
+                if let Err(e) = &result {
+                    telemetry::record_error(e.kind(), true);
+                }
+                result
+            }
+            .instrument(span)
+            .await;
+            return match forwarded {
                 // The tool function wrote the audit record for this call.
                 Ok(resp) => resp,
                 Err(e) => {
@@ -510,6 +552,7 @@ impl Server {
         };
         if let Err(message) = tool.validate(args) {
             self.write_audit(&facts, CallStatus::InvalidInput, Some("schema_validation"));
+            telemetry::record_error("schema_validation", false);
             let result = CallToolResult::error(vec![Content::text(message)]);
             return with_rate_limit(
                 self.call_result(&rpc.id, &result, negotiated.era),
@@ -545,6 +588,7 @@ impl Server {
                         _ => CallStatus::SystemError,
                     };
                     self.write_audit(&facts, status, Some(e.reason()));
+                    telemetry::record_error(e.reason(), status == CallStatus::SystemError);
                     return with_rate_limit(
                         self.call_result(&rpc.id, &e.to_result(provider), negotiated.era),
                         admission.as_ref(),
@@ -552,7 +596,8 @@ impl Server {
                 }
             }
         }
-        let run = AssertUnwindSafe(tool.call(ctx, args.clone())).catch_unwind();
+        let handler = telemetry::handler_span(tool.spec().name);
+        let run = AssertUnwindSafe(tool.call(ctx, args.clone()).instrument(handler)).catch_unwind();
         let outcome = tokio::time::timeout_at(deadline.into(), run).await;
         let (status, reason, result) = match outcome {
             Ok(Ok(Ok(result))) => (CallStatus::Success, None, result),
@@ -587,6 +632,13 @@ impl Server {
             }
         };
         self.write_audit(&facts, status, reason);
+        if status != CallStatus::Success {
+            // MCP semantic conventions: a result with `isError` is a `tool_error`.
+            telemetry::record_error(
+                reason.unwrap_or("tool_error"),
+                status == CallStatus::SystemError,
+            );
+        }
         with_rate_limit(
             self.call_result(&rpc.id, &result, negotiated.era),
             admission.as_ref(),
@@ -773,6 +825,23 @@ fn is_known_method(era: Era, method: &str) -> bool {
     match era {
         Era::Legacy => matches!(method, "initialize" | "ping" | "tools/list" | "tools/call"),
         Era::Modern => matches!(method, "server/discover" | "tools/list" | "tools/call"),
+    }
+}
+
+/// The method as a span names it: a method MCP defines, else `_OTHER` (the caller's string
+/// never becomes a span name).
+fn span_method(method: &str) -> &str {
+    match method {
+        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover" => method,
+        _ => "_OTHER",
+    }
+}
+
+/// The JSON-RPC id as a span attribute: numbers as they are, strings printable and bounded.
+fn span_request_id(id: &RequestId) -> String {
+    match id {
+        RequestId::Number(n) => n.to_string(),
+        RequestId::String(s) => printable(s),
     }
 }
 

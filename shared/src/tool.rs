@@ -141,6 +141,30 @@ impl ToolContext {
         self.trace.outgoing_headers()
     }
 
+    /// Sends a downstream HTTP request in its own CLIENT span, carrying the trace headers
+    /// (that span as the parent). Never adds credentials: the agent's token stays here.
+    pub async fn send(
+        &self,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        use tracing::Instrument as _;
+        let (client, request) = request.build_split();
+        let mut request = request?;
+        let span = crate::telemetry::http_client_span(request.method(), request.url());
+        async {
+            for (name, value) in self.trace_headers() {
+                if let Ok(v) = http::HeaderValue::from_str(&value) {
+                    request.headers_mut().insert(name, v);
+                }
+            }
+            let result = client.execute(request).await;
+            crate::telemetry::record_http_outcome(&tracing::Span::current(), &result);
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
     /// Time left before the deadline.
     pub fn remaining(&self) -> std::time::Duration {
         self.deadline.saturating_duration_since(Instant::now())

@@ -36,7 +36,8 @@ pub struct TraceContext {
     pub trace_id: String,
     /// The caller's span (16 hex digits), when the caller named one.
     pub parent_span_id: Option<String>,
-    /// This invocation's span (16 hex digits): the parent of everything it calls.
+    /// This invocation's span (16 hex digits): the id of its server span when spans are
+    /// exported; the parent named downstream when they are not.
     pub span_id: String,
     /// Sampling decision.
     pub sampled: bool,
@@ -174,21 +175,28 @@ impl TraceContext {
         format!("1-{}-{}", &self.trace_id[..8], &self.trace_id[8..])
     }
 
-    /// Headers for an outgoing call made by this invocation.
+    /// Headers for an outgoing call made by this invocation. The parent they name is the
+    /// enclosing span (the CLIENT span of the call) when spans are exported, else this
+    /// invocation's span.
     pub fn outgoing_headers(&self) -> Vec<(&'static str, String)> {
-        let flags = if self.sampled { "01" } else { "00" };
+        let (span_id, sampled) = crate::telemetry::current_span()
+            .filter(|(trace, _, _)| *trace == self.trace_id)
+            .map_or_else(
+                || (self.span_id.clone(), self.sampled),
+                |(_, s, on)| (s, on),
+            );
+        let flags = if sampled { "01" } else { "00" };
         let mut h = vec![
             (
                 "traceparent",
-                format!("00-{}-{}-{flags}", self.trace_id, self.span_id),
+                format!("00-{}-{span_id}-{flags}", self.trace_id),
             ),
             (
                 "x-amzn-trace-id",
                 format!(
-                    "Root={};Parent={};Sampled={}",
+                    "Root={};Parent={span_id};Sampled={}",
                     self.xray_trace_id(),
-                    self.span_id,
-                    u8::from(self.sampled)
+                    u8::from(sampled)
                 ),
             ),
         ];

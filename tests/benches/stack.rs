@@ -4,6 +4,10 @@
 //!    event (a Runtime API on loopback answers it), and until its first response is posted.
 //! 2. Latency of `tools/call` through the local stack (gateway and direct routes) against a
 //!    real DynamoDB-protocol server, p50 / p99 over sequential calls.
+//! 3. CPU per call of spans on that warm path: off, exported to X-Ray (UDP), exported over
+//!    OTLP/HTTP, to sinks on loopback.
+//!
+//! `cargo bench -p tollgate-tests --bench stack -- tracing` runs only the span figures.
 //!
 //! Needs `target/release/lookup_customer` (the Makefile builds it) and `.venv` (moto).
 
@@ -153,7 +157,7 @@ async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
+async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Result<()> {
     let moto_port = free_port()?;
     let mut moto = tokio::process::Command::new(root.join(".venv/bin/python"))
         .arg(root.join("tests/stack/moto_server.py"))
@@ -210,6 +214,12 @@ async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
         )
         .await?;
     let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;
+    if only_tracing {
+        tracing_cost(routes, &token).await?;
+        moto.kill().await?;
+        return Ok(());
+    }
+    let bench_routes = routes.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     let server = tokio::spawn(async move {
@@ -248,6 +258,7 @@ async fn stack_latency(root: &std::path::Path) -> anyhow::Result<()> {
         );
     }
     server.abort();
+    tracing_cost(bench_routes, &token).await?;
     let bench_store = Arc::new(tollgate::store::DynamoStore::new(
         aws_sdk_dynamodb::Client::new(&sdk),
         config.table.clone(),
@@ -516,6 +527,184 @@ async fn jwt_cost(root: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Calls measured per span configuration and round (after a warm-up).
+const TRACED_CALLS: u32 = 300;
+/// Rounds, each running every configuration once; the figure is the median round.
+const TRACED_ROUNDS: usize = 5;
+
+/// CPU per call of spans on the warm path: `tools/call lookup_customer` through the gateway
+/// (in-process forward, cached key, three budget writes, one DynamoDB read: 11 spans with
+/// spans on), driven on its own thread under a subscriber built as `telemetry::install`
+/// builds it, with spans off, then exported to an X-Ray daemon socket (UDP) and to an OTLP/HTTP
+/// receiver on loopback, flushed after every call as the Lambda runtime layer does (and, to
+/// show what the per-invocation flush costs, X-Ray flushed every 50 calls). CPU is
+/// summed over this process's threads except the main runtime's, which serves the sinks (and
+/// the SDK connections opened earlier, alike in every configuration): the difference to "off"
+/// is the cost of creating, recording, translating, encoding and sending the spans. The
+/// configurations alternate over several rounds and each figure is the median round, so a
+/// neighbour's load (CI builds on the same 2 cores) spreads over all of them alike.
+async fn tracing_cost(
+    routes: tollgate_tests::http_front::Routes,
+    token: &str,
+) -> anyhow::Result<()> {
+    use tollgate::telemetry::TelemetryConfig;
+    let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await?;
+    let xray = udp.local_addr()?;
+    let udp_sink = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while udp.recv(&mut buf).await.is_ok() {}
+    });
+    let otlp = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let otlp_url = format!("http://{}/v1/traces", otlp.local_addr()?);
+    let otlp_sink = tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            post(|_body: axum::body::Bytes| async {
+                (
+                    [("content-type", "application/x-protobuf")],
+                    Vec::<u8>::new(),
+                )
+            }),
+        );
+        axum::serve(otlp, app).await
+    });
+    let with_xray = TelemetryConfig {
+        xray_daemon: Some(xray),
+        ..TelemetryConfig::off()
+    };
+    // (label, configuration, flush after every n calls: 1 is what Lambda does).
+    let configs = [
+        ("off", TelemetryConfig::off(), 1),
+        ("X-Ray daemon (UDP)", with_xray.clone(), 1),
+        (
+            "OTLP/HTTP protobuf",
+            TelemetryConfig {
+                otlp_traces_endpoint: Some(otlp_url),
+                ..TelemetryConfig::off()
+            },
+            1,
+        ),
+        ("X-Ray daemon (UDP), flushed every 50 calls", with_xray, 50),
+    ];
+    let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); configs.len()];
+    for _ in 0..TRACED_ROUNDS {
+        for (i, (_, config, flush_every)) in configs.iter().enumerate() {
+            let (routes, token, config) = (routes.clone(), token.to_owned(), config.clone());
+            let flush_every = *flush_every;
+            let per_call = tokio::task::spawn_blocking(move || {
+                std::thread::Builder::new()
+                    .name("bench-calls".into())
+                    .spawn(move || traced_calls(&routes, &token, &config, flush_every))?
+                    .join()
+                    .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+            })
+            .await??;
+            samples[i].push(per_call);
+        }
+    }
+    let medians: Vec<f64> = samples
+        .iter_mut()
+        .map(|s| {
+            s.sort();
+            s[s.len() / 2].as_secs_f64() * 1e6
+        })
+        .collect();
+    for (i, (label, _, _)) in configs.iter().enumerate() {
+        let extra = if i == 0 {
+            String::new()
+        } else {
+            format!(", +{:.1} us over spans off", medians[i] - medians[0])
+        };
+        eprintln!(
+            "spans {label}: tools/call lookup_customer via gateway, {TRACED_ROUNDS} rounds of {TRACED_CALLS} warm calls: median {:.1} us CPU per call{extra}",
+            medians[i]
+        );
+    }
+    udp_sink.abort();
+    otlp_sink.abort();
+    Ok(())
+}
+
+/// Runs the calls on a current-thread runtime under the configuration's subscriber; CPU per
+/// call (see [`tracing_cost`]).
+fn traced_calls(
+    routes: &tollgate_tests::http_front::Routes,
+    token: &str,
+    config: &tollgate::telemetry::TelemetryConfig,
+    flush_every: u32,
+) -> anyhow::Result<Duration> {
+    let telemetry = tollgate::telemetry::build(config, "bench");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let body = br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"lookup_customer","arguments":{"email":"ada@example.com"}}}"#;
+    let authorization = format!("Bearer {token}");
+    let traceparent = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+    tracing::dispatcher::with_default(&telemetry.dispatch, || {
+        rt.block_on(async {
+            let mut started = Duration::ZERO;
+            for i in 0..TRACED_CALLS + 20 {
+                if i == 20 {
+                    if let Some(provider) = &telemetry.provider {
+                        let _ = provider.force_flush(); // the warm-up's spans
+                    }
+                    started = cpu_time()?;
+                }
+                let event = tollgate::http::event_from_parts(
+                    "POST",
+                    "/mcp",
+                    [
+                        ("content-type", "application/json"),
+                        ("authorization", authorization.as_str()),
+                        ("traceparent", traceparent),
+                    ],
+                    Some(body),
+                    "bench",
+                    "127.0.0.1",
+                );
+                let inv = tollgate::Invocation::new("bench", Duration::from_secs(10));
+                let resp = routes.gateway.respond(&event, &inv).await;
+                anyhow::ensure!(resp.status == 200, "status {}", resp.status);
+                if let Some(provider) = &telemetry.provider
+                    && (i + 1) % flush_every == 0
+                {
+                    provider
+                        .force_flush()
+                        .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+                }
+            }
+            if let Some(provider) = &telemetry.provider {
+                provider
+                    .force_flush()
+                    .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
+            }
+            Ok(cpu_time()?.saturating_sub(started) / TRACED_CALLS)
+        })
+    })
+}
+
+/// CPU time of this process's threads, except the main runtime's workers and the main thread
+/// (Linux `/proc/self/task/*/schedstat`, nanoseconds on CPU).
+fn cpu_time() -> anyhow::Result<Duration> {
+    let mut ns = 0u64;
+    for task in std::fs::read_dir("/proc/self/task")? {
+        let dir = task?.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let is_main =
+            dir.file_name().and_then(|n| n.to_str()) == Some(&std::process::id().to_string());
+        if is_main || name.starts_with("tokio-runtime-w") {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("schedstat")).unwrap_or_default();
+        ns += stat
+            .split_whitespace()
+            .next()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(Duration::from_nanos(ns))
+}
+
 fn humantime_now() -> String {
     humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()
 }
@@ -538,6 +727,9 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if std::env::args().any(|a| a == "tracing") {
+        return stack_latency(&root, true).await;
+    }
     let binary = root.join("target/release/lookup_customer");
     anyhow::ensure!(
         binary.exists(),
@@ -546,6 +738,6 @@ async fn main() -> anyhow::Result<()> {
     audit_cost()?;
     jwt_cost(&root).await?;
     cold_init(&binary).await?;
-    stack_latency(&root).await?;
+    stack_latency(&root, false).await?;
     Ok(())
 }

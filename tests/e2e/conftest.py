@@ -38,6 +38,7 @@ from helpers import (
     TOOL_SCOPES,
     unique,
 )
+from span_sinks import SpanSinks
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -148,6 +149,8 @@ class Stack(_Endpoints):
     stderr_path: Path
     demo_token: str
     env: dict[str, str] = field(repr=False)
+    # Span receivers the stack exports to (OTLP/HTTP and X-Ray UDP); None for private stacks.
+    spans: SpanSinks | None = field(default=None, repr=False)
 
     # --- URLs -----------------------------------------------------------------------------
     def audit_since(self, offset: int) -> list[dict[str, Any]]:
@@ -258,6 +261,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
     workdir = tmp_path_factory.mktemp("stack")
     ddb_port, port, carrier_port = _free_ports(3)
+    # Every request of the suite is traced and exported to real receivers on loopback.
+    sinks = SpanSinks()
     ddb_url = f"http://127.0.0.1:{ddb_port}"
 
     # A clean environment: nothing from a developer's shell (TOLLGATE_*, AWS profile, endpoints)
@@ -289,6 +294,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         RUST_BACKTRACE="0",
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
+        **sinks.env(),
     )
 
     moto_log = workdir / "moto.log"
@@ -331,6 +337,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             stderr_path=stderr_path,
             demo_token=demo_token,
             env=env,
+            spans=sinks,
             _procs=procs,
         )
         # The example tools ship low global budgets (open_ticket: 6/min); a test run calls them
@@ -344,6 +351,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             _stop(proc)
             if proc in _started:
                 _started.remove(proc)
+        sinks.close()
 
 
 @pytest.fixture(scope="session")

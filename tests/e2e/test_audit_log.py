@@ -172,7 +172,7 @@ def test_a_burst_of_calls_gives_one_record_each(stack, http) -> None:
 # --- personal data and credentials -------------------------------------------------------------
 
 
-def test_no_pii_or_credentials_in_logs_or_responses(stack, http) -> None:
+def test_no_pii_or_credentials_in_logs_spans_or_responses(stack, http) -> None:
     agent, key = stack.agent_with_key(["customers:read", "tickets:write"], prefix="pii")
     token = key["token"]
     marker = uuid.uuid4().hex[:12]
@@ -193,6 +193,7 @@ def test_no_pii_or_credentials_in_logs_or_responses(stack, http) -> None:
 
     offset = stack.stdout_offset()
     err_offset = stack.stderr_path.stat().st_size
+    span_mark = stack.spans.mark()
     responses = []
     for url_tool in ("gateway", "tool"):
         for modern in (False, True):
@@ -229,6 +230,13 @@ def test_no_pii_or_credentials_in_logs_or_responses(stack, http) -> None:
     for what, value in needles.items():
         leaking = [line for line in logs.splitlines() if value in line]
         assert not leaking, f"{what} appears in the stack's logs, e.g.: {leaking[0][:600]}"
+    # Nor in the spans the stack exported: OTLP protobuf and X-Ray segment documents.
+    stack.spans.settle()
+    exported = stack.spans.bytes_since(span_mark)
+    assert exported, "the calls were traced and exported"
+    for what, value in needles.items():
+        leaking = [b for b in exported if value.encode() in b]
+        assert not leaking, f"{what} appears in exported spans, e.g.: {leaking[0][:600]!r}"
     # Audit records name the agent, but only describe arguments.
     records = [json.loads(line) for line in stack.stdout_lines_since(offset) if '"kind":"audit"' in line]
     assert len(records) == len(responses)

@@ -260,7 +260,10 @@ fn rand_key() -> [u8; 32] {
 
 /// Runs the local stack until interrupted.
 pub async fn run() -> anyhow::Result<()> {
-    tollgate::lambda::init_logging();
+    tollgate::telemetry::install(
+        &tollgate::telemetry::TelemetryConfig::from_env(),
+        "tollgate-dev",
+    );
     tollgate::lambda::install_panic_hook();
     let port: u16 = std::env::var("PORT")
         .ok()
@@ -329,6 +332,7 @@ pub async fn run() -> anyhow::Result<()> {
             let _ = tokio::signal::ctrl_c().await;
         })
         .await?;
+    tollgate::telemetry::shutdown();
     Ok(())
 }
 

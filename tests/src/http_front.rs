@@ -76,6 +76,8 @@ async fn handle(
     }
     let inv = Invocation::new(request_id, routes.timeout);
     let resp = server.respond(&event, &inv).await;
+    // As on Lambda: spans are exported after the response, never on its path.
+    tokio::spawn(tollgate::telemetry::flush());
     let mut out = AxumResponse::new(axum::body::Body::from(resp.body.unwrap_or_default()));
     *out.status_mut() = StatusCode::from_u16(resp.status).unwrap_or(StatusCode::BAD_GATEWAY);
     *out.headers_mut() = resp.headers;

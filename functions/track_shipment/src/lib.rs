@@ -1,7 +1,8 @@
 //! `track_shipment`: asks the carrier's HTTP API where a parcel is.
 //!
 //! Calls a downstream API whose base URL is configured (`TRACK_SHIPMENT_API_URL`), with a
-//! timeout inside the invocation's deadline. The agent's credentials are never passed on.
+//! timeout inside the invocation's deadline, in a CLIENT span that the trace headers name as
+//! the parent. The agent's credentials are never passed on.
 
 use std::time::Duration;
 
@@ -91,17 +92,15 @@ impl Tool for TrackShipment {
             .as_deref()
             .ok_or_else(|| ToolError::system("TRACK_SHIPMENT_API_URL is not configured"))?;
         let timeout = ctx.remaining().min(DOWNSTREAM_TIMEOUT);
-        let mut request = ctx
+        let request = ctx
             .clients
             .http
             .get(format!("{base}/v1/shipments/{}", input.tracking_number))
             .header("x-request-id", &ctx.request_id)
             .timeout(timeout);
-        for (name, value) in ctx.trace_headers() {
-            request = request.header(name, value);
-        }
-        let resp = request
-            .send()
+        // In a CLIENT span, with the trace headers naming it as the parent.
+        let resp = ctx
+            .send(request)
             .await
             .map_err(|e| ToolError::system(e.without_url()))?;
         match resp.status().as_u16() {

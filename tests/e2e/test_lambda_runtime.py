@@ -1,0 +1,131 @@
+"""A function binary under the real Lambda runtime loop, against a Runtime API on loopback:
+its spans reach an OTLP receiver after the response was posted and before the next event is
+polled (the response never waits on export, and nothing is left buffered while Lambda would
+freeze the environment)."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import subprocess
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+from span_sinks import OtlpReceiver
+
+REPO = Path(__file__).resolve().parents[2]
+FUNCTION_BIN = Path(os.environ.get("TOLLGATE_FUNCTION_BIN", REPO / "target" / "debug" / "lookup_customer"))
+FIXTURE = REPO / "events" / "lookup_customer.call-ok.json"
+
+
+class RuntimeApi:
+    """Serves one invocation, records when its response arrived and when the next poll came."""
+
+    def __init__(self, event: dict[str, Any], trace_header: str) -> None:
+        self.response_at: float | None = None
+        self.response: dict[str, Any] | None = None
+        self.second_poll_at: float | None = None
+        self._served = False
+        self._release = threading.Event()
+        api = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                if not self.path.endswith("/runtime/invocation/next"):
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                if api._served:
+                    api.second_poll_at = time.monotonic()
+                    api._release.wait(30)  # hold the poll open, as Lambda does between events
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                api._served = True
+                body = json.dumps(event).encode()
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", "req-1")
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int(time.time() * 1000) + 10_000))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn",
+                                 "arn:aws:lambda:us-east-1:000000000000:function:lookup_customer")
+                self.send_header("Lambda-Runtime-Trace-Id", trace_header)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_POST(self) -> None:  # noqa: N802
+                length = int(self.headers.get("Content-Length", "0"))
+                data = self.rfile.read(length) if length else b""
+                if self.path.endswith("/response"):
+                    api.response_at = time.monotonic()
+                    api.response = json.loads(data or b"{}")
+                self.send_response(202)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.address = f"127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._release.set()
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path) -> None:
+    assert FUNCTION_BIN.exists(), f"{FUNCTION_BIN} is missing: run `make build-debug`"
+    trace_id = secrets.token_hex(16)
+    event = json.loads(FIXTURE.read_text())
+    event["headers"].pop("authorization")  # a 401, answered without any AWS call
+    event["headers"]["traceparent"] = f"00-{trace_id}-00f067aa0ba902b7-01"
+    event["body"] = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
+    receiver = OtlpReceiver()
+    api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_"))}
+    env.update(
+        AWS_LAMBDA_RUNTIME_API=api.address,
+        AWS_LAMBDA_FUNCTION_NAME="lookup_customer",
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="local",
+        AWS_SECRET_ACCESS_KEY="local",
+        AWS_EC2_METADATA_DISABLED="true",
+        TOLLGATE_RESOURCE_URL="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/mcp",  # the fixture's API
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        NO_PROXY="127.0.0.1,localhost",
+    )
+    proc = subprocess.Popen([str(FUNCTION_BIN)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while api.second_poll_at is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert api.second_poll_at is not None, "the function never polled for a second event"
+        assert api.response is not None and api.response["statusCode"] == 401, api.response
+        ours = [s for s in receiver.spans if s.trace_id == trace_id]
+        assert sorted(s.name for s in ours) == ["authenticate", "tools/list"], ours
+        server = next(s for s in ours if s.name == "tools/list")
+        assert server.kind == "SERVER" and server.parent_span_id == "00f067aa0ba902b7", server
+        assert next(s for s in ours if s.name == "authenticate").parent_span_id == server.span_id
+        assert server.service == "lookup_customer", server
+        assert server.attributes["jsonrpc.request.id"] == "7"
+        assert server.attributes["error.type"], server.attributes
+        # Exported before the next poll (the receiver has them already), not before the response.
+        assert receiver.received_at and api.response_at is not None
+        assert api.response_at <= receiver.received_at[0] <= api.second_poll_at, (
+            api.response_at, receiver.received_at, api.second_poll_at)
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        api.close()
+        receiver.close()

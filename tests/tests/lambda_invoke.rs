@@ -1,0 +1,79 @@
+//! The gateway's Lambda `Invoke` against a Lambda-protocol endpoint on loopback: the request
+//! carries the forwarded event's `X-Amzn-Trace-Id` (so Lambda's own segments for the tool
+//! function join the caller's trace), and the function's response comes back.
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use tollgate::gateway::{Invoker as _, LambdaInvoker};
+use tollgate::server::Invocation;
+
+type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
+
+async fn invocations(
+    State(seen): State<Seen>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+) -> axum::Json<serde_json::Value> {
+    let trace = headers
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    seen.lock()
+        .expect("lock")
+        .push((uri.path().to_owned(), trace));
+    axum::Json(serde_json::json!({
+        "statusCode": 200,
+        "headers": {"content-type": "application/json"},
+        "body": "{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}",
+        "isBase64Encoded": false,
+        "cookies": []
+    }))
+}
+
+#[tokio::test]
+async fn invoke_carries_the_forwarded_trace_header() -> anyhow::Result<()> {
+    let seen = Seen::default();
+    let app = axum::Router::new()
+        .fallback(invocations)
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(&endpoint)
+        .build();
+    let invoker = LambdaInvoker::new(aws_sdk_lambda::Client::from_conf(config), "tollgate-dev-");
+    let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
+    let event = tollgate::http::event_from_parts(
+        "POST",
+        "/mcp",
+        [
+            ("content-type", "application/json"),
+            ("x-amzn-trace-id", header),
+        ],
+        Some(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#),
+        "req-1",
+        "127.0.0.1",
+    );
+    let inv = Invocation::new("req-1", std::time::Duration::from_secs(5));
+    let resp = invoker.invoke("track_shipment", &event, &inv).await?;
+    assert_eq!(resp.status, 200);
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(
+        seen,
+        vec![(
+            "/2015-03-31/functions/tollgate-dev-track_shipment/invocations".to_owned(),
+            Some(header.to_owned())
+        )]
+    );
+    server.abort();
+    Ok(())
+}
