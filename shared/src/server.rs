@@ -294,7 +294,7 @@ impl Server {
         }
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
-            Err(d) => return self.deny(&req, d.error.into(), Some(&rpc.id)),
+            Err(d) => return self.deny(req, d.error.into(), Some(&rpc.id)),
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
         let result = match rpc.method.as_str() {
