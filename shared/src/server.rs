@@ -322,10 +322,7 @@ impl Server {
     /// An error response; its reason is the server span's `error.type` (recorded here only,
     /// so a span holds one).
     fn reject(&self, r: Rejection, id: Option<&RequestId>) -> Response {
-        telemetry::record_error(
-            r.reason(),
-            matches!(r, Rejection::Unavailable { .. } | Rejection::Internal),
-        );
+        record_rejection(&r);
         r.into_response(id, self.metadata_url.as_deref())
     }
 
@@ -342,6 +339,7 @@ impl Server {
                     req.path().trim_end_matches('/')
                 )
             });
+        record_rejection(&r);
         r.into_response(id, own.as_deref().or(self.metadata_url.as_deref()))
     }
 
@@ -777,6 +775,16 @@ fn forward_event(event: &ApiGatewayV2httpRequest, trace: &TraceContext) -> ApiGa
         out.body = Some(v.to_string());
     }
     out
+}
+
+/// Marks the server span with the refusal (`error.type`; an error status for server faults).
+fn record_rejection(r: &Rejection) {
+    let server_fault = match r {
+        Rejection::Unavailable { .. } | Rejection::Internal => true,
+        Rejection::Auth(a) => a.is_unavailable(),
+        _ => false,
+    };
+    telemetry::record_error(r.reason(), server_fault);
 }
 
 /// The RFC 9728 well-known prefix.
