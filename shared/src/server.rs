@@ -327,10 +327,12 @@ impl Server {
     }
 
     /// An authentication or scope refusal: its `WWW-Authenticate` names the metadata of the
-    /// resource the request addressed (a direct tool route is a resource of its own).
+    /// resource the request addressed (a direct tool route is a resource of its own). A 401 on
+    /// a tool route also names the scope that route needs, as the MCP authorization spec
+    /// recommends; on `/mcp` clients take the scopes from the metadata.
     fn deny(&self, req: &Request<'_>, r: Rejection, id: Option<&RequestId>) -> Response {
-        let own = self
-            .tool_route(req.path())
+        let tool = self.tool_route(req.path());
+        let own = tool
             .and(self.config.resource_url.as_deref())
             .and_then(origin_of)
             .map(|origin| {
@@ -340,7 +342,22 @@ impl Server {
                 )
             });
         record_rejection(&r);
-        r.into_response(id, own.as_deref().or(self.metadata_url.as_deref()))
+        let mut resp = r.into_response(id, own.as_deref().or(self.metadata_url.as_deref()));
+        if resp.status == 401
+            && let Some(tool) = tool
+            && let Some(challenge) = resp
+                .headers
+                .get(http::header::WWW_AUTHENTICATE)
+                .and_then(|v| v.to_str().ok())
+            && let Ok(with_scope) = http::HeaderValue::from_str(&format!(
+                "{challenge}, scope=\"{}\"",
+                tool.spec().scope
+            ))
+        {
+            resp.headers
+                .insert(http::header::WWW_AUTHENTICATE, with_scope);
+        }
+        resp
     }
 
     /// The tool a `/tools/{tool}/mcp` path names, when this server serves it.

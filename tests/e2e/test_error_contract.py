@@ -192,6 +192,12 @@ def test_missing_credentials_is_401(stack, http, url, method) -> None:
     assert challenge.startswith('Bearer realm="tollgate"'), challenge
     assert "error=" not in challenge, "no error code when no credentials were sent (RFC 6750 3.1)"
     assert f'resource_metadata="{metadata_url_of(url)}"' in challenge, challenge
+    # A tool route names the scope it needs; /mcp leaves scopes to the metadata.
+    if "/tools/" in url:
+        tool = url.split("/tools/", 1)[1].split("/", 1)[0]
+        assert challenge.endswith(f'scope="{CATALOG_SCOPES[tool]}"'), challenge
+    else:
+        assert "scope=" not in challenge, challenge
     assert err["data"]["reason"] == "missing_credentials"
 
 
