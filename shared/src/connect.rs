@@ -206,8 +206,8 @@ pub fn user_of(principal: &Principal) -> &str {
 
 type Item = HashMap<String, AttributeValue>;
 
-/// Tokens the provider's token endpoint returned.
-#[derive(Debug, serde::Deserialize)]
+/// Tokens the provider's token endpoint returned (no `Debug`: it holds both tokens).
+#[derive(serde::Deserialize)]
 struct TokenResponse {
     access_token: String,
     #[serde(default)]
@@ -221,8 +221,8 @@ enum Refreshed {
     InvalidGrant,
 }
 
-/// The vault and the refresh logic. One per process.
-#[derive(Debug)]
+/// The vault and the refresh logic. One per process. Its `Debug` shows neither the cached
+/// client secrets nor tokens.
 pub struct Connections {
     db: aws_sdk_dynamodb::Client,
     table: String,
@@ -234,6 +234,26 @@ pub struct Connections {
     owner: String,
     client_secrets: tokio::sync::Mutex<HashMap<String, (String, Instant)>>,
     tokens: Mutex<HashMap<(String, String), ProviderToken>>,
+}
+
+impl std::fmt::Debug for Connections {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connections")
+            .field("table", &self.table)
+            .field("providers", &self.config.providers)
+            .field("callback_url", &self.callback_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The KMS encryption context of a vault token: a ciphertext only decrypts for its own user,
+/// provider and field (and IAM allows the key only under this context).
+fn vault_context(user: &str, provider: &str, field: &str) -> HashMap<String, String> {
+    HashMap::from([
+        ("tollgate:user".to_owned(), user.to_owned()),
+        ("tollgate:provider".to_owned(), provider.to_owned()),
+        ("tollgate:field".to_owned(), field.to_owned()),
+    ])
 }
 
 fn s(v: impl Into<String>) -> AttributeValue {
@@ -675,9 +695,7 @@ impl Connections {
             .encrypt()
             .key_id(key)
             .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext.as_bytes()))
-            .encryption_context("tollgate:user", user)
-            .encryption_context("tollgate:provider", provider)
-            .encryption_context("tollgate:field", field)
+            .set_encryption_context(Some(vault_context(user, provider, field)))
             .send()
             .await
             .map_err(|e| {
@@ -708,9 +726,7 @@ impl Connections {
             .kms
             .decrypt()
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
-            .encryption_context("tollgate:user", user)
-            .encryption_context("tollgate:provider", provider)
-            .encryption_context("tollgate:field", field)
+            .set_encryption_context(Some(vault_context(user, provider, field)))
             .send()
             .await
             .map_err(|e| {

@@ -71,13 +71,22 @@ struct Introspected {
     until: Instant,
 }
 
-/// Client credentials for the introspection endpoint.
-#[derive(Debug, Clone, serde::Deserialize)]
+/// Client credentials for the introspection endpoint. Its `Debug` never shows the secret.
+#[derive(Clone, serde::Deserialize)]
 pub struct ClientCredentials {
     /// OAuth client id.
     pub client_id: String,
     /// OAuth client secret.
     pub client_secret: String,
+}
+
+impl std::fmt::Debug for ClientCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentials")
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"[redacted]")
+            .finish()
+    }
 }
 
 /// Where introspection credentials come from (Secrets Manager on Lambda and locally).
@@ -700,6 +709,15 @@ mod tests {
         let keys = pinned_keys(&set);
         assert_eq!(keys.keys().collect::<Vec<_>>(), ["ec"]);
         assert_eq!(keys["ec"].alg, Algorithm::ES256);
+    }
+
+    #[test]
+    fn client_secrets_never_show_in_debug() {
+        let c = ClientCredentials {
+            client_id: "rs".into(),
+            client_secret: "very-secret".into(),
+        };
+        assert!(!format!("{c:?}").contains("very-secret"));
     }
 
     #[test]
