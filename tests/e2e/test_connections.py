@@ -21,8 +21,7 @@ import boto3
 import httpx2
 import pytest
 
-from helpers import TABLE
-from helpers import rpc_result, tool_call, unique
+from helpers import TABLE, rpc_result, tool_call
 from test_oauth import authz  # noqa: F401  (fixture)
 
 PROVIDER = "demo_account"

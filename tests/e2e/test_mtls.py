@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from helpers import ACCEPT, KEY_CACHE_TTL_SECS, rpc_error, rpc_result, tool_call, unique
+from helpers import KEY_CACHE_TTL_SECS, rpc_error, rpc_result, tool_call, unique
 from test_oauth import authz, ensure_introspection_secret, oauth_overrides  # noqa: F401  (fixture)
 
 ADA = {"email": "ada@example.com"}
