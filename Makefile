@@ -32,9 +32,10 @@ test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the of
 test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
 	tests/conformance/run.sh
 
-bench: $(VENV)/.stamp ## cold init, tools/call latency, budget figures, span cost (release build; figures on stderr)
-	$(CARGO) build --release --bin lookup_customer
+bench: $(VENV)/.stamp ## cold start and size of every function, tools/call latency, budget figures, span cost (release build; figures on stderr)
+	$(CARGO) build --release $(addprefix --bin ,$(TOOLS))
 	@mkdir -p target/bench
+	$(CARGO) bench -p tollgate-tests --bench cold_start
 	$(CARGO) bench -p tollgate-tests --bench stack > target/bench/stack-logs.jsonl
 
 invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json

@@ -45,6 +45,8 @@ type Setup = Result<(Catalog, Option<Dispatch>), lambda_runtime::Error>;
 
 fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "tollgate".into());
+    // The extra CA bundle, when one is named, is read before anything makes a client.
+    let trust = crate::tls::Trust::process()?;
     crate::telemetry::install(&crate::telemetry::TelemetryConfig::from_env(), &function);
     install_panic_hook();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -52,7 +54,7 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
         .build()?;
     rt.block_on(async move {
         let config = Arc::new(Config::from_env()?);
-        let sdk = aws_config::load_from_env().await;
+        let sdk = load_sdk_config(&trust).await;
         let (catalog, dispatch) = setup(&sdk)?;
         let clients = Arc::new(build_clients(&sdk, config.clone())?);
         let function = config.function_name.clone();
@@ -110,12 +112,26 @@ where
     }
 }
 
-/// Clients shared by every call: one DynamoDB client, one pooled HTTP client.
+/// The AWS SDK configuration from the environment (Lambda's region and credentials, or
+/// `AWS_ENDPOINT_URL*` for a local DynamoDB server), with the HTTPS client of
+/// [`crate::tls::Trust`]. Touches no network: credentials and endpoints resolve on the first
+/// request.
+pub async fn load_sdk_config(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
+    aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(trust.aws_http_client())
+        .load()
+        .await
+}
+
+/// Clients shared by every call: one DynamoDB client, one pooled HTTP client (TLS from
+/// [`crate::tls::Trust::process`]).
 pub fn build_clients(
     sdk: &aws_config::SdkConfig,
     config: Arc<Config>,
 ) -> Result<Clients, reqwest::Error> {
-    let http = reqwest::Client::builder()
+    let trust = crate::tls::Trust::process().unwrap_or_default();
+    let http = trust
+        .reqwest()
         .user_agent(concat!("tollgate/", env!("CARGO_PKG_VERSION")))
         .connect_timeout(Duration::from_secs(2))
         .build()?;

@@ -355,9 +355,18 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
                 .build(),
         );
     if let Some(endpoint) = &config.otlp_traces_endpoint {
-        use opentelemetry_otlp::WithExportConfig as _;
+        use opentelemetry_otlp::{WithExportConfig as _, WithHttpConfig as _};
+        // The process's TLS (compiled-in roots, one crypto library), not reqwest's default,
+        // which would read the system's CA store here, at init.
+        let trust = crate::tls::Trust::process().map_err(|e| e.to_string())?;
+        let client = trust
+            .reqwest_blocking()
+            .timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| format!("OTLP HTTP client: {e}"))?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
+            .with_http_client(client)
             .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
             .with_endpoint(endpoint.clone())
             .with_timeout(Duration::from_secs(3))

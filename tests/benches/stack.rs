@@ -1,92 +1,23 @@
 //! `make bench`: the figures README.md publishes.
 //!
-//! 1. Cold init of a function binary: exec until it asks the Lambda Runtime API for its first
-//!    event (a Runtime API on loopback answers it), and until its first response is posted.
-//! 2. Latency of `tools/call` through the local stack (gateway and direct routes) against a
+//! (Cold start and size of every function binary: `benches/cold_start.rs`.)
+//!
+//! 1. Latency of `tools/call` through the local stack (gateway and direct routes) against a
 //!    real DynamoDB-protocol server, p50 / p99 over sequential calls.
-//! 3. CPU per call of spans on that warm path: off, exported to X-Ray (UDP), exported over
+//! 2. CPU per call of spans on that warm path: off, exported to X-Ray (UDP), exported over
 //!    OTLP/HTTP, to sinks on loopback.
 //!
 //! `cargo bench -p tollgate-tests --bench stack -- tracing` runs only the span figures.
 //!
-//! Needs `target/release/lookup_customer` (the Makefile builds it) and `.venv` (moto).
+//! Needs `.venv` (moto).
 
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
-use axum::http::HeaderMap;
-use axum::routing::{get, post};
+use axum::routing::post;
 
-const SPAWNS: usize = 20;
 const CALLS: usize = 400;
-
-#[derive(Default)]
-struct RuntimeApi {
-    next_at: Mutex<Option<Instant>>,
-    response_at: Mutex<Option<Instant>>,
-    served: Mutex<bool>,
-}
-
-async fn next(State(api): State<Arc<RuntimeApi>>) -> (HeaderMap, String) {
-    let first = {
-        let mut served = api.served.lock().expect("lock");
-        let first = !*served;
-        *served = true;
-        first
-    };
-    if !first {
-        // Hold the second poll open: the bench kills the process.
-        tokio::time::sleep(Duration::from_secs(60)).await;
-    }
-    api.next_at
-        .lock()
-        .expect("lock")
-        .get_or_insert_with(Instant::now);
-    let mut h = HeaderMap::new();
-    let deadline = (std::time::SystemTime::now() + Duration::from_secs(10))
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock")
-        .as_millis();
-    h.insert(
-        "lambda-runtime-aws-request-id",
-        "bench-1".parse().expect("hv"),
-    );
-    h.insert(
-        "lambda-runtime-deadline-ms",
-        deadline.to_string().parse().expect("hv"),
-    );
-    h.insert(
-        "lambda-runtime-invoked-function-arn",
-        "arn:aws:lambda:us-east-1:000000000000:function:bench"
-            .parse()
-            .expect("hv"),
-    );
-    h.insert(
-        "lambda-runtime-trace-id",
-        "Root=1-5759e988-bd862e3fe1be46a994272793;Sampled=1"
-            .parse()
-            .expect("hv"),
-    );
-    let event = tollgate::http::event_from_parts(
-        "POST",
-        "/tools/lookup_customer/mcp",
-        [("content-type", "application/json")],
-        Some(br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#),
-        "bench-1",
-        "127.0.0.1",
-    );
-    (h, serde_json::to_string(&event).expect("event"))
-}
-
-async fn response(State(api): State<Arc<RuntimeApi>>) -> &'static str {
-    api.response_at
-        .lock()
-        .expect("lock")
-        .get_or_insert_with(Instant::now);
-    "{}"
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
@@ -95,66 +26,6 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
-    let mut inits = Vec::new();
-    let mut firsts = Vec::new();
-    for _ in 0..SPAWNS {
-        let api = Arc::new(RuntimeApi::default());
-        let app = axum::Router::new()
-            .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
-            )
-            .with_state(api.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let server = tokio::spawn(async move { axum::serve(listener, app).await });
-        let start = Instant::now();
-        let mut child = tokio::process::Command::new(binary)
-            .env_clear()
-            .env("AWS_LAMBDA_RUNTIME_API", addr.to_string())
-            .env("AWS_LAMBDA_FUNCTION_NAME", "lookup_customer")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "256")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-            .env("AWS_LAMBDA_LOG_STREAM_NAME", "bench")
-            .env("AWS_LAMBDA_LOG_GROUP_NAME", "bench")
-            .env("AWS_REGION", "us-east-1")
-            .env("AWS_ACCESS_KEY_ID", "bench")
-            .env("AWS_SECRET_ACCESS_KEY", "bench")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()?;
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while api.response_at.lock().expect("lock").is_none() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-        let next_at =
-            (*api.next_at.lock().expect("lock")).ok_or_else(|| anyhow::anyhow!("no /next"))?;
-        let resp_at = (*api.response_at.lock().expect("lock"))
-            .ok_or_else(|| anyhow::anyhow!("no response"))?;
-        inits.push(next_at - start);
-        firsts.push(resp_at - start);
-        child.kill().await?;
-        server.abort();
-    }
-    inits.sort();
-    firsts.sort();
-    eprintln!(
-        "cold init, exec -> first /next ({SPAWNS} spawns): p50 {} p99 {} max {}",
-        ms(percentile(&inits, 0.5)),
-        ms(percentile(&inits, 0.99)),
-        ms(inits[inits.len() - 1])
-    );
-    eprintln!(
-        "cold start, exec -> first response posted: p50 {} p99 {}",
-        ms(percentile(&firsts, 0.5)),
-        ms(percentile(&firsts, 0.99))
-    );
-    Ok(())
 }
 
 async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Result<()> {
@@ -730,14 +601,8 @@ async fn main() -> anyhow::Result<()> {
     if std::env::args().any(|a| a == "tracing") {
         return stack_latency(&root, true).await;
     }
-    let binary = root.join("target/release/lookup_customer");
-    anyhow::ensure!(
-        binary.exists(),
-        "build it first: cargo build --release --bin lookup_customer"
-    );
     audit_cost()?;
     jwt_cost(&root).await?;
-    cold_init(&binary).await?;
     stack_latency(&root, false).await?;
     Ok(())
 }
