@@ -383,12 +383,12 @@ mod tests {
             .await
             .expect("trusted");
         assert_eq!(resp.status(), 200);
-        let blocking = trust.reqwest_blocking().build().expect("client");
+        let blocking_trust = trust.clone();
         let blocking_url = url.clone();
+        // A blocking client runs its own runtime: made, used and dropped off the async one.
         let status = tokio::task::spawn_blocking(move || {
-            let status = blocking.get(blocking_url).send().map(|r| r.status());
-            drop(blocking);
-            status
+            let client = blocking_trust.reqwest_blocking().build().expect("client");
+            client.get(blocking_url).send().map(|r| r.status())
         })
         .await
         .expect("join")

@@ -322,10 +322,11 @@ async fn opens_at_init(function: &str, binary: &Path, dir: &Path) -> Option<Vec<
         if line.contains("connect(") && line.contains(&marker) {
             return Some(opened);
         }
-        if (line.contains("openat(") || line.contains("open(")) && !line.contains("= -1") {
-            if let Some(path) = line.split('"').nth(1) {
-                opened.push(path.to_owned());
-            }
+        if (line.contains("openat(") || line.contains("open("))
+            && !line.contains("= -1")
+            && let Some(path) = line.split('"').nth(1)
+        {
+            opened.push(path.to_owned());
         }
     }
     Some(opened)
