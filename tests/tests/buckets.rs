@@ -242,3 +242,52 @@ async fn leases_across_instances_never_over_admit_on_the_real_store() -> anyhow:
     );
     Ok(())
 }
+
+/// Exact mode, many instances at once: calls the tool layer refuses cost the agent nothing,
+/// however the parallel takes and give-backs on the agent item interleave.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_tool_refusals_cost_the_agent_nothing() -> anyhow::Result<()> {
+    let moto = Moto::start()?;
+    let s = store(&moto).await?;
+    let instances: Vec<Arc<Budgets>> = (0..4)
+        .map(|_| {
+            Arc::new(Budgets::new(
+                s.clone(),
+                s.clone(),
+                AgentDefaults::default(),
+                Duration::from_secs(10),
+                Duration::from_secs(600),
+            ))
+        })
+        .collect();
+    let p = principal("refused-agent", 600);
+    let tool = tollgate::ToolSpec {
+        name: "closed_tool",
+        ..spec(1, 1)
+    };
+    // The one token of the tool bucket goes to another agent.
+    instances[0]
+        .admit(&principal("other", 600), &tool)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let (b, p, tool) = (instances[i % 4].clone(), p.clone(), tool.clone());
+        tasks.push(tokio::spawn(async move { b.admit(&p, &tool).await }));
+    }
+    for t in tasks {
+        match t.await? {
+            Err(Refusal::OverBudget { bucket, .. }) => assert_eq!(bucket.layer, Layer::Tool),
+            other => anyhow::bail!("expected a tool refusal, got {other:?}"),
+        }
+    }
+    let now = tollgate::store::now_ms();
+    for attr in ["minute", "day"] {
+        let tat = s.peek("agent#refused-agent", attr).await?;
+        assert!(
+            tat.is_some_and(|t| t <= now),
+            "{attr}: TAT {tat:?} ahead of now {now}: charged for refused calls"
+        );
+    }
+    Ok(())
+}

@@ -16,7 +16,10 @@
 //!
 //! [`BucketStore::give_back`] returns `n` tokens to every bucket of an item (a refund, or the
 //! unused rest of a lease): `max(tat - n * interval, now)`, since at `now` a bucket is already
-//! full and letting the TAT dip below `now` would flip concurrent takers between branches.
+//! full and letting the TAT dip below `now` would flip concurrent takers between branches. It
+//! too is one conditional write per attempt, each bucket on a branch that needs no exact value
+//! (subtract when far ahead, set to `now` when near), so concurrent takes on the same item do
+//! not void it.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -261,76 +264,69 @@ impl BucketStore for DynamoStore {
         count: u64,
         now: u64,
     ) -> Result<u32, StoreError> {
-        // First the common case, every TAT at least `count` intervals ahead of `now`: subtract.
-        // Otherwise one more write that sets each TAT from the value the failure returned.
+        // `max(tat - back, now)` without a read, per bucket on one of two branches that need
+        // no exact value (so concurrent takes do not void them): far ahead (`tat >= now +
+        // back`): subtract; near (`tat < now + back`): the bucket becomes full, `tat = now`.
+        // A failed condition returns the item and the next attempt takes the right branches;
+        // a bucket that does not exist is left alone.
         let (pk, sk) = bucket_key(item);
-        let mut request = self
-            .client()
-            .update_item()
-            .table_name(self.table())
-            .key("pk", pk.clone())
-            .key("sk", sk.clone())
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
-        let mut sets = Vec::with_capacity(slots.len());
-        let mut conditions = Vec::with_capacity(slots.len());
-        for (i, slot) in slots.iter().enumerate() {
-            let back = count * slot.rate.interval_ms;
-            request = request
-                .expression_attribute_names(format!("#a{i}"), slot.attr.clone())
-                .expression_attribute_values(format!(":d{i}"), n(back))
-                .expression_attribute_values(format!(":f{i}"), n(now + back));
-            sets.push(format!("#a{i} = #a{i} - :d{i}"));
-            conditions.push(format!("#a{i} >= :f{i}"));
+        // None: absent, skip; Some(true): far ahead; Some(false): near.
+        let mut far: Vec<Option<bool>> = vec![Some(true); slots.len()];
+        for attempt in 1..=MAX_ATTEMPTS {
+            let mut request = self
+                .client()
+                .update_item()
+                .table_name(self.table())
+                .key("pk", pk.clone())
+                .key("sk", sk.clone())
+                .return_values_on_condition_check_failure(
+                    ReturnValuesOnConditionCheckFailure::AllOld,
+                );
+            let mut sets = Vec::with_capacity(slots.len());
+            let mut conditions = Vec::with_capacity(slots.len());
+            for (i, (slot, far)) in slots.iter().zip(&far).enumerate() {
+                let Some(far) = far else { continue };
+                let back = count * slot.rate.interval_ms;
+                request = request
+                    .expression_attribute_names(format!("#a{i}"), slot.attr.clone())
+                    .expression_attribute_values(format!(":f{i}"), n(now + back));
+                if *far {
+                    request = request.expression_attribute_values(format!(":d{i}"), n(back));
+                    sets.push(format!("#a{i} = #a{i} - :d{i}"));
+                    conditions.push(format!("#a{i} >= :f{i}"));
+                } else {
+                    request = request.expression_attribute_values(format!(":n{i}"), n(now));
+                    sets.push(format!("#a{i} = :n{i}"));
+                    conditions.push(format!("#a{i} < :f{i}"));
+                }
+            }
+            if sets.is_empty() {
+                return Ok(attempt - 1);
+            }
+            let result = request
+                .update_expression(format!("SET {}", sets.join(", ")))
+                .condition_expression(conditions.join(" AND "))
+                .send()
+                .await;
+            match result {
+                Ok(_) => return Ok(attempt),
+                Err(err) => match err.into_service_error() {
+                    UpdateItemError::ConditionalCheckFailedException(failed) => {
+                        far = slots
+                            .iter()
+                            .map(|s| {
+                                tat_of(failed.item.as_ref(), &s.attr)
+                                    .map(|t| t >= now + count * s.rate.interval_ms)
+                            })
+                            .collect();
+                    }
+                    other => return Err(unavailable("UpdateItem", other.code())),
+                },
+            }
         }
-        let result = request
-            .update_expression(format!("SET {}", sets.join(", ")))
-            .condition_expression(conditions.join(" AND "))
-            .send()
-            .await;
-        let old = match result {
-            Ok(_) => return Ok(1),
-            Err(err) => match err.into_service_error() {
-                UpdateItemError::ConditionalCheckFailedException(failed) => failed.item,
-                other => return Err(unavailable("UpdateItem", other.code())),
-            },
-        };
-        let mut request = self
-            .client()
-            .update_item()
-            .table_name(self.table())
-            .key("pk", pk)
-            .key("sk", sk);
-        let mut sets = Vec::new();
-        let mut conditions = Vec::new();
-        for (i, slot) in slots.iter().enumerate() {
-            // Already full or gone: nothing to give back to this bucket.
-            let Some(tat) = tat_of(old.as_ref(), &slot.attr).filter(|&t| t > now) else {
-                continue;
-            };
-            let target = tat.saturating_sub(count * slot.rate.interval_ms).max(now);
-            request = request
-                .expression_attribute_names(format!("#a{i}"), slot.attr.clone())
-                .expression_attribute_values(format!(":t{i}"), n(target))
-                .expression_attribute_values(format!(":o{i}"), n(tat));
-            sets.push(format!("#a{i} = :t{i}"));
-            conditions.push(format!("#a{i} = :o{i}"));
-        }
-        if sets.is_empty() {
-            return Ok(1);
-        }
-        let result = request
-            .update_expression(format!("SET {}", sets.join(", ")))
-            .condition_expression(conditions.join(" AND "))
-            .send()
-            .await;
-        match result {
-            Ok(_) => Ok(2),
-            Err(err) => match err.into_service_error() {
-                // Moved meanwhile: keep the tokens (errs toward refusing).
-                UpdateItemError::ConditionalCheckFailedException(_) => Ok(2),
-                other => Err(unavailable("UpdateItem", other.code())),
-            },
-        }
+        // Still moving after every attempt: keep the tokens (errs toward refusing).
+        tracing::warn!(bucket = %item, "give-back abandoned under contention");
+        Ok(MAX_ATTEMPTS)
     }
 
     async fn peek(&self, item: &str, attr: &str) -> Result<Option<u64>, StoreError> {
