@@ -10,6 +10,9 @@
 //! |-------|------------------|---------|------------------|-----------------|
 //! | agent | `AGENT#<id>`     | `AGENT` | `AGENTS`         | `AGENT#<id>`    |
 //! | key   | `KEY#<key id>`   | `KEY`   | `AGENT#<id>`     | `KEY#<key id>`  |
+//! | idempotency record | `IDEM#<agent>#<tool>#<sha256(key)>` | `IDEM` | - | - |
+//!
+//! Idempotency records are written by [`crate::idempotency::Ledger`], not through [`Store`].
 //!
 //! A key item carries a copy of its agent's status and scopes, so authenticating a request is
 //! one `GetItem`. Every agent change rewrites the agent's key items in the same transaction.
