@@ -103,9 +103,10 @@ pub struct AuditRecord {
     /// Arguments as the tool declared they may be logged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<serde_json::Value>,
-    /// The call's idempotency key, HMAC-hashed like a hashed argument (never raw).
+    /// The call's idempotency key, HMAC-hashed like a hashed argument (without a hashing key,
+    /// summarised); never raw.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub idempotency_key: Option<String>,
+    pub idempotency_key: Option<serde_json::Value>,
 }
 
 /// Where audit records go: stdout on Lambda (CloudWatch), a buffer in tests.

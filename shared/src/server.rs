@@ -119,8 +119,8 @@ struct CallFacts<'a> {
     budget_layer: Option<&'static str>,
     /// Set when the call was admitted on the local bucket (fail open).
     budget_note: Option<&'static str>,
-    /// The call's idempotency key, HMAC-hashed for the audit record.
-    idempotency_key: Option<String>,
+    /// The call's idempotency key as the audit record shows it (hashed, or summarised).
+    idempotency_key: Option<Value>,
 }
 
 impl Server {
@@ -675,9 +675,10 @@ impl Server {
             }
             return Ok(None);
         };
+        let logged = Value::String(key.clone());
         facts.idempotency_key = Some(match self.hash_keys.current() {
-            Some(k) => k.hash(&Value::String(key.clone())),
-            None => "unhashed".to_owned(),
+            Some(k) => Value::String(k.hash(&logged)),
+            None => crate::audit::summarise(&logged),
         });
         let begun = self
             .ledger

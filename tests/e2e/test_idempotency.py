@@ -240,8 +240,11 @@ def test_a_record_expires_after_its_ttl(stack, processes) -> None:
 
 
 def test_a_system_error_releases_the_key_and_a_retry_runs(stack, processes) -> None:
-    # An instance whose app table does not exist: open_ticket fails with a system error.
-    broken = processes.extra_instance(stack, TOLLGATE_APP_TABLE="no-such-table")
+    # An instance whose app table is gone (it creates and seeds it on start; we delete it):
+    # open_ticket fails with a system error.
+    gone = f"gone-{uuid.uuid4().hex[:8]}"
+    broken = processes.extra_instance(stack, TOLLGATE_APP_TABLE=gone)
+    dynamodb(stack).delete_table(TableName=gone)
     agent, token = keyed_agent(stack)
     key = str(uuid.uuid4())
     subject = f"System error {uuid.uuid4().hex[:8]}"
