@@ -720,7 +720,10 @@ fn normalise(value: Value) -> Value {
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
-                    let v = if matches!(
+                    let v = if k == "completedAtMs" {
+                        // A replay's original completion time (wall clock).
+                        json!("[completed-at-ms]")
+                    } else if matches!(
                         k.as_str(),
                         "serverInfo" | "io.modelcontextprotocol/serverInfo"
                     ) {
