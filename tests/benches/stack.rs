@@ -158,35 +158,8 @@ async fn cold_init(binary: &std::path::Path) -> anyhow::Result<()> {
 }
 
 async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Result<()> {
-    let moto_port = free_port()?;
-    let mut moto = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/stack/moto_server.py"))
-        .arg(moto_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let (mut moto, sdk) = start_moto(root).await?;
     let http = reqwest_client();
-    for _ in 0..200 {
-        if http
-            .get(format!("{endpoint}/moto-api/"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-            aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"),
-        ))
-        .endpoint_url(&endpoint)
-        .build();
     // Budgets far above the call rate: this measures the pipeline, not a 429.
     let config = Arc::new(tollgate::Config::from_lookup(|k| match k {
         "TOLLGATE_RESOURCE_URL" => Some("http://127.0.0.1:9/mcp".to_owned()),
@@ -747,6 +720,43 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A single-threaded moto server on a free port (killed on drop), and an SDK configuration for
+/// it.
+async fn start_moto(
+    root: &std::path::Path,
+) -> anyhow::Result<(tokio::process::Child, aws_config::SdkConfig)> {
+    let moto_port = free_port()?;
+    let moto = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/stack/moto_server.py"))
+        .arg(moto_port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let http = reqwest_client();
+    for _ in 0..200 {
+        if http
+            .get(format!("{endpoint}/moto-api/"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"),
+        ))
+        .endpoint_url(&endpoint)
+        .build();
+    Ok((moto, sdk))
+}
+
 /// Counts DynamoDB requests by operation (`X-Amz-Target`), as sent.
 #[derive(Debug, Default, Clone)]
 struct OpCounter(Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
@@ -790,35 +800,8 @@ impl OpCounter {
 /// record), against moto.
 async fn idempotency_cost(root: &std::path::Path) -> anyhow::Result<()> {
     const N: usize = 200;
-    let moto_port = free_port()?;
-    let mut moto = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/stack/moto_server.py"))
-        .arg(moto_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let (mut moto, sdk) = start_moto(root).await?;
     let http = reqwest_client();
-    for _ in 0..200 {
-        if http
-            .get(format!("{endpoint}/moto-api/"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-            aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"),
-        ))
-        .endpoint_url(&endpoint)
-        .build();
     let config = Arc::new(tollgate::Config::from_lookup(|k| match k {
         "TOLLGATE_AGENT_PER_MINUTE" | "TOLLGATE_AGENT_PER_DAY" => Some("1000000".to_owned()),
         _ => None,

@@ -251,13 +251,27 @@ fn server_over(
     sink: Arc<MemorySink>,
     hash_key: Option<HashKey>,
 ) -> Server {
+    server_with(
+        Catalog::new().register(Probe).expect("register"),
+        store,
+        sink,
+        hash_key,
+    )
+}
+
+fn server_with(
+    catalog: Catalog,
+    store: Arc<MemoryStore>,
+    sink: Arc<MemorySink>,
+    hash_key: Option<HashKey>,
+) -> Server {
     let config = Arc::new(Config::from_lookup(|_| None).expect("config"));
     let sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .build();
     let clients = Arc::new(crate::lambda::build_clients(&sdk, config).expect("clients"));
     Server::new(
-        Catalog::new().register(Probe).expect("register"),
+        catalog,
         Dispatch::Local,
         Authenticator::new(store, Duration::from_secs(30)),
         clients,
@@ -392,23 +406,11 @@ async fn keyed_post(h: &Harness, server: &Server, key: Option<&str>) -> Response
 #[tokio::test]
 async fn a_required_key_that_is_missing_or_invalid_is_refused_before_anything_runs() {
     let h = harness().await;
-    let config = Arc::new(Config::from_lookup(|_| None).expect("config"));
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .build();
-    let clients = Arc::new(crate::lambda::build_clients(&sdk, config).expect("clients"));
-    let server = Server::new(
+    let server = server_with(
         Catalog::new().register(Keyed).expect("register"),
-        Dispatch::Local,
-        Authenticator::new(h.store.clone(), Duration::from_secs(30)),
-        clients,
+        h.store.clone(),
         h.sink.clone(),
         None,
-        ServerIdentity {
-            function: "keyed".into(),
-            name: "tollgate".into(),
-            version: "0.0.0".into(),
-        },
     );
     // tools/list tells the model.
     let listed = server
