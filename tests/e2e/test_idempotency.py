@@ -328,3 +328,23 @@ def test_tools_list_tells_the_model_about_the_key(stack, http, token) -> None:
     tools = {t["name"]: t for t in rpc_result(tools_list(http, stack.gateway_url, token))["tools"]}
     assert META_KEY in tools["open_ticket"]["description"]
     assert "idempotency" not in tools["lookup_customer"]["description"].lower()
+
+
+def test_an_outcome_over_the_size_bound_is_not_replayable_and_says_so(stack, processes) -> None:
+    small = processes.extra_instance(stack, TOLLGATE_IDEMPOTENCY_MAX_OUTCOME_BYTES="64")
+    _, token = keyed_agent(stack)
+    key = str(uuid.uuid4())
+    subject = f"Too large {uuid.uuid4().hex[:8]}"
+    with httpx2.Client(timeout=30, trust_env=False) as client:
+        first = rpc_result(tool_call(client, small.tool_url("open_ticket"), token, "open_ticket",
+                                     ticket_args(subject), **{"Idempotency-Key": key}))
+        note = first["_meta"][RESULT_META]
+        assert note["replayed"] is False and note["replayable"] is False and "too large" in note["note"]
+        # On either instance: the operation is not run again, and the answer says why.
+        for url in (small.tool_url("open_ticket"), stack.gateway_url):
+            again = rpc_result(tool_call(client, url, token, "open_ticket", ticket_args(subject),
+                                         **{"Idempotency-Key": key}))
+            assert again["isError"] is True and again["_meta"][RESULT_META]["replayed"] is True
+            text = again["content"][0]["text"]
+            assert "already ran" in text and "too large" in text, text
+    assert len(tickets_with_subject(stack, subject)) == 1
