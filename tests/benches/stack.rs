@@ -174,18 +174,7 @@ async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Re
     let catalog = tollgate::Catalog::new()
         .register(lookup_customer::LookupCustomer::with_table("tollgate-app"))?;
     let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
-    use tollgate::store::Store as _;
-    store
-        .put_tool_policy(
-            "lookup_customer",
-            Some(tollgate::store::ToolPolicy {
-                per_minute: 1_000_000,
-                burst: 1_000_000,
-                shards: 1,
-                fail_open: None,
-            }),
-        )
-        .await?;
+    unlimited_tool_budget(&store, "lookup_customer").await?;
     let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;
     if only_tracing {
         tracing_cost(routes, &token).await?;
@@ -720,6 +709,22 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Raises `tool`'s budget far above any call rate: the figures measure the pipeline, not a 429.
+async fn unlimited_tool_budget(
+    store: &tollgate::store::DynamoStore,
+    tool: &str,
+) -> anyhow::Result<()> {
+    use tollgate::store::Store as _;
+    let policy = tollgate::store::ToolPolicy {
+        per_minute: 1_000_000,
+        burst: 1_000_000,
+        shards: 1,
+        fail_open: None,
+    };
+    store.put_tool_policy(tool, Some(policy)).await?;
+    Ok(())
+}
+
 /// A single-threaded moto server on a free port (killed on drop), and an SDK configuration for
 /// it.
 async fn start_moto(
@@ -822,18 +827,7 @@ async fn idempotency_cost(root: &std::path::Path) -> anyhow::Result<()> {
         .only("open_ticket")
         .ok_or_else(|| anyhow::anyhow!("open_ticket is not in the catalog"))?;
     let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
-    use tollgate::store::Store as _;
-    store
-        .put_tool_policy(
-            "open_ticket",
-            Some(tollgate::store::ToolPolicy {
-                per_minute: 1_000_000,
-                burst: 1_000_000,
-                shards: 1,
-                fail_open: None,
-            }),
-        )
-        .await?;
+    unlimited_tool_budget(&store, "open_ticket").await?;
     let routes =
         tollgate_tests::devstack::routes(&catalog, Arc::new(clients), Duration::from_secs(10))?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
