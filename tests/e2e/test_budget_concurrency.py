@@ -244,7 +244,7 @@ def fleet(request, stack, module_processes) -> Iterator[list[Any]]:
 
 def after_lease_windows() -> None:
     """Waits until every lease taken during a run has ended and its rest was given back."""
-    time.sleep(FLEET_LEASE_WINDOW_MS / 1000 + 1.5)
+    time.sleep(FLEET_LEASE_WINDOW_MS * 1.5 / 1000 + 2.0)  # the rest goes back half a window late
 
 
 def failure_policy_lines(fleet, offsets: list[int]) -> list[str]:

@@ -6,8 +6,10 @@
 //!   by `n * interval` under the same GCRA condition as one call) before any call uses them, so
 //!   the calls a bucket admits across every instance never exceed what the bucket granted: no
 //!   over-admission.
-//! - **Bounded hold.** A lease is usable for `window` after it was taken; then its unused
-//!   tokens are given back with one write (`max(tat - unused * interval, now)`). A lease never
+//! - **Bounded hold.** A lease is usable for `window` after it was taken. The next call after
+//!   that rolls its unused tokens into the next lease (asking the store only for the
+//!   difference); with no such call within half a window they are given back with one write
+//!   (`max(tat - unused * interval, now)`). A lease never
 //!   holds more than `max_fraction` of any of its buckets' burst. An instance that is frozen or
 //!   killed strands at most its lease until the bucket's time catches up: the price of leases is
 //!   bounded under-admission, at most `instances * lease` tokens per window.
@@ -107,7 +109,7 @@ pub(super) enum Local {
     /// A token from the lease: the lease's TATs at grant, and tokens still held.
     Hit { tats: Vec<u64>, held: u64 },
     /// Ask the store for `want` tokens (1: exact). `expired` is a lease whose window ended
-    /// with tokens left: the caller gives them back.
+    /// with tokens left: the caller rolls them into the next lease or gives them back.
     Miss { want: u64, expired: Option<Lease> },
 }
 

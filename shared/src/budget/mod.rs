@@ -403,7 +403,7 @@ impl Budgets {
         now: u64,
         leases: bool,
     ) -> Result<GroupTake, crate::store::StoreError> {
-        let want = if leases {
+        let (want, carry) = if leases {
             match self.leases.local(&group.key, &group.slots, now) {
                 Local::Hit { tats, held } => {
                     self.counters.lease_hits.fetch_add(1, Ordering::Relaxed);
@@ -413,16 +413,33 @@ impl Budgets {
                         leased: true,
                     });
                 }
-                Local::Miss { want, expired } => {
-                    if let Some(lease) = expired {
-                        self.give_back_later(lease);
+                Local::Miss { want, expired } => match expired {
+                    // The rest of a lease whose window ended rolls into the next one: no
+                    // give-back write while the demand goes on.
+                    Some(lease) if lease.item == group.item => (want, Some(lease)),
+                    other => {
+                        if let Some(lease) = other {
+                            self.give_back_later(lease);
+                        }
+                        (want, None)
                     }
-                    want
-                }
+                },
             }
         } else {
-            1
+            (1, None)
         };
+        let carried = carry.as_ref().map_or(0, |l| l.tokens);
+        if carried >= want
+            && let Some(mut rest) = carry
+        {
+            // Enough in hand: no store request; what the demand no longer needs goes back.
+            let tats = rest.tats.clone();
+            if carried > want {
+                rest.tokens = carried - want;
+                self.give_back_later(rest);
+            }
+            return Ok(self.hold(group, want, tats, now, 0));
+        }
         let hints: Vec<Option<u64>> = {
             let last = lock(&self.last_tat);
             group
@@ -432,7 +449,7 @@ impl Budgets {
                 .collect()
         };
         let take = store
-            .take(&group.item, &group.slots, want, now, &hints)
+            .take(&group.item, &group.slots, want - carried, now, &hints)
             .await?;
         self.counters
             .store_requests
@@ -448,27 +465,12 @@ impl Budgets {
                         last.insert((group.item.clone(), s.attr.clone()), *tat);
                     }
                 }
-                let held = n - 1;
-                if held > 0 {
-                    self.counters.leases.fetch_add(1, Ordering::Relaxed);
-                    let (generation, replaced) = self.leases.install(
-                        &group.key,
-                        &group.item,
-                        &group.slots,
-                        held,
-                        tats.clone(),
-                        now,
-                    );
-                    if let Some(lease) = replaced {
-                        self.give_back_later(lease);
-                    }
-                    self.return_at_window_end(group.key.clone(), generation);
-                }
-                Ok(GroupTake {
-                    outcome: GroupOutcome::Admit { tats, held },
-                    requests: take.requests,
-                    leased: held > 0,
-                })
+                Ok(self.hold(group, n + carried, tats, now, take.requests))
+            }
+            // The bucket is empty now, but tokens debited earlier are still this instance's.
+            Grant::Refused { .. } if carried > 0 => {
+                let tats = carry.map(|l| l.tats).unwrap_or_default();
+                Ok(self.hold(group, carried, tats, now, take.requests))
             }
             Grant::Refused {
                 slot,
@@ -480,8 +482,41 @@ impl Budgets {
         }
     }
 
-    /// Gives the unused tokens of the lease `generation` back when its window ends (if the
-    /// process is frozen meanwhile, as a Lambda environment between invocations is, at thaw).
+    /// Admits one call from `tokens` debited tokens and holds the rest as a lease.
+    fn hold(
+        &self,
+        group: &Group,
+        tokens: u64,
+        tats: Vec<u64>,
+        now: u64,
+        requests: u32,
+    ) -> GroupTake {
+        let held = tokens - 1;
+        if held > 0 {
+            self.counters.leases.fetch_add(1, Ordering::Relaxed);
+            let (generation, replaced) = self.leases.install(
+                &group.key,
+                &group.item,
+                &group.slots,
+                held,
+                tats.clone(),
+                now,
+            );
+            if let Some(lease) = replaced {
+                self.give_back_later(lease);
+            }
+            self.return_at_window_end(group.key.clone(), generation);
+        }
+        GroupTake {
+            outcome: GroupOutcome::Admit { tats, held },
+            requests,
+            leased: held > 0,
+        }
+    }
+
+    /// Gives the unused tokens of the lease `generation` back half a window after its window
+    /// ends, unless a call rolled them into a new lease meanwhile (if the process is frozen, as a
+    /// Lambda environment between invocations is, at thaw).
     fn return_at_window_end(&self, group: String, generation: u64) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
@@ -490,9 +525,10 @@ impl Budgets {
         let store = self.buckets.clone();
         let counters = self.counters.clone();
         let clock = self.clock.clone();
-        let window = leases.config.window;
+        // Half a window of grace: a call in it rolls the rest into the next lease instead.
+        let after = leases.config.window + leases.config.window / 2;
         runtime.spawn(async move {
-            tokio::time::sleep(window).await;
+            tokio::time::sleep(after).await;
             if let Some(lease) = leases.reclaim(&group, generation) {
                 give_back(&*store, &lease, &counters, clock()).await;
             }
