@@ -282,10 +282,9 @@ pub fn build(config: &TelemetryConfig, function: &str) -> Telemetry {
         .with_span_list(false)
         .with_target(false)
         .without_time()
-        .with_filter(
-            tracing_subscriber::EnvFilter::new(filter)
-                .and(tracing_subscriber::filter::filter_fn(|meta| meta.is_event())),
-        );
+        .with_filter(tracing_subscriber::EnvFilter::new(filter).and(
+            tracing_subscriber::filter::filter_fn(|meta| meta.is_event()),
+        ));
     let mut problems = config.warnings.clone();
     let provider = if config.exports() {
         match build_provider(config, function) {
