@@ -45,6 +45,12 @@ pub struct Config {
     /// Quota leases (`TOLLGATE_LEASES`, `TOLLGATE_LEASE_WINDOW_MS`,
     /// `TOLLGATE_LEASE_MAX_FRACTION`).
     pub leases: crate::budget::lease::LeaseConfig,
+    /// How long idempotency records (and stored outcomes) are kept
+    /// (`TOLLGATE_IDEMPOTENCY_TTL_SECS`).
+    pub idempotency_ttl: Duration,
+    /// Largest stored outcome of a keyed call; larger results are not replayable
+    /// (`TOLLGATE_IDEMPOTENCY_MAX_OUTCOME_BYTES`).
+    pub idempotency_max_outcome_bytes: usize,
     /// Which credentials are accepted, and how OAuth tokens are verified.
     pub auth: AuthConfig,
     /// Third-party providers tools act on for users, and the vault's key.
@@ -200,6 +206,15 @@ impl Config {
                 60,
             )?),
             leases: lease_config(&lookup)?,
+            idempotency_ttl: Duration::from_secs(u64::from(positive(
+                parse_or(&lookup, "TOLLGATE_IDEMPOTENCY_TTL_SECS", 86_400)?,
+                "TOLLGATE_IDEMPOTENCY_TTL_SECS",
+            )?)),
+            idempotency_max_outcome_bytes: parse_or(
+                &lookup,
+                "TOLLGATE_IDEMPOTENCY_MAX_OUTCOME_BYTES",
+                32 * 1024,
+            )?,
         })
     }
 }
