@@ -39,7 +39,7 @@ bench: $(VENV)/.stamp ## cold init, latency, budget figures, span cost, CPU per 
 	$(PY) tests/benches/cpu.py --calls 300
 	$(PY) tests/benches/cost.py --calls 200 --json target/bench/cost.json | tee target/bench/cost.md
 
-load: $(VENV)/.stamp ## budgets under load, exact mode vs leases: 20 calls/s over 4 instances, shared tool bucket, 16/64 callers
+load: $(VENV)/.stamp ## budgets under load, exact mode vs leases: 20 calls/s over 4 instances, shared tool bucket, 16/32/64 callers
 	$(CARGO) build --release --bin tollgate-dev --bin tollgate
 	@mkdir -p target/bench
 	$(PY) tests/benches/load.py --json target/bench/load.json | tee target/bench/load.md

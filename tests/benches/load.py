@@ -127,33 +127,41 @@ def stack_for(mode: str, instances: int, proxy: bool = True) -> stackrun.Stack:
     return stackrun.Stack(instances=instances, proxy=proxy, env_extra=stackrun.lease_env(mode))
 
 
-def one_agent(mode: str, rate: float, duration: float) -> dict:
-    with stack_for(mode, INSTANCES) as stack:
-        stack.cli("budgets", "set-tool", "lookup_customer", "--per-minute", str(GENEROUS), "--burst", str(GENEROUS))
-        per_minute = int(rate * 60 * 1.25)  # 20/s offered -> 1500/min: every call fits
-        token = stack.agent("load-one", per_minute, GENEROUS)
-        time.sleep(1.5)
-        callers = [stackrun.Caller(inst, token, "direct") for inst in stack.live]
-        stack.reset_counts()
-        res = Results()
-        steady(callers, rate, duration, res)
-        time.sleep(0.5)
-        counts = stack.counts()
+def run_steady(stack: stackrun.Stack, callers: list[stackrun.Caller], rate: float, duration: float) -> tuple[Results, dict]:
+    stack.reset_counts()
+    res = Results()
+    steady(callers, rate, duration, res)
+    time.sleep(0.5)
+    return res, stack.counts()
+
+
+def summary(scenario: str, mode: str, res: Results, counts: dict, burst: int, per_minute: int) -> dict:
+    """Admitted vs the GCRA bound (burst + elapsed / interval) of the binding bucket."""
     offered = sum(res.status.values())
     admitted = res.n(200)
     elapsed_ms = (res.last - (res.first or res.last)) * 1000
-    interval = 60_000 / per_minute
-    bound = per_minute + int(elapsed_ms // interval)  # burst = the per-minute budget
+    bound = burst + int(elapsed_ms // (60_000 / per_minute))
     expected = min(offered, bound)
     w, r = writes_reads(counts)
     return {
-        "scenario": "one agent", "mode": mode, "offered": offered, "admitted": admitted,
-        "bound": bound, "expected": expected, "over": max(0, admitted - bound),
+        "scenario": scenario, "mode": mode, "offered": offered, "admitted": admitted,
+        "refused_429": res.n(429), "bound": bound, "expected": expected, "over": max(0, admitted - bound),
         "under_pct": 100 * max(0, expected - admitted) / expected if expected else 0.0,
         "writes_per_admitted": w / admitted if admitted else 0.0,
         "reads_per_admitted": r / admitted if admitted else 0.0,
         "p50_ms": pct(res.latency, 0.5), "p99_ms": pct(res.latency, 0.99), "status": res.status,
     }
+
+
+def one_agent(mode: str, rate: float, duration: float) -> dict:
+    per_minute = int(rate * 60 * 1.25)  # 20/s offered -> 1500/min: every call fits
+    with stack_for(mode, INSTANCES) as stack:
+        stack.cli("budgets", "set-tool", "lookup_customer", "--per-minute", str(GENEROUS), "--burst", str(GENEROUS))
+        token = stack.agent("load-one", per_minute, GENEROUS)
+        time.sleep(1.5)
+        res, counts = run_steady(stack, [stackrun.Caller(inst, token, "direct") for inst in stack.live], rate, duration)
+    # An agent's per-minute burst is its per-minute budget.
+    return summary("one agent", mode, res, counts, per_minute, per_minute)
 
 
 def shared_tool(mode: str, rate: float, duration: float) -> dict:
@@ -163,26 +171,8 @@ def shared_tool(mode: str, rate: float, duration: float) -> dict:
         tokens = [stack.agent(f"load-shared-{i}", GENEROUS, GENEROUS) for i in range(4)]
         time.sleep(1.5)
         callers = [stackrun.Caller(inst, tok, "direct") for tok in tokens for inst in stack.live]
-        stack.reset_counts()
-        res = Results()
-        steady(callers, rate, duration, res)
-        time.sleep(0.5)
-        counts = stack.counts()
-    offered = sum(res.status.values())
-    admitted = res.n(200)
-    elapsed_ms = (res.last - (res.first or res.last)) * 1000
-    interval = 60_000 / tool_per_minute
-    bound = burst + int(elapsed_ms // interval)
-    expected = min(offered, bound)
-    w, r = writes_reads(counts)
-    return {
-        "scenario": "shared tool", "mode": mode, "offered": offered, "admitted": admitted,
-        "refused_429": res.n(429), "bound": bound, "expected": expected, "over": max(0, admitted - bound),
-        "under_pct": 100 * max(0, expected - admitted) / expected if expected else 0.0,
-        "writes_per_admitted": w / admitted if admitted else 0.0,
-        "reads_per_admitted": r / admitted if admitted else 0.0,
-        "p50_ms": pct(res.latency, 0.5), "p99_ms": pct(res.latency, 0.99), "status": res.status,
-    }
+        res, counts = run_steady(stack, callers, rate, duration)
+    return summary("shared tool", mode, res, counts, burst, tool_per_minute)
 
 
 def concurrency(mode: str, callers_n: list[int], secs: float) -> list[dict]:
