@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -185,6 +186,8 @@ class Stack:
                     p.kill()
                     p.wait(timeout=5)
         self.procs.clear()
+        if not os.environ.get("BENCH_KEEP"):  # BENCH_KEEP=1 keeps the logs for a look
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     # --- admin CLI and counts ------------------------------------------------------------------
     def cli(self, *args: str) -> str:
