@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import math
 import statistics
 import sys
@@ -127,13 +128,21 @@ def measure_route(stack: stackrun.Stack, xray: XrayDaemon, route: str, calls: in
     }
 
 
+def system_log_level() -> str:
+    """The functions' `LoggingConfig.SystemLogLevel` in the deployed template."""
+    template = (Path(__file__).resolve().parents[2] / "infra" / "template.yaml").read_text()
+    found = re.search(r"SystemLogLevel:\s*(\w+)", template)
+    return found.group(1) if found else "INFO"
+
+
 def cost_lines(m: dict, prices: dict) -> list[tuple[str, str, float]]:
     """(line, measured quantity per call, USD per million calls)."""
     a = prices["assumptions"]
     gb = a["memory_mb"] / 1024
-    platform = sum(len(line) + 1 for line in PLATFORM_LINES)
+    lines = PLATFORM_LINES if system_log_level() in ("INFO", "DEBUG") else []
+    platform = sum(len(line) + 1 for line in lines)
     log_bytes = m["app_log_bytes"] + m["invocations"] * platform
-    events = m["app_log_events"] + m["invocations"] * len(PLATFORM_LINES)
+    events = m["app_log_events"] + m["invocations"] * len(lines)
     metered_log = log_bytes + events * a["log_event_overhead_bytes"]
     million = 1_000_000
     rows = [

@@ -177,7 +177,9 @@ pub struct Budgets {
     policy_ttl: Duration,
     clock: Clock,
     refused_until: Mutex<HashMap<String, u64>>,
-    last_tat: Mutex<HashMap<(String, String), u64>>,
+    /// Per bucket: the last TAT this instance saw, and whether the last take found the bucket
+    /// busy (TAT ahead of its clock).
+    last_tat: Mutex<HashMap<(String, String), (u64, bool)>>,
     policy_cache: Mutex<HashMap<String, CachedPolicy>>,
     /// Counters.
     pub counters: Arc<BudgetCounters>,
@@ -430,22 +432,26 @@ impl Budgets {
         };
         let carried = carry.as_ref().map_or(0, |l| l.tokens);
         if carried >= want
-            && let Some(mut rest) = carry
+            && let Some(rest) = carry
         {
-            // Enough in hand: no store request; what the demand no longer needs goes back.
-            let tats = rest.tats.clone();
-            if carried > want {
-                rest.tokens = carried - want;
-                self.give_back_later(rest);
-            }
-            return Ok(self.hold(group, want, tats, now, 0));
+            // Enough in hand: no store request. All of it is kept (never more than the last
+            // lease, so within the cap): a give-back for a dip in the measured rate would cost
+            // a write the next lease pays again.
+            return Ok(self.hold(group, carried, rest.tats, now, 0));
         }
+        // The branch each bucket's condition takes comes from the hint. A TAT seen long ago is
+        // usually behind `now`; if the last take found the bucket busy (other instances keep
+        // it ahead of the clock, as on a shared item), guess busy again rather than idle: a
+        // wrong guess costs one more conditional write.
         let hints: Vec<Option<u64>> = {
             let last = lock(&self.last_tat);
             group
                 .slots
                 .iter()
-                .map(|s| last.get(&(group.item.clone(), s.attr.clone())).copied())
+                .map(|s| {
+                    last.get(&(group.item.clone(), s.attr.clone()))
+                        .map(|&(tat, busy)| if busy { tat.max(now + 1) } else { tat })
+                })
                 .collect()
         };
         let take = store
@@ -462,7 +468,9 @@ impl Budgets {
                         last.clear();
                     }
                     for (s, tat) in group.slots.iter().zip(&tats) {
-                        last.insert((group.item.clone(), s.attr.clone()), *tat);
+                        // An idle take leaves exactly `now + n * interval`.
+                        let busy = *tat != now + n * s.rate.interval_ms;
+                        last.insert((group.item.clone(), s.attr.clone()), (*tat, busy));
                     }
                 }
                 Ok(self.hold(group, n + carried, tats, now, take.requests))
