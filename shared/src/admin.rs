@@ -473,23 +473,19 @@ pub mod budgets {
         let agent = existing_agent(store, agent_id).await?;
         let per_minute = u64::from(agent.budget.per_minute.unwrap_or(defaults.per_minute));
         let per_day = u64::from(agent.budget.per_day.unwrap_or(defaults.per_day));
+        let item = format!("agent#{agent_id}");
         let mut plan = vec![
             (
-                format!("agent#{agent_id}#minute"),
+                "minute".to_owned(),
                 PolicyName::AgentPerMinute,
                 per_minute,
                 60u64,
             ),
-            (
-                format!("agent#{agent_id}#day"),
-                PolicyName::AgentPerDay,
-                per_day,
-                86_400,
-            ),
+            ("day".to_owned(), PolicyName::AgentPerDay, per_day, 86_400),
         ];
         for (tool, cap) in &agent.budget.tools {
             plan.push((
-                format!("agent#{agent_id}#tool#{tool}"),
+                format!("{}{tool}", crate::budget::TOOL_CAP_PREFIX),
                 PolicyName::AgentTool,
                 u64::from(*cap),
                 60,
@@ -497,11 +493,11 @@ pub mod budgets {
         }
         let now = now_ms();
         let mut out = Vec::new();
-        for (key, policy, limit, window_s) in plan {
+        for (attr, policy, limit, window_s) in plan {
             let Some(rate) = Rate::per_window(limit, window_s * 1000, limit) else {
                 continue;
             };
-            let (remaining, until_full) = status(buckets.peek(&key).await?, now, rate);
+            let (remaining, until_full) = status(buckets.peek(&item, &attr).await?, now, rate);
             out.push((policy, limit, window_s, remaining, until_full));
         }
         Ok(out)
@@ -531,7 +527,9 @@ pub mod budgets {
         let (mut remaining, mut until_full) = (0, 0);
         for shard in 0..shards {
             let (r, u) = status(
-                buckets.peek(&format!("tool#{tool}#{shard}")).await?,
+                buckets
+                    .peek(&format!("tool#{tool}#{shard}"), crate::budget::TOOL_ATTR)
+                    .await?,
                 now,
                 shard_rate,
             );

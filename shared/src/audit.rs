@@ -37,6 +37,9 @@ pub enum CallStatus {
     RateLimited,
     /// Arguments did not validate, or the tool does not exist.
     InvalidInput,
+    /// Answered with the stored outcome of an earlier call with the same idempotency key:
+    /// the tool did not run, no budget was spent.
+    Replayed,
 }
 
 impl CallStatus {
@@ -50,6 +53,7 @@ impl CallStatus {
             Self::DeniedScope => "denied_scope",
             Self::RateLimited => "rate_limited",
             Self::InvalidInput => "invalid_input",
+            Self::Replayed => "replayed",
         }
     }
 }
@@ -99,6 +103,10 @@ pub struct AuditRecord {
     /// Arguments as the tool declared they may be logged.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub arguments: Option<serde_json::Value>,
+    /// The call's idempotency key, HMAC-hashed like a hashed argument (without a hashing key,
+    /// summarised); never raw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<serde_json::Value>,
 }
 
 /// Where audit records go: stdout on Lambda (CloudWatch), a buffer in tests.

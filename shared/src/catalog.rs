@@ -103,6 +103,7 @@ pub struct RegisteredTool {
     validator: jsonschema::Validator,
     log_plan: BTreeMap<String, LogAs>,
     provider: Option<&'static str>,
+    idempotency: crate::idempotency::Idempotency,
     inner: Box<dyn ErasedTool>,
 }
 
@@ -157,7 +158,14 @@ impl RegisteredTool {
             .idempotent(a.idempotent)
             .open_world(a.open_world);
         annotations.title = Some(spec.title.to_owned());
-        let mut descriptor = rmcp::model::Tool::new(name, spec.description, Arc::new(input_schema))
+        let idempotency = tool.idempotency();
+        // The model learns the key requirement from the description (MCP has no standard
+        // field for it yet).
+        let description = match idempotency.description() {
+            Some(extra) => format!("{}{extra}", spec.description),
+            None => spec.description.to_owned(),
+        };
+        let mut descriptor = rmcp::model::Tool::new(name, description, Arc::new(input_schema))
             .with_title(spec.title)
             .with_annotations(annotations);
         if let Some(out) = T::Output::output_schema() {
@@ -173,6 +181,7 @@ impl RegisteredTool {
             descriptor,
             validator,
             provider: tool.provider(),
+            idempotency,
             inner: Box::new(Typed(tool)),
         })
     }
@@ -185,6 +194,11 @@ impl RegisteredTool {
     /// The third-party provider whose user access token the tool needs, if any.
     pub fn provider(&self) -> Option<&'static str> {
         self.provider
+    }
+
+    /// Whether the tool takes an idempotency key.
+    pub fn idempotency(&self) -> crate::idempotency::Idempotency {
+        self.idempotency
     }
 
     /// The MCP `Tool` object listed to agents.

@@ -42,6 +42,15 @@ pub struct Config {
     pub budget_timeout: Duration,
     /// How long a tool's budget override is cached per instance (`TOLLGATE_POLICY_CACHE_TTL_SECS`).
     pub policy_cache_ttl: Duration,
+    /// Quota leases (`TOLLGATE_LEASES`, `TOLLGATE_LEASE_WINDOW_MS`,
+    /// `TOLLGATE_LEASE_MAX_FRACTION`).
+    pub leases: crate::budget::lease::LeaseConfig,
+    /// How long idempotency records (and stored outcomes) are kept
+    /// (`TOLLGATE_IDEMPOTENCY_TTL_SECS`).
+    pub idempotency_ttl: Duration,
+    /// Largest stored outcome of a keyed call; larger results are not replayable
+    /// (`TOLLGATE_IDEMPOTENCY_MAX_OUTCOME_BYTES`).
+    pub idempotency_max_outcome_bytes: usize,
     /// Which credentials are accepted, and how OAuth tokens are verified.
     pub auth: AuthConfig,
     /// Third-party providers tools act on for users, and the vault's key.
@@ -196,6 +205,16 @@ impl Config {
                 "TOLLGATE_POLICY_CACHE_TTL_SECS",
                 60,
             )?),
+            leases: lease_config(&lookup)?,
+            idempotency_ttl: Duration::from_secs(u64::from(positive(
+                parse_or(&lookup, "TOLLGATE_IDEMPOTENCY_TTL_SECS", 86_400)?,
+                "TOLLGATE_IDEMPOTENCY_TTL_SECS",
+            )?)),
+            idempotency_max_outcome_bytes: parse_or(
+                &lookup,
+                "TOLLGATE_IDEMPOTENCY_MAX_OUTCOME_BYTES",
+                32 * 1024,
+            )?,
         })
     }
 }
@@ -383,6 +402,45 @@ fn connect_config(
     })
 }
 
+fn lease_config(
+    lookup: &impl Fn(&str) -> Option<String>,
+) -> Result<crate::budget::lease::LeaseConfig, ConfigError> {
+    use crate::budget::lease::LeaseConfig;
+    let enabled = match lookup("TOLLGATE_LEASES").as_deref().map(str::trim) {
+        None | Some("" | "on") => true,
+        Some("off") => false,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                name: "TOLLGATE_LEASES",
+                reason: "must be `on` or `off`".to_owned(),
+            });
+        }
+    };
+    let window_ms = parse_or(lookup, "TOLLGATE_LEASE_WINDOW_MS", 2_000u64)?;
+    if !(100..=60_000).contains(&window_ms) {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_LEASE_WINDOW_MS",
+            reason: "must be between 100 and 60000".to_owned(),
+        });
+    }
+    let max_fraction = parse_or(
+        lookup,
+        "TOLLGATE_LEASE_MAX_FRACTION",
+        LeaseConfig::DEFAULT.max_fraction,
+    )?;
+    if !(max_fraction > 0.0 && max_fraction <= 0.5) {
+        return Err(ConfigError::Invalid {
+            name: "TOLLGATE_LEASE_MAX_FRACTION",
+            reason: "must be above 0 and at most 0.5".to_owned(),
+        });
+    }
+    Ok(LeaseConfig {
+        enabled,
+        window: Duration::from_millis(window_ms),
+        max_fraction,
+    })
+}
+
 fn positive(v: u32, name: &'static str) -> Result<u32, ConfigError> {
     if v == 0 {
         return Err(ConfigError::Invalid {
@@ -422,6 +480,34 @@ mod tests {
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
         Config::from_lookup(|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn leases_default_on_and_bad_values_name_the_variable() {
+        let c = cfg(&[]).expect("config");
+        assert_eq!(c.leases, crate::budget::lease::LeaseConfig::DEFAULT);
+        let c = cfg(&[
+            ("TOLLGATE_LEASES", "off"),
+            ("TOLLGATE_LEASE_WINDOW_MS", "500"),
+            ("TOLLGATE_LEASE_MAX_FRACTION", "0.25"),
+        ])
+        .expect("config");
+        assert!(!c.leases.enabled);
+        assert_eq!(c.leases.window, Duration::from_millis(500));
+        assert!((c.leases.max_fraction - 0.25).abs() < f64::EPSILON);
+        for (name, value) in [
+            ("TOLLGATE_LEASES", "maybe"),
+            ("TOLLGATE_LEASE_WINDOW_MS", "50"),
+            ("TOLLGATE_LEASE_WINDOW_MS", "soon"),
+            ("TOLLGATE_LEASE_MAX_FRACTION", "0"),
+            ("TOLLGATE_LEASE_MAX_FRACTION", "0.9"),
+            ("TOLLGATE_LEASE_MAX_FRACTION", "NaN"),
+        ] {
+            match cfg(&[(name, value)]) {
+                Err(ConfigError::Invalid { name: got, .. }) => assert_eq!(got, name, "{value}"),
+                other => panic!("{name}={value}: {other:?}"),
+            }
+        }
     }
 
     #[test]

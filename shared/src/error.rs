@@ -70,6 +70,15 @@ pub enum Rejection {
     /// A budget is exhausted.
     #[error("rate limited")]
     RateLimited(Box<RateLimited>),
+    /// A call with the same idempotency key is still running.
+    #[error("idempotency key in progress")]
+    IdempotencyInProgress {
+        /// Seconds until the running call's lease ends.
+        retry_after_s: u64,
+    },
+    /// The idempotency key was used before with other arguments.
+    #[error("idempotency key reused")]
+    IdempotencyKeyReused,
     /// A dependency is unavailable; retry later.
     #[error("unavailable")]
     Unavailable {
@@ -137,6 +146,8 @@ impl Rejection {
             Self::Auth(a) if a.is_unavailable() => 503,
             Self::Unavailable { .. } => 503,
             Self::RateLimited(_) => 429,
+            Self::IdempotencyInProgress { .. } => 409,
+            Self::IdempotencyKeyReused => 422,
             Self::Auth(_) => 401,
             Self::Internal => 500,
         }
@@ -161,6 +172,8 @@ impl Rejection {
             Self::Auth(a) => a.reason(),
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::RateLimited(_) => "rate_limited",
+            Self::IdempotencyInProgress { .. } => "idempotency_in_progress",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal => "internal_error",
         }
@@ -170,7 +183,10 @@ impl Rejection {
         match self {
             Self::Auth(a) if a.is_permanent() => "never",
             Self::Auth(a) if a.is_unavailable() => "after_retry_after",
-            Self::Unavailable { .. } | Self::RateLimited(_) => "after_retry_after",
+            Self::Unavailable { .. }
+            | Self::RateLimited(_)
+            | Self::IdempotencyInProgress { .. } => "after_retry_after",
+            Self::IdempotencyKeyReused => "with_new_key",
             Self::Auth(_) => "with_new_credentials",
             Self::InsufficientScope { .. } => "after_scope_granted",
             Self::Internal => "later",
@@ -239,6 +255,19 @@ impl Rejection {
                     r.policy, r.limit, r.window_s, r.retry_after_ms
                 ),
             ),
+            Self::IdempotencyInProgress { retry_after_s } => (
+                codes::IDEMPOTENCY_IN_PROGRESS,
+                format!(
+                    "A call with this idempotency key is still in progress; retry after \
+                     {retry_after_s} s to get its outcome"
+                ),
+            ),
+            Self::IdempotencyKeyReused => (
+                codes::IDEMPOTENCY_KEY_REUSED,
+                "This idempotency key was used with other arguments; nothing was run. Retry \
+                 with the original arguments, or use a new key for a new operation"
+                    .into(),
+            ),
             Self::Internal => (codes::INTERNAL_ERROR, "Internal error".into()),
         }
     }
@@ -258,6 +287,9 @@ impl Rejection {
             }
             Self::InsufficientScope { scope } => data["required_scope"] = json!(scope),
             Self::PayloadTooLarge { limit } => data["limit_bytes"] = json!(limit),
+            Self::IdempotencyInProgress { retry_after_s } => {
+                data["retry_after_ms"] = json!(retry_after_s.saturating_mul(1000));
+            }
             Self::RateLimited(r) => {
                 data["layer"] = json!(r.layer);
                 data["policy"] = json!(r.policy);
@@ -308,7 +340,7 @@ impl Rejection {
                         &rate_limit_header(r.policy, 0, secs),
                     );
             }
-            Self::Unavailable { retry_after_s } => {
+            Self::Unavailable { retry_after_s } | Self::IdempotencyInProgress { retry_after_s } => {
                 resp = resp.with_header(RETRY_AFTER, &retry_after_s.max(&1).to_string());
             }
             _ => {}
@@ -377,6 +409,25 @@ mod tests {
         assert_eq!(body["error"]["data"]["layer"], "agent");
         assert_eq!(body["error"]["data"]["retry_after_ms"], 1_500);
         assert_eq!(body["error"]["data"]["retry"], "after_retry_after");
+    }
+
+    #[test]
+    fn idempotency_conflicts_are_409_and_422() {
+        let r = Rejection::IdempotencyInProgress { retry_after_s: 3 }.into_response(None, None);
+        assert_eq!(r.status, 409);
+        assert_eq!(
+            r.headers.get(RETRY_AFTER).and_then(|v| v.to_str().ok()),
+            Some("3")
+        );
+        let body = r.body_json().expect("json");
+        assert_eq!(body["error"]["code"], codes::IDEMPOTENCY_IN_PROGRESS);
+        assert_eq!(body["error"]["data"]["retry"], "after_retry_after");
+        let r = Rejection::IdempotencyKeyReused.into_response(None, None);
+        assert_eq!(r.status, 422);
+        assert!(r.headers.get(RETRY_AFTER).is_none());
+        let body = r.body_json().expect("json");
+        assert_eq!(body["error"]["code"], codes::IDEMPOTENCY_KEY_REUSED);
+        assert_eq!(body["error"]["data"]["reason"], "idempotency_key_reused");
     }
 
     #[test]

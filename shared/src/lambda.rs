@@ -233,7 +233,8 @@ pub fn build_server(
         defaults,
         config.budget_timeout,
         config.policy_cache_ttl,
-    );
+    )
+    .with_leases(config.leases);
     server.with_budgets(Arc::new(budgets))
 }
 

@@ -17,6 +17,7 @@ pub mod error;
 pub mod gateway;
 pub mod hash_key;
 pub mod http;
+pub mod idempotency;
 pub mod lambda;
 pub mod metrics;
 pub mod protocol;

@@ -52,7 +52,7 @@ pub fn emf(record: &AuditRecord, timestamp_ms: u64) -> Value {
     if let Some(trace) = &record.trace_id {
         doc["trace_id"] = json!(trace);
     }
-    if record.status != CallStatus::Success {
+    if !matches!(record.status, CallStatus::Success | CallStatus::Replayed) {
         directives.push(directive(
             json!([["Service", "Status"], ["Service", "Tool", "Status"]]),
             &[("Errors", "Count")],
@@ -114,6 +114,7 @@ mod tests {
             reason: reason.map(str::to_owned),
             budget_layer: layer.map(str::to_owned),
             arguments: None,
+            idempotency_key: None,
         }
     }
 

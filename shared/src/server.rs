@@ -4,9 +4,12 @@
 //! 1. transport checks and JSON-RPC parsing ([`crate::protocol`])
 //! 2. protocol-version negotiation and 2026-07-28 header rules
 //! 3. authentication ([`crate::auth`]) -> [`Principal`]
-//! 4. `tools/call`: tool lookup, scope check, argument validation
-//! 5. the tool run under a deadline, panics caught (or, in the gateway, the forward)
-//! 6. one audit record per tool call ([`crate::audit`])
+//! 4. `tools/call`: tool lookup, scope check (the gateway forwards here)
+//! 5. idempotency: a keyed call claims its record, or is answered from it (replay, in
+//!    progress, key reused) without spending budget ([`crate::idempotency`])
+//! 6. budgets, argument validation
+//! 7. the tool run under a deadline, panics caught; its outcome stored for replays when keyed
+//! 8. one audit record per tool call ([`crate::audit`])
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -28,6 +31,7 @@ use crate::error::{RateLimited, Rejection, rate_limit_header, rate_limit_policy_
 use crate::gateway::Invoker;
 use crate::hash_key::HashKeys;
 use crate::http::{Request, Response};
+use crate::idempotency::{self, Begin, Claim, Idempotency, Ledger};
 use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
 use crate::protocol::version::{self, Era, Negotiated};
 use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS, transport};
@@ -89,6 +93,7 @@ pub struct Server {
     hash_keys: Arc<HashKeys>,
     identity: ServerIdentity,
     budgets: Option<Arc<Budgets>>,
+    ledger: Ledger,
     connections: Option<Arc<crate::connect::Connections>>,
     /// `WWW-Authenticate` `resource_metadata` URL, from the configured resource URL.
     metadata_url: Option<String>,
@@ -114,6 +119,8 @@ struct CallFacts<'a> {
     budget_layer: Option<&'static str>,
     /// Set when the call was admitted on the local bucket (fail open).
     budget_note: Option<&'static str>,
+    /// The call's idempotency key as the audit record shows it (hashed, or summarised).
+    idempotency_key: Option<Value>,
 }
 
 impl Server {
@@ -132,6 +139,12 @@ impl Server {
             .resource_url
             .as_deref()
             .and_then(metadata_url_for);
+        let ledger = Ledger::new(
+            clients.dynamodb.clone(),
+            clients.config.table.clone(),
+            clients.config.idempotency_ttl,
+            clients.config.idempotency_max_outcome_bytes,
+        );
         Self {
             catalog,
             dispatch,
@@ -143,6 +156,7 @@ impl Server {
             hash_keys: Arc::new(hash_key.map_or_else(HashKeys::none, HashKeys::fixed)),
             identity,
             budgets: None,
+            ledger,
             connections: None,
             served_any: AtomicBool::new(false),
         }
@@ -496,6 +510,7 @@ impl Server {
             validated: false,
             budget_layer: None,
             budget_note: None,
+            idempotency_key: None,
         };
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
@@ -561,18 +576,219 @@ impl Server {
                 }
             };
         }
-        let admission = match self.admit(&principal, tool, &mut facts).await {
+        let claim = match self
+            .idempotency_step(req, rpc, &principal, tool, args, negotiated, &mut facts)
+            .await
+        {
+            Ok(claim) => claim,
+            Err(resp) => return resp,
+        };
+        let ran = self
+            .run_admitted(
+                rpc, negotiated, trace, inv, &principal, tool, args, &mut facts,
+            )
+            .await;
+        let (result, admission) = match ran {
+            Ran::Outcome { result, admission } => (result, admission),
+            Ran::Answer(resp) => {
+                if let Some(claim) = &claim {
+                    self.release(claim, inv).await;
+                }
+                return resp;
+            }
+        };
+        let mut value = serde_json::to_value(&result)
+            .unwrap_or_else(|_| json!({"content": [], "isError": true}));
+        if let Some(claim) = &claim {
+            let status = if result.is_error == Some(true) {
+                "business_error"
+            } else {
+                "success"
+            };
+            let stored_len = value.to_string().len();
+            let replayable = self.ledger.keeps(stored_len);
+            if let Err(e) = self.ledger.complete(claim, &value, status).await {
+                tracing::error!(error = %e, request_id = %inv.request_id, "idempotency record: outcome not stored");
+            }
+            if let Some(obj) = value.as_object_mut() {
+                let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                if let Some(meta) = meta.as_object_mut() {
+                    let mut note = json!({"replayed": false, "replayable": replayable});
+                    if !replayable {
+                        note["note"] = json!(
+                            "The result is too large to keep: a retry with the same key will \
+                             not repeat the call, and will not return this result either."
+                        );
+                    }
+                    meta.insert(idempotency::META_RESULT.to_owned(), note);
+                }
+            }
+        }
+        with_rate_limit(self.ok(&rpc.id, value, negotiated.era), admission.as_ref())
+    }
+
+    /// The idempotency step, after authentication and scope, before the budget: `Ok(None)`
+    /// for an unkeyed call, `Ok(Some(claim))` when this call runs the tool, `Err(answer)`
+    /// when the call is answered here (key missing or invalid, replay, in progress, reused).
+    #[allow(clippy::too_many_arguments)]
+    async fn idempotency_step(
+        &self,
+        req: &Request<'_>,
+        rpc: &RpcRequest,
+        principal: &Principal,
+        tool: &RegisteredTool,
+        args: &Value,
+        negotiated: &Negotiated,
+        facts: &mut CallFacts<'_>,
+    ) -> Result<Option<Claim>, Response> {
+        let mode = tool.idempotency();
+        if mode == Idempotency::Ignored {
+            return Ok(None);
+        }
+        let header = req.header(idempotency::HEADER);
+        let key = match idempotency::key_from(header, rpc.params.get("_meta")) {
+            Ok(k) => k,
+            Err(message) => {
+                self.write_audit(
+                    facts,
+                    CallStatus::InvalidInput,
+                    Some("invalid_idempotency_key"),
+                );
+                return Err(self.reject(Rejection::InvalidParams(message), Some(&rpc.id)));
+            }
+        };
+        let Some(key) = key else {
+            if mode == Idempotency::Required {
+                self.write_audit(
+                    facts,
+                    CallStatus::InvalidInput,
+                    Some("idempotency_key_required"),
+                );
+                telemetry::record_error("idempotency_key_required", false);
+                let result = CallToolResult::error(vec![Content::text(format!(
+                    "This tool requires an idempotency key and none was given; nothing was run. \
+                     Call it again with a new random key (a UUID) in params._meta[\"{}\"] (or \
+                     the Idempotency-Key header), and reuse that key if you retry this operation.",
+                    idempotency::META_KEY
+                ))]);
+                return Err(self.call_result(&rpc.id, &result, negotiated.era));
+            }
+            return Ok(None);
+        };
+        let logged = Value::String(key.clone());
+        facts.idempotency_key = Some(match self.hash_keys.current() {
+            Some(k) => Value::String(k.hash(&logged)),
+            None => crate::audit::summarise(&logged),
+        });
+        let begun = self
+            .ledger
+            .begin(
+                &principal.agent_id,
+                tool.spec().name,
+                &key,
+                &idempotency::arguments_hash(args),
+                &facts.inv.request_id,
+                facts.inv.deadline,
+            )
+            .await;
+        match begun {
+            Ok(Begin::Run(claim)) => Ok(Some(claim)),
+            Ok(Begin::Replay(stored)) => {
+                self.write_audit(facts, CallStatus::Replayed, None);
+                let mut value = stored.result.unwrap_or_else(|| {
+                    let text = format!(
+                        "This operation already ran with this idempotency key (request {}), \
+                         and it was not run again. Its result was too large to keep, so it \
+                         cannot be shown again.",
+                        stored.request_id
+                    );
+                    serde_json::to_value(CallToolResult::error(vec![Content::text(text)]))
+                        .unwrap_or_else(|_| json!({"content": [], "isError": true}))
+                });
+                if let Some(obj) = value.as_object_mut() {
+                    let meta = obj.entry("_meta").or_insert_with(|| json!({}));
+                    if let Some(meta) = meta.as_object_mut() {
+                        meta.insert(
+                            idempotency::META_RESULT.to_owned(),
+                            json!({
+                                "replayed": true,
+                                "originalRequestId": stored.request_id,
+                                "completedAtMs": stored.completed_at_ms,
+                                "originalStatus": stored.status,
+                            }),
+                        );
+                    }
+                }
+                Err(self
+                    .ok(&rpc.id, value, negotiated.era)
+                    .with_header(http::HeaderName::from_static("idempotent-replayed"), "true"))
+            }
+            Ok(Begin::InProgress { retry_after_s }) => {
+                self.write_audit(
+                    facts,
+                    CallStatus::InvalidInput,
+                    Some("idempotency_in_progress"),
+                );
+                Err(self.reject(
+                    Rejection::IdempotencyInProgress { retry_after_s },
+                    Some(&rpc.id),
+                ))
+            }
+            Ok(Begin::Mismatch) => {
+                self.write_audit(
+                    facts,
+                    CallStatus::InvalidInput,
+                    Some("idempotency_key_reused"),
+                );
+                Err(self.reject(Rejection::IdempotencyKeyReused, Some(&rpc.id)))
+            }
+            Err(e) => {
+                tracing::error!(error = %e, request_id = %facts.inv.request_id, "idempotency record unavailable");
+                self.write_audit(
+                    facts,
+                    CallStatus::SystemError,
+                    Some("idempotency_store_unavailable"),
+                );
+                Err(self.reject(Rejection::Unavailable { retry_after_s: 1 }, Some(&rpc.id)))
+            }
+        }
+    }
+
+    /// Frees a claim when the call did nothing a retry must not repeat (awaited before the
+    /// response: a Lambda instance freezes after it). A failure only delays a retry until the
+    /// lease ends.
+    async fn release(&self, claim: &Claim, inv: &Invocation) {
+        if let Err(e) = self.ledger.release(claim).await {
+            tracing::warn!(error = %e, request_id = %inv.request_id, "idempotency record not released; a retry waits for the lease");
+        }
+    }
+
+    /// Budgets, validation, the provider token and the run: the part of a call that a
+    /// keyed call's record covers.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_admitted(
+        &self,
+        rpc: &RpcRequest,
+        negotiated: &Negotiated,
+        trace: &TraceContext,
+        inv: &Invocation,
+        principal: &Principal,
+        tool: &RegisteredTool,
+        args: &Value,
+        facts: &mut CallFacts<'_>,
+    ) -> Ran {
+        let admission = match self.admit(principal, tool, facts).await {
             Ok(a) => a,
-            Err(r) => return self.reject(r, Some(&rpc.id)),
+            Err(r) => return Ran::Answer(self.reject(r, Some(&rpc.id))),
         };
         if let Err(message) = tool.validate(args) {
-            self.write_audit(&facts, CallStatus::InvalidInput, Some("schema_validation"));
+            self.write_audit(facts, CallStatus::InvalidInput, Some("schema_validation"));
             telemetry::record_error("schema_validation", false);
             let result = CallToolResult::error(vec![Content::text(message)]);
-            return with_rate_limit(
+            return Ran::Answer(with_rate_limit(
                 self.call_result(&rpc.id, &result, negotiated.era),
                 admission.as_ref(),
-            );
+            ));
         }
         facts.validated = true;
         let deadline = inv
@@ -589,7 +805,7 @@ impl Server {
         };
         if let Some(provider) = tool.provider() {
             let token = match &self.connections {
-                Some(c) => c.access_token(&principal, provider, deadline).await,
+                Some(c) => c.access_token(principal, provider, deadline).await,
                 None => Err(crate::connect::ConnectError::Unavailable),
             };
             match token {
@@ -602,12 +818,12 @@ impl Server {
                         }
                         _ => CallStatus::SystemError,
                     };
-                    self.write_audit(&facts, status, Some(e.reason()));
+                    self.write_audit(facts, status, Some(e.reason()));
                     telemetry::record_error(e.reason(), status == CallStatus::SystemError);
-                    return with_rate_limit(
+                    return Ran::Answer(with_rate_limit(
                         self.call_result(&rpc.id, &e.to_result(provider), negotiated.era),
                         admission.as_ref(),
-                    );
+                    ));
                 }
             }
         }
@@ -646,7 +862,7 @@ impl Server {
                 )
             }
         };
-        self.write_audit(&facts, status, reason);
+        self.write_audit(facts, status, reason);
         if status != CallStatus::Success {
             // MCP semantic conventions: a result with `isError` is a `tool_error`.
             telemetry::record_error(
@@ -654,10 +870,14 @@ impl Server {
                 status == CallStatus::SystemError,
             );
         }
-        with_rate_limit(
-            self.call_result(&rpc.id, &result, negotiated.era),
-            admission.as_ref(),
-        )
+        if status == CallStatus::SystemError {
+            // Nothing a retry must not repeat: the record is released.
+            return Ran::Answer(with_rate_limit(
+                self.call_result(&rpc.id, &result, negotiated.era),
+                admission.as_ref(),
+            ));
+        }
+        Ran::Outcome { result, admission }
     }
 
     /// The budget step: `Ok(None)` when this server enforces no budgets.
@@ -757,6 +977,7 @@ impl Server {
             status,
             reason: reason.or(facts.budget_note).map(str::to_owned),
             budget_layer: facts.budget_layer.map(str::to_owned),
+            idempotency_key: facts.idempotency_key.clone(),
             arguments: facts.principal.map(|_| {
                 redact_arguments(
                     facts.tool,
@@ -792,6 +1013,18 @@ fn forward_event(event: &ApiGatewayV2httpRequest, trace: &TraceContext) -> ApiGa
         out.body = Some(v.to_string());
     }
     out
+}
+
+/// How the part of a call after the idempotency step ended.
+enum Ran {
+    /// Answered without an outcome to keep (refused, invalid, system error): a keyed call's
+    /// record is released.
+    Answer(Response),
+    /// The tool ran and answered (a result or a business error): kept for replays.
+    Outcome {
+        result: CallToolResult,
+        admission: Option<Admission>,
+    },
 }
 
 /// Marks the server span with the refusal (`error.type`; an error status for server faults).

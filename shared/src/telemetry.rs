@@ -50,6 +50,7 @@ use opentelemetry_sdk::trace::{
 use tracing::field::Empty;
 use tracing_opentelemetry::OpenTelemetrySpanExt as _;
 use tracing_subscriber::Layer as _;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
@@ -272,13 +273,18 @@ pub fn build(config: &TelemetryConfig, function: &str) -> Telemetry {
         .or_else(|_| std::env::var("RUST_LOG"))
         .unwrap_or_else(|_| "info".to_owned())
         .to_lowercase();
+    // Events only: log lines carry no span context, so the log layer never sees a span. Were
+    // spans to pass its filter, it would format every span's fields as JSON on creation and on
+    // each `record` for nothing (measured: ~5 % of a warm call's instructions).
     let logs = tracing_subscriber::fmt::layer()
         .json()
         .with_current_span(false)
         .with_span_list(false)
         .with_target(false)
         .without_time()
-        .with_filter(tracing_subscriber::EnvFilter::new(filter));
+        .with_filter(tracing_subscriber::EnvFilter::new(filter).and(
+            tracing_subscriber::filter::filter_fn(|meta| meta.is_event()),
+        ));
     let mut problems = config.warnings.clone();
     let provider = if config.exports() {
         match build_provider(config, function) {

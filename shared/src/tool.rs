@@ -267,6 +267,13 @@ pub trait Tool: Send + Sync + 'static {
         None
     }
 
+    /// Whether the tool takes an idempotency key (see [`crate::idempotency`]): by default
+    /// ignored for read-only or idempotent tools, optional (and honoured) for the others.
+    /// Override to require one (payments, emails, deploys).
+    fn idempotency(&self) -> crate::idempotency::Idempotency {
+        crate::idempotency::Idempotency::from_annotations(&self.spec().annotations)
+    }
+
     /// Runs the tool. Cancelled at `ctx.deadline`; a panic is caught and becomes a system error.
     fn call(
         &self,

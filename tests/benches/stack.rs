@@ -29,35 +29,8 @@ fn ms(d: Duration) -> String {
 }
 
 async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Result<()> {
-    let moto_port = free_port()?;
-    let mut moto = tokio::process::Command::new(root.join(".venv/bin/python"))
-        .arg(root.join("tests/stack/moto_server.py"))
-        .arg(moto_port.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()?;
-    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let (mut moto, sdk) = start_moto(root).await?;
     let http = reqwest_client();
-    for _ in 0..200 {
-        if http
-            .get(format!("{endpoint}/moto-api/"))
-            .send()
-            .await
-            .is_ok()
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let sdk = aws_config::SdkConfig::builder()
-        .behavior_version(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-            aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"),
-        ))
-        .endpoint_url(&endpoint)
-        .build();
     // Budgets far above the call rate: this measures the pipeline, not a 429.
     let config = Arc::new(tollgate::Config::from_lookup(|k| match k {
         "TOLLGATE_RESOURCE_URL" => Some("http://127.0.0.1:9/mcp".to_owned()),
@@ -72,18 +45,7 @@ async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Re
     let catalog = tollgate::Catalog::new()
         .register(lookup_customer::LookupCustomer::with_table("tollgate-app"))?;
     let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
-    use tollgate::store::Store as _;
-    store
-        .put_tool_policy(
-            "lookup_customer",
-            Some(tollgate::store::ToolPolicy {
-                per_minute: 1_000_000,
-                burst: 1_000_000,
-                shards: 1,
-                fail_open: None,
-            }),
-        )
-        .await?;
+    unlimited_tool_budget(&store, "lookup_customer").await?;
     let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;
     if only_tracing {
         tracing_cost(routes, &token).await?;
@@ -174,7 +136,8 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
         )
     };
 
-    // Admitted calls: three buckets (agent minute, agent day, tool), one write each.
+    // Admitted calls, exact mode: the agent item (minute + day) and the tool bucket, one
+    // conditional write each, in parallel.
     let b = new(1_000_000);
     let tool = spec(1_000_000, 1_000_000);
     let mut samples = Vec::new();
@@ -189,12 +152,36 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
     let per_admit = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 200.0;
     samples.sort();
     eprintln!(
-        "budget decision (3 buckets, parallel conditional updates) latency: p50 {} p99 {}; DynamoDB requests (WCU) per admitted call: {per_admit:.2}, reads: 0",
+        "budget decision, exact mode (agent item + tool bucket, parallel conditional updates) latency: p50 {} p99 {}; DynamoDB requests (WCU) per admitted call: {per_admit:.2}, reads: 0",
         ms(percentile(&samples, 0.5)),
         ms(percentile(&samples, 0.99))
     );
 
-    // Refused by the tool layer: three takes, then two refunds; repeats come from memory.
+    // The same with leases (the deployment default), one caller at a steady 20 calls/s for
+    // 10 s: writes per admitted call once the first second has measured the rate.
+    let b = new(1_000_000).with_leases(tollgate::budget::lease::LeaseConfig::DEFAULT);
+    let mut samples = Vec::new();
+    let before = b.counters.store_requests.load(Ordering::Relaxed);
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    for _ in 0..200 {
+        tick.tick().await;
+        let t = Instant::now();
+        b.admit(&principal("bench-lease"), &tool)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        samples.push(t.elapsed());
+    }
+    let per_admit = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 200.0;
+    samples.sort();
+    eprintln!(
+        "budget decision with leases, 20 calls/s for 10 s: latency p50 {} p99 {}; DynamoDB requests (WCU) per admitted call: {per_admit:.3} ({} leases, {} calls served from a lease)",
+        ms(percentile(&samples, 0.5)),
+        ms(percentile(&samples, 0.99)),
+        b.counters.leases.load(Ordering::Relaxed),
+        b.counters.lease_hits.load(Ordering::Relaxed),
+    );
+
+    // Refused by the tool layer: two takes, then one refund; repeats come from memory.
     let b = new(1_000_000);
     let tool = spec(1, 1);
     b.admit(&principal("bench-refuse-0"), &tool)
@@ -209,7 +196,7 @@ async fn budget_figures(store: Arc<tollgate::store::DynamoStore>) -> anyhow::Res
     }
     let repeats = (b.counters.store_requests.load(Ordering::Relaxed) - before) as f64 / 100.0;
     eprintln!(
-        "refused call: {first} DynamoDB requests (WCU) on the first refusal (3 takes + 2 refunds), {repeats:.2} per repeated call while refused (per-instance memory)"
+        "refused call: {first} DynamoDB requests (WCU) on the first refusal (2 takes + 1 refund), {repeats:.2} per repeated call while refused (per-instance memory)"
     );
 
     // Contention: 32 callers on one agent bucket (120/min, burst 120) for 4 s.
@@ -285,6 +272,7 @@ fn audit_cost() -> anyhow::Result<()> {
             reason: None,
             budget_layer: None,
             arguments: Some(redact_arguments(Some(&tool), &args, Some(&key), true)),
+            idempotency_key: None,
         };
         let line = serde_json::to_string(&record)?;
         let emf = serde_json::to_string(&tollgate::metrics::emf(&record, 1_795_676_400_000))?;
@@ -598,11 +586,211 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    if std::env::args().any(|a| a == "idempotency") {
+        return idempotency_cost(&root).await;
+    }
     if std::env::args().any(|a| a == "tracing") {
         return stack_latency(&root, true).await;
     }
     audit_cost()?;
     jwt_cost(&root).await?;
     stack_latency(&root, false).await?;
+    idempotency_cost(&root).await?;
+    Ok(())
+}
+
+/// Raises `tool`'s budget far above any call rate: the figures measure the pipeline, not a 429.
+async fn unlimited_tool_budget(
+    store: &tollgate::store::DynamoStore,
+    tool: &str,
+) -> anyhow::Result<()> {
+    use tollgate::store::Store as _;
+    let policy = tollgate::store::ToolPolicy {
+        per_minute: 1_000_000,
+        burst: 1_000_000,
+        shards: 1,
+        fail_open: None,
+    };
+    store.put_tool_policy(tool, Some(policy)).await?;
+    Ok(())
+}
+
+/// A single-threaded moto server on a free port (killed on drop), and an SDK configuration for
+/// it.
+async fn start_moto(
+    root: &std::path::Path,
+) -> anyhow::Result<(tokio::process::Child, aws_config::SdkConfig)> {
+    let moto_port = free_port()?;
+    let moto = tokio::process::Command::new(root.join(".venv/bin/python"))
+        .arg(root.join("tests/stack/moto_server.py"))
+        .arg(moto_port.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()?;
+    let endpoint = format!("http://127.0.0.1:{moto_port}");
+    let http = reqwest_client();
+    for _ in 0..200 {
+        if http
+            .get(format!("{endpoint}/moto-api/"))
+            .send()
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            aws_sdk_dynamodb::config::Credentials::new("bench", "bench", None, None, "bench"),
+        ))
+        .endpoint_url(&endpoint)
+        .build();
+    Ok((moto, sdk))
+}
+
+/// Counts DynamoDB requests by operation (`X-Amz-Target`), as sent.
+#[derive(Debug, Default, Clone)]
+struct OpCounter(Arc<std::sync::Mutex<std::collections::BTreeMap<String, u64>>>);
+
+impl aws_sdk_dynamodb::config::Intercept for OpCounter {
+    fn name(&self) -> &'static str {
+        "OpCounter"
+    }
+
+    fn read_before_transmit(
+        &self,
+        context: &aws_sdk_dynamodb::config::interceptors::BeforeTransmitInterceptorContextRef<'_>,
+        _runtime_components: &aws_sdk_dynamodb::config::RuntimeComponents,
+        _cfg: &mut aws_sdk_dynamodb::config::ConfigBag,
+    ) -> Result<(), aws_sdk_dynamodb::error::BoxError> {
+        let op = context
+            .request()
+            .headers()
+            .get("x-amz-target")
+            .and_then(|t| t.rsplit('.').next())
+            .unwrap_or("?")
+            .to_owned();
+        if let Ok(mut m) = self.0.lock() {
+            *m.entry(op).or_default() += 1;
+        }
+        Ok(())
+    }
+}
+
+impl OpCounter {
+    fn take(&self) -> std::collections::BTreeMap<String, u64> {
+        self.0
+            .lock()
+            .map(|mut m| std::mem::take(&mut *m))
+            .unwrap_or_default()
+    }
+}
+
+/// Retry safety: latency and DynamoDB requests of `tools/call open_ticket` on the direct route,
+/// unkeyed, keyed (a new key per call: claim + outcome) and replayed (one key, answered from its
+/// record), against moto.
+async fn idempotency_cost(root: &std::path::Path) -> anyhow::Result<()> {
+    const N: usize = 200;
+    let (mut moto, sdk) = start_moto(root).await?;
+    let http = reqwest_client();
+    let config = Arc::new(tollgate::Config::from_lookup(|k| match k {
+        "TOLLGATE_AGENT_PER_MINUTE" | "TOLLGATE_AGENT_PER_DAY" => Some("1000000".to_owned()),
+        _ => None,
+    })?);
+    let counter = OpCounter::default();
+    let mut clients = tollgate::lambda::build_clients(&sdk, config.clone())?;
+    clients.dynamodb = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::config::Builder::from(&sdk)
+            .interceptor(counter.clone())
+            .build(),
+    );
+    let store = tollgate::store::DynamoStore::new(clients.dynamodb.clone(), config.table.clone());
+    store.create_table().await?;
+    let app = std::env::var("TOLLGATE_APP_TABLE").unwrap_or_else(|_| "tollgate-app".to_owned());
+    tollgate_tests::devstack::create_app_table(&clients.dynamodb, &app).await?;
+    tollgate_tests::devstack::seed_customers(&clients.dynamodb, &app).await?;
+    let catalog = gateway::catalog()?
+        .only("open_ticket")
+        .ok_or_else(|| anyhow::anyhow!("open_ticket is not in the catalog"))?;
+    let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
+    unlimited_tool_budget(&store, "open_ticket").await?;
+    let routes =
+        tollgate_tests::devstack::routes(&catalog, Arc::new(clients), Duration::from_secs(10))?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let server = tokio::spawn(async move {
+        axum::serve(listener, tollgate_tests::http_front::app(routes)).await
+    });
+    let url = format!("http://{addr}/tools/open_ticket/mcp");
+    let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"open_ticket","arguments":{"customer_id":"C-1001","subject":"Bench ticket","description":"Opened by make bench.","priority":"low"}}}"#;
+    let call = |key: Option<String>| {
+        let mut req = http
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {token}"))
+            .body(body);
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        async move {
+            let t = Instant::now();
+            let resp = req.send().await?;
+            anyhow::ensure!(resp.status() == 200, "status {}", resp.status());
+            let _ = resp.bytes().await?;
+            Ok::<Duration, anyhow::Error>(t.elapsed())
+        }
+    };
+    let replay_key = uuid::Uuid::new_v4().to_string();
+    call(Some(replay_key.clone())).await?; // the run the replays answer from
+    let mut rows = Vec::new();
+    for (label, mode) in [("unkeyed", 0), ("keyed, first call", 1), ("replay", 2)] {
+        for _ in 0..20 {
+            call(match mode {
+                0 => None,
+                1 => Some(uuid::Uuid::new_v4().to_string()),
+                _ => Some(replay_key.clone()),
+            })
+            .await?;
+        }
+        counter.take();
+        let mut samples = Vec::with_capacity(N);
+        for _ in 0..N {
+            samples.push(
+                call(match mode {
+                    0 => None,
+                    1 => Some(uuid::Uuid::new_v4().to_string()),
+                    _ => Some(replay_key.clone()),
+                })
+                .await?,
+            );
+        }
+        let ops = counter.take();
+        samples.sort();
+        let per_call: Vec<String> = ops
+            .iter()
+            .map(|(op, n)| format!("{op} {:.2}", *n as f64 / N as f64))
+            .collect();
+        let p50 = percentile(&samples, 0.5);
+        rows.push((label, p50));
+        eprintln!(
+            "idempotency: tools/call open_ticket {label} ({N} calls, direct route): p50 {} p99 {}; DynamoDB requests per call: {}",
+            ms(p50),
+            ms(percentile(&samples, 0.99)),
+            per_call.join(", ")
+        );
+    }
+    if let [(_, plain), (_, keyed), (_, replay)] = rows[..] {
+        eprintln!(
+            "idempotency: added latency per keyed call (p50): {:+.2} ms; a replay vs an unkeyed call (p50): {:+.2} ms",
+            (keyed.as_secs_f64() - plain.as_secs_f64()) * 1000.0,
+            (replay.as_secs_f64() - plain.as_secs_f64()) * 1000.0
+        );
+    }
+    server.abort();
+    moto.kill().await?;
     Ok(())
 }

@@ -189,6 +189,7 @@ def test_no_pii_or_credentials_in_logs_spans_or_responses(stack, http) -> None:
         "planted token secret": planted_secret,
         "caller's token": token,
         "caller's token secret": token[len("tg_") + 13:],
+        "idempotency key": f"pii-{marker}",
     }
 
     offset = stack.stdout_offset()
@@ -197,16 +198,16 @@ def test_no_pii_or_credentials_in_logs_spans_or_responses(stack, http) -> None:
     responses = []
     for url_tool in ("gateway", "tool"):
         for modern in (False, True):
-            def call(tool: str, args: dict[str, Any], tok: str | None = token) -> None:
+            def call(tool: str, args: dict[str, Any], tok: str | None = token, **headers: str) -> None:
                 url = stack.gateway_url if url_tool == "gateway" else stack.tool_url(tool)
-                responses.append(tool_call(http, url, tok, tool, args, modern=modern))
+                responses.append(tool_call(http, url, tok, tool, args, modern=modern, **headers))
 
             call("lookup_customer", {"email": email})  # business error: unknown customer
             call("lookup_customer", {"email": planted_token})  # invalid input
             call("lookup_customer", {"email": email, "note": planted_token})  # unexpected property
             call("open_ticket", {"customer_id": "C-1001", "subject": f"Mail {email}",
-                                 "description": f"My password is {planted_token}", "priority": "low",
-                                 "idempotency_key": f"pii-{marker}"})  # success
+                                 "description": f"My password is {planted_token}", "priority": "low"},
+                 **{"Idempotency-Key": f"pii-{marker}-{url_tool}-{modern}"})  # success, keyed
             call("open_ticket", {"customer_id": "C-1001", "subject": email, "description": planted_token,
                                  "priority": planted_token})  # invalid input
             call("open_ticket", {"customer_id": email, "subject": "Refund", "description": "Please.",
@@ -241,3 +242,10 @@ def test_no_pii_or_credentials_in_logs_spans_or_responses(stack, http) -> None:
     records = [json.loads(line) for line in stack.stdout_lines_since(offset) if '"kind":"audit"' in line]
     assert len(records) == len(responses)
     assert {r.get("agent_id") for r in records if r["status"] != "denied_auth"} == {agent}
+    keyed = [r for r in records if r.get("idempotency_key")]
+    # Hashed with the hashing key, or (without one, as here) summarised: never raw.
+    assert len(keyed) == 4, keyed
+    for r in keyed:
+        logged = r["idempotency_key"]
+        assert (isinstance(logged, str) and logged.startswith("hmac-sha256:")) or \
+            (isinstance(logged, dict) and logged.get("type") == "string" and set(logged) == {"type", "len"}), logged

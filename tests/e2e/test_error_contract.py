@@ -398,15 +398,8 @@ def test_unknown_tool_is_200_invalid_params(stack, token, http, url, modern) -> 
             "/priority",
             "zq-asap-5521",
         ),
-        (
-            "open_ticket",
-            {"customer_id": "C-1001", "subject": "ok subject", "description": "d", "priority": "low",
-             "idempotency_key": "zq1"},
-            "/idempotency_key",
-            "zq1",
-        ),
     ],
-    ids=["email", "tracking_number", "priority", "idempotency_key"],
+    ids=["email", "tracking_number", "priority"],
 )
 @pytest.mark.parametrize("route", ["gateway", "tool"])
 def test_invalid_arguments_are_an_error_result_naming_the_field(stack, token, http, tool, arguments, path, secret, route) -> None:

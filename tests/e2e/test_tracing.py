@@ -133,10 +133,12 @@ def test_exported_spans_form_one_trace_from_the_caller_to_dynamodb_and_the_carri
         assert call.kind == "CLIENT" and call.attributes["rpc.system"] == "aws-api", call
         assert call.attributes["rpc.service"] == "DynamoDB", call
         assert call.name == f"DynamoDB.{call.attributes['rpc.method']}", call
-    # One conditional update per bucket (agent per minute, agent per day, tool); a GetItem of
-    # the tool's budget override joins them when its cache (1 s here) has expired.
+    # One conditional update per item (the agent's, holding its per-minute and per-day buckets,
+    # and the tool's); a GetItem of the tool's budget override joins them when its cache (1 s
+    # here) has expired. A new agent's first call is decided by the store (no lease yet); the
+    # tool's token may come from this instance's lease on the tool bucket (earlier tests).
     takes = [c for c in dynamo if c.name == "DynamoDB.UpdateItem"]
-    assert len(takes) >= 3, [c.name for c in dynamo]
+    assert 1 <= len(takes) <= 2, [c.name for c in dynamo]
     assert {c.name for c in dynamo} <= {"DynamoDB.UpdateItem", "DynamoDB.GetItem"}, dynamo
     handler = _one(_children(spans, tool), "handler", name="handler track_shipment")
     downstream = _one(_children(spans, handler), "downstream HTTP", name="GET")

@@ -16,8 +16,11 @@
 //! buckets on a fixed clock (every store and budget behaviour is covered against a real
 //! DynamoDB-protocol server by the end-to-end tests), so no fixture depends on another. The
 //! tools run for real: a single-threaded moto server holds the app table and the local carrier
-//! API answers `track_shipment`. A fixture whose case ends in `-over-budget` is sent twice and
-//! its second answer checked: the first spends the budget.
+//! API answers `track_shipment`. A fixture whose case ends in `-over-budget` or `-replay` is
+//! sent twice and its second answer checked: the first spends the budget, or runs the keyed
+//! call the second replays. The idempotency fixtures whose answer depends on an earlier call
+//! (`-idempotency-in-progress`, `-idempotency-key-reused`) get that call's record written into
+//! the tollgate table (on moto) just before they are served.
 //!
 //! Tools read their configuration from the environment when they are built, and Rust 2024
 //! forbids `set_var` without `unsafe`, so the test runs in two processes: the outer one starts
@@ -68,9 +71,11 @@ const MAX_BODY_BYTES: &str = "8192";
 /// The budgets' clock: the fixtures' `timeEpoch` (2026-11-26T07:00:00Z), so `RateLimit` and
 /// `Retry-After` values never vary.
 const BUDGET_CLOCK_MS: u64 = 1_795_676_400_000;
-/// Fixtures whose case ends with this are sent twice; the second response is the one checked
-/// and snapshotted (a budget is spent by the first).
-const REPLAYED_SUFFIX: &str = "-over-budget";
+/// Fixtures whose case ends with one of these are sent twice; the second response is the one
+/// checked and snapshotted (a budget is spent, or a keyed call run, by the first).
+const SENT_TWICE_SUFFIXES: &[&str] = &["-over-budget", "-replay", "-replay-2026-07-28"];
+/// The agent of the fixtures' full-access key.
+const FULL_AGENT: &str = "fixture-full";
 
 #[test]
 fn every_fixture_matches_the_contract_and_its_snapshot() -> anyhow::Result<()> {
@@ -347,6 +352,10 @@ async fn run_fixtures() -> anyhow::Result<Vec<Outcome>> {
     let db = aws_sdk_dynamodb::Client::new(&sdk);
     tollgate_tests::devstack::create_app_table(&db, APP_TABLE).await?;
     tollgate_tests::devstack::seed_customers(&db, APP_TABLE).await?;
+    // Idempotency records live in the tollgate table (the default name).
+    tollgate::store::DynamoStore::new(db.clone(), "tollgate")
+        .create_table()
+        .await?;
 
     let sink = Arc::new(MemorySink::default());
     let audit: Arc<dyn AuditSink> = sink.clone();
@@ -404,7 +413,8 @@ async fn run_fixtures() -> anyhow::Result<Vec<Outcome>> {
                 .with_context(|| format!("{name}: no function {tool}"))?,
         };
         let inv = Invocation::new(INVOCATION_ID, Duration::from_secs(10));
-        if name.ends_with(REPLAYED_SUFFIX) {
+        seed_idempotency(&db, &name, &event).await?;
+        if SENT_TWICE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             let first = server.respond(&event, &inv).await;
             ensure!(
                 first.status == 200,
@@ -466,6 +476,90 @@ async fn run_fixtures() -> anyhow::Result<Vec<Outcome>> {
         started.elapsed()
     );
     Ok(outcomes)
+}
+
+/// Writes the record an earlier call would have left, for the fixtures that answer from one:
+/// a call still running (its lease ends 30.9 s from now, so `Retry-After` is 31), or a
+/// completed call with other arguments.
+async fn seed_idempotency(
+    db: &aws_sdk_dynamodb::Client,
+    name: &str,
+    event: &ApiGatewayV2httpRequest,
+) -> anyhow::Result<()> {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    let in_progress = name.ends_with("-idempotency-in-progress");
+    if !in_progress && !name.ends_with("-idempotency-key-reused") {
+        return Ok(());
+    }
+    let body = request_body(event);
+    let tool = body["params"]["name"].as_str().context("tool name")?;
+    let key = event
+        .headers
+        .get(tollgate::idempotency::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim_matches('"').to_owned())
+        .context("idempotency-key header")?;
+    let now = tollgate::store::now_ms();
+    let n = |v: u64| A::N(v.to_string());
+    let mut put = db
+        .put_item()
+        .table_name("tollgate")
+        .item(
+            "pk",
+            A::S(tollgate::idempotency::Ledger::record_key(
+                FULL_AGENT, tool, &key,
+            )),
+        )
+        .item("sk", A::S("IDEM".into()))
+        .item("kind", A::S("idempotency".into()))
+        .item("owner", A::S("0b6f2d7e-earlier-call".into()))
+        .item(tollgate::store::TTL_ATTRIBUTE, n(now / 1000 + 86_400));
+    put = if in_progress {
+        put.item("state", A::S("in_progress".into()))
+            .item(
+                "args_hash",
+                A::S(tollgate::idempotency::arguments_hash(
+                    &body["params"]["arguments"],
+                )),
+            )
+            .item("lease_until_ms", n(now + 30_900))
+    } else {
+        put.item("state", A::S("complete".into()))
+            .item(
+                "args_hash",
+                A::S(tollgate::idempotency::arguments_hash(
+                    &json!({"other": "arguments"}),
+                )),
+            )
+            .item("outcome", A::S(r#"{"content":[]}"#.into()))
+            .item("outcome_status", A::S("success".into()))
+            .item("completed_at_ms", n(now))
+    };
+    put.send().await?;
+    Ok(())
+}
+
+/// Ticket ids are random: `T-` and 16 hex digits become `T-[ticket-id]` in snapshots.
+fn mask_ticket_ids(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find("T-") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let hex = after
+            .bytes()
+            .take_while(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            .count();
+        if hex == 16 {
+            out.push_str("T-[ticket-id]");
+            rest = &after[16..];
+        } else {
+            out.push_str("T-");
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 fn fixture_name(path: &Path) -> Option<String> {
@@ -619,12 +713,17 @@ fn headers(map: &http::HeaderMap) -> BTreeMap<String, String> {
 /// version (it moves with every release).
 fn normalise(value: Value) -> Value {
     match value {
-        Value::String(s) => Value::String(s.replace(INVOCATION_ID, "[invocation-id]")),
+        Value::String(s) => Value::String(mask_ticket_ids(
+            &s.replace(INVOCATION_ID, "[invocation-id]"),
+        )),
         Value::Array(items) => Value::Array(items.into_iter().map(normalise).collect()),
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
-                    let v = if matches!(
+                    let v = if k == "completedAtMs" {
+                        // A replay's original completion time (wall clock).
+                        json!("[completed-at-ms]")
+                    } else if matches!(
                         k.as_str(),
                         "serverInfo" | "io.modelcontextprotocol/serverInfo"
                     ) {
@@ -748,6 +847,28 @@ const EXPECTED: &[(&str, u16, Want)] = &[
     ("gateway.mtls-unknown-cert", 401, Err_(Some(-31001))),
     ("gateway.mtls-expired-cert", 401, Err_(Some(-31001))),
     ("open_ticket.call-ok", 200, Ok_),
+    // Retry safety: idempotency keys (header or `_meta`), both routes.
+    ("open_ticket.call-idempotent-replay", 200, Ok_),
+    (
+        "gateway.call-open_ticket-idempotent-replay-2026-07-28",
+        200,
+        Ok_,
+    ),
+    (
+        "open_ticket.call-idempotency-in-progress",
+        409,
+        Err_(Some(-31009)),
+    ),
+    (
+        "open_ticket.call-idempotency-key-reused",
+        422,
+        Err_(Some(-31022)),
+    ),
+    (
+        "open_ticket.call-idempotency-key-invalid",
+        400,
+        Err_(Some(-32602)),
+    ),
     ("open_ticket.call-invalid-arguments", 200, ToolError),
     ("open_ticket.call-unknown-customer", 200, ToolError),
     ("open_ticket.call-suspended-customer", 200, ToolError),
@@ -966,6 +1087,13 @@ fn check_contract(
             header(resp, "allow") == Some("POST"),
             "405 needs Allow: POST".to_owned(),
         ),
+        409 => {
+            let retry_after = header(resp, "retry-after").and_then(|v| v.parse::<u64>().ok());
+            expect(
+                retry_after.is_some_and(|s| s > 0),
+                "409 (in progress) needs Retry-After in whole seconds".to_owned(),
+            );
+        }
         429 => {
             let retry_after = header(resp, "retry-after").and_then(|v| v.parse::<u64>().ok());
             expect(

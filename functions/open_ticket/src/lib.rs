@@ -2,14 +2,14 @@
 //!
 //! A write tool with a side effect: expensive for the support team, so its default budget is
 //! low, and it is annotated destructive (it creates work that cannot be taken back silently).
-//! An optional `idempotency_key` makes retries safe: the same key from the same agent returns
-//! the ticket it already opened instead of opening another.
+//! Retries are made safe by the framework: a call with an idempotency key (the
+//! `Idempotency-Key` header or `params._meta["io.modelcontextprotocol/idempotencyKey"]`) opens
+//! one ticket, and a retry with the same key gets that ticket back (see the README's "Retry
+//! safety").
 
-use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
 use aws_sdk_dynamodb::types::AttributeValue;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 use tollgate::{Annotations, DefaultBudget, Json, LogAs, Tool, ToolContext, ToolError, ToolSpec};
 
 /// How urgent a ticket is.
@@ -41,10 +41,6 @@ pub struct OpenTicketInput {
     pub description: String,
     /// How urgent the ticket is.
     pub priority: Priority,
-    /// Optional key that makes retries safe: the same key returns the same ticket.
-    #[schemars(length(min = 8, max = 64))]
-    #[serde(default)]
-    pub idempotency_key: Option<String>,
 }
 
 /// The opened ticket.
@@ -56,8 +52,6 @@ pub struct Ticket {
     pub status: String,
     /// Priority as filed.
     pub priority: Priority,
-    /// Whether this call found a ticket already opened with the same idempotency key.
-    pub replayed: bool,
 }
 
 /// The tool.
@@ -73,14 +67,8 @@ pub fn tool() -> OpenTicket {
     }
 }
 
-fn ticket_id(agent_id: &str, idempotency_key: Option<&str>) -> String {
-    match idempotency_key {
-        Some(key) => {
-            let digest = Sha256::digest(format!("{agent_id}\n{key}").as_bytes());
-            format!("T-{}", &hex::encode(digest)[..16])
-        }
-        None => format!("T-{}", &uuid::Uuid::new_v4().simple().to_string()[..16]),
-    }
+fn ticket_id() -> String {
+    format!("T-{}", &uuid::Uuid::new_v4().simple().to_string()[..16])
 }
 
 impl OpenTicket {
@@ -101,8 +89,7 @@ impl Tool for OpenTicket {
             name: "open_ticket",
             title: "Open a support ticket",
             description: "Open a support ticket for a customer. Creates work for the support \
-                          team: check first that no ticket is needed for the same problem, and \
-                          pass an idempotency_key so a retry does not open a duplicate.",
+                          team: check first that no ticket is needed for the same problem.",
             scope: "tickets:write",
             annotations: Annotations {
                 read_only: false,
@@ -116,7 +103,6 @@ impl Tool for OpenTicket {
                 ("priority", LogAs::Safe),
                 ("subject", LogAs::Summarised),
                 ("description", LogAs::Summarised),
-                ("idempotency_key", LogAs::Hashed),
             ],
         }
     }
@@ -158,7 +144,7 @@ impl Tool for OpenTicket {
                  through the billing team, not this tool.",
             ));
         }
-        let id = ticket_id(&ctx.principal.agent_id, input.idempotency_key.as_deref());
+        let id = ticket_id();
         let priority = serde_json::to_value(input.priority)
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
@@ -182,16 +168,11 @@ impl Tool for OpenTicket {
             .condition_expression("attribute_not_exists(pk)")
             .send()
             .await;
-        let replayed = match put {
-            Ok(_) => false,
-            Err(e) if e.code() == Some("ConditionalCheckFailedException") => true,
-            Err(e) => return Err(ToolError::system(e)),
-        };
+        put.map_err(ToolError::system)?;
         Ok(Json(Ticket {
             ticket_id: id,
             status: "open".to_owned(),
             priority: input.priority,
-            replayed,
         }))
     }
 }
@@ -202,16 +183,20 @@ mod tests {
     use tollgate::catalog::RegisteredTool;
 
     #[test]
-    fn idempotency_key_gives_a_stable_id_per_agent() {
+    fn the_framework_honours_idempotency_keys_for_open_ticket() {
+        let t = RegisteredTool::new(tool()).expect("registers");
         assert_eq!(
-            ticket_id("a", Some("k-12345678")),
-            ticket_id("a", Some("k-12345678"))
+            t.idempotency(),
+            tollgate::idempotency::Idempotency::Optional
         );
-        assert_ne!(
-            ticket_id("a", Some("k-12345678")),
-            ticket_id("b", Some("k-12345678"))
+        assert!(
+            t.descriptor()
+                .description
+                .as_deref()
+                .is_some_and(|d| d.contains(tollgate::idempotency::META_KEY)),
+            "tools/list tells the model about the key"
         );
-        assert_ne!(ticket_id("a", None), ticket_id("a", None));
+        assert_ne!(ticket_id(), ticket_id());
     }
 
     #[test]

@@ -74,6 +74,19 @@ pub fn decide(tat: Option<u64>, now: u64, rate: Rate) -> Decision {
     }
 }
 
+/// Tokens that can be taken at once at `now` (a lease of that many, or one call): the largest
+/// `k` with `max(tat, now) + k * interval <= now + tolerance + interval`. 0 means refused;
+/// [`decide`] then gives the wait.
+pub fn available(tat: Option<u64>, now: u64, rate: Rate) -> u64 {
+    let ahead = tat.unwrap_or(0).max(now) - now;
+    let tolerance = rate.tolerance_ms();
+    if ahead > tolerance {
+        0
+    } else {
+        (tolerance - ahead) / rate.interval_ms + 1
+    }
+}
+
 /// Calls that could be admitted at `now`, and when the bucket is full again (ms from now).
 pub fn status(tat: Option<u64>, now: u64, rate: Rate) -> (u64, u64) {
     let base = tat.unwrap_or(0).max(now);
@@ -178,6 +191,24 @@ mod tests {
                 };
                 prop_assert_eq!(got, expected);
             }
+        }
+
+        /// Taking `available` tokens at once is what `available` calls one by one admit.
+        #[test]
+        fn available_matches_one_by_one_decisions(
+            interval in 1u64..5_000,
+            burst in 1u64..50,
+            ahead in 0u64..200_000,
+        ) {
+            let rate = Rate { interval_ms: interval, burst };
+            let now = 1_000_000u64;
+            let mut tat = Some(now + ahead);
+            let mut one_by_one = 0u64;
+            while let Decision::Admit { new_tat, .. } = decide(tat, now, rate) {
+                tat = Some(new_tat);
+                one_by_one += 1;
+            }
+            prop_assert_eq!(available(Some(now + ahead), now, rate), one_by_one);
         }
 
         /// Over any window, admissions never exceed burst + elapsed / interval.

@@ -2,22 +2,26 @@
 //! optional per-tool cap for that agent) and the tool layer (calls per minute across agents,
 //! optionally sharded). A call must pass every bucket.
 //!
-//! All buckets of a call are taken in parallel (one round trip of latency, one write each);
-//! when any bucket refuses, the tokens the others gave are refunded, so a refused call costs
-//! no layer any budget. A per-instance "refused until" memory answers an agent that keeps
-//! calling after a 429 without touching the store. When the store fails or is slow, the
-//! tool's policy decides: fail closed (503) or admit on a per-instance local bucket.
+//! The agent's buckets live on one store item and are taken with one conditional write; the
+//! tool's bucket is another item. Both are taken in parallel (one round trip of latency); when
+//! either refuses, the token the other gave goes back, so a refused call costs no layer any
+//! budget. A busy instance takes several tokens at once (a lease, see [`lease`]) and admits
+//! from them without a write. A per-instance "refused until" memory answers an agent that keeps
+//! calling after a 429 without touching the store. When the store fails or is slow, the tool's
+//! policy decides: fail closed (503) or admit on a per-instance local bucket.
 
 pub mod buckets;
 pub mod gcra;
+pub mod lease;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use buckets::{BucketStore, MemoryBuckets};
-use gcra::{Decision, Rate};
+use buckets::{BucketStore, Grant, MemoryBuckets, Slot};
+use gcra::{Rate, status};
+use lease::{Lease, LeaseConfig, Leases, Local};
 
 use crate::auth::Principal;
 use crate::store::{AgentBudget, Store, ToolPolicy, now_ms};
@@ -62,8 +66,10 @@ impl PolicyName {
 /// One bucket a call must pass.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bucket {
-    /// Store key.
-    pub key: String,
+    /// The store item holding it (`agent#<id>`, `tool#<tool>#<shard>`).
+    pub item: String,
+    /// The item's attribute holding its TAT.
+    pub attr: String,
     /// Layer.
     pub layer: Layer,
     /// Policy.
@@ -74,6 +80,13 @@ pub struct Bucket {
     pub window_s: u64,
     /// The bucket's rate (after sharding).
     pub rate: Rate,
+}
+
+impl Bucket {
+    /// Identifies the bucket within this process (item and attribute).
+    pub fn key(&self) -> String {
+        format!("{}/{}", self.item, self.attr)
+    }
 }
 
 /// Deployment-wide defaults for agents without their own budgets.
@@ -137,6 +150,12 @@ pub struct BudgetCounters {
     pub fail_open_admissions: AtomicU64,
     /// Calls refused from the refused-until memory.
     pub memory_refusals: AtomicU64,
+    /// Leases taken (a take of more than one token).
+    pub leases: AtomicU64,
+    /// Group decisions answered from a lease without a store request.
+    pub lease_hits: AtomicU64,
+    /// Unused leased tokens given back to the store.
+    pub lease_returns: AtomicU64,
 }
 
 /// The clock budgets read (injectable for tests).
@@ -151,16 +170,19 @@ struct CachedPolicy {
 pub struct Budgets {
     buckets: Arc<dyn BucketStore>,
     policies: Arc<dyn Store>,
-    local: MemoryBuckets,
+    local: Arc<dyn BucketStore>,
+    leases: Arc<Leases>,
     defaults: AgentDefaults,
     timeout: Duration,
     policy_ttl: Duration,
     clock: Clock,
     refused_until: Mutex<HashMap<String, u64>>,
-    last_tat: Mutex<HashMap<String, u64>>,
+    /// Per bucket: the last TAT this instance saw, and whether the last take found the bucket
+    /// busy (TAT ahead of its clock).
+    last_tat: Mutex<HashMap<(String, String), (u64, bool)>>,
     policy_cache: Mutex<HashMap<String, CachedPolicy>>,
     /// Counters.
-    pub counters: BudgetCounters,
+    pub counters: Arc<BudgetCounters>,
 }
 
 impl std::fmt::Debug for Budgets {
@@ -194,7 +216,8 @@ impl Budgets {
         Self {
             buckets,
             policies,
-            local: MemoryBuckets::default(),
+            local: Arc::new(MemoryBuckets::default()),
+            leases: Arc::new(Leases::new(LeaseConfig::EXACT)),
             defaults,
             timeout,
             policy_ttl,
@@ -202,8 +225,14 @@ impl Budgets {
             refused_until: Mutex::new(HashMap::new()),
             last_tat: Mutex::new(HashMap::new()),
             policy_cache: Mutex::new(HashMap::new()),
-            counters: BudgetCounters::default(),
+            counters: Arc::default(),
         }
+    }
+
+    /// The same budgets with quota leases as `config` says (exact mode without).
+    pub fn with_leases(mut self, config: LeaseConfig) -> Self {
+        self.leases = Arc::new(Leases::new(config));
+        self
     }
 
     /// The same budgets reading time from `clock`.
@@ -308,122 +337,284 @@ impl Budgets {
                 .fetch_add(1, Ordering::Relaxed);
             return Err(refusal);
         }
+        let groups = groups_of(&buckets, spec.name);
+        let store = self.buckets.clone();
         let decided =
-            tokio::time::timeout_at(deadline, self.take_all(&*self.buckets, &buckets, now)).await;
+            tokio::time::timeout_at(deadline, self.take_all(&store, &groups, now, true)).await;
         let (takes, requests) = match decided {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => {
                 return self
-                    .store_failed(&buckets, tool, now, &policies, &e.to_string())
+                    .store_failed(&buckets, &groups, tool, now, &policies, &e.to_string())
                     .await;
             }
             Err(_) => {
                 return self
-                    .store_failed(&buckets, tool, now, &policies, "timeout")
+                    .store_failed(&buckets, &groups, tool, now, &policies, "timeout")
                     .await;
             }
         };
         tracing::Span::current().record("budget.requests", requests);
         self.settle(
-            &*self.buckets,
-            &buckets,
-            &takes,
-            now,
-            policies,
-            false,
-            requests,
+            &store, &buckets, &groups, &takes, now, policies, false, requests,
         )
         .await
     }
 
+    /// Takes a token from every group in parallel (one round trip); on a store failure the
+    /// tokens already taken go back before the error is reported.
     async fn take_all(
         &self,
-        store: &dyn BucketStore,
-        buckets: &[Bucket],
+        store: &Arc<dyn BucketStore>,
+        groups: &[Group],
         now: u64,
-    ) -> Result<(Vec<Decision>, u32), crate::store::StoreError> {
-        let hints: Vec<Option<u64>> = {
-            let last = lock(&self.last_tat);
-            buckets.iter().map(|b| last.get(&b.key).copied()).collect()
-        };
+        leases: bool,
+    ) -> Result<(Vec<GroupTake>, u32), crate::store::StoreError> {
         let takes = futures::future::join_all(
-            buckets
+            groups
                 .iter()
-                .zip(hints)
-                .map(|(b, hint)| store.take(&b.key, now, b.rate, hint)),
+                .map(|g| self.take_group(store, g, now, leases)),
         )
         .await;
-        let mut decisions = Vec::with_capacity(takes.len());
+        let mut out = Vec::with_capacity(takes.len());
         let mut requests = 0;
         let mut failure = None;
-        for (bucket, take) in buckets.iter().zip(takes) {
+        for take in takes {
             match take {
                 Ok(t) => {
                     requests += t.requests;
-                    if let Decision::Admit { new_tat, .. } = t.decision {
-                        lock(&self.last_tat).insert(bucket.key.clone(), new_tat);
-                    }
-                    decisions.push(t.decision);
+                    out.push(t);
                 }
                 Err(e) => {
                     failure = Some(e);
-                    decisions.push(Decision::Refuse { retry_after_ms: 0 });
+                    out.push(GroupTake::refused(0, 0));
                 }
             }
         }
-        self.counters
-            .store_requests
-            .fetch_add(u64::from(requests), Ordering::Relaxed);
         if let Some(e) = failure {
-            // Give back what the other buckets gave before reporting the failure.
-            self.refund(store, buckets, &decisions).await;
+            self.refund(store, groups, &out, now).await;
             return Err(e);
         }
-        Ok((decisions, requests))
+        Ok((out, requests))
     }
 
-    async fn refund(&self, store: &dyn BucketStore, buckets: &[Bucket], decisions: &[Decision]) {
-        let refunds = buckets
+    async fn take_group(
+        &self,
+        store: &Arc<dyn BucketStore>,
+        group: &Group,
+        now: u64,
+        leases: bool,
+    ) -> Result<GroupTake, crate::store::StoreError> {
+        let (want, carry) = if leases {
+            match self.leases.local(&group.key, &group.slots, now) {
+                Local::Hit { tats, held } => {
+                    self.counters.lease_hits.fetch_add(1, Ordering::Relaxed);
+                    return Ok(GroupTake {
+                        outcome: GroupOutcome::Admit { tats, held },
+                        requests: 0,
+                        leased: true,
+                    });
+                }
+                Local::Miss { want, expired } => match expired {
+                    // The rest of a lease whose window ended rolls into the next one: no
+                    // give-back write while the demand goes on.
+                    Some(lease) if lease.item == group.item => (want, Some(lease)),
+                    other => {
+                        if let Some(lease) = other {
+                            self.give_back_later(lease);
+                        }
+                        (want, None)
+                    }
+                },
+            }
+        } else {
+            (1, None)
+        };
+        let carried = carry.as_ref().map_or(0, |l| l.tokens);
+        if carried >= want
+            && let Some(rest) = carry
+        {
+            // Enough in hand: no store request. All of it is kept (never more than the last
+            // lease, so within the cap): a give-back for a dip in the measured rate would cost
+            // a write the next lease pays again.
+            return Ok(self.hold(group, carried, rest.tats, now, 0));
+        }
+        // The branch each bucket's condition takes comes from the hint. A TAT seen long ago is
+        // usually behind `now`; if the last take found the bucket busy (other instances keep
+        // it ahead of the clock, as on a shared item), guess busy again rather than idle: a
+        // wrong guess costs one more conditional write.
+        let hints: Vec<Option<u64>> = {
+            let last = lock(&self.last_tat);
+            group
+                .slots
+                .iter()
+                .map(|s| {
+                    last.get(&(group.item.clone(), s.attr.clone()))
+                        .map(|&(tat, busy)| if busy { tat.max(now + 1) } else { tat })
+                })
+                .collect()
+        };
+        let take = store
+            .take(&group.item, &group.slots, want - carried, now, &hints)
+            .await?;
+        self.counters
+            .store_requests
+            .fetch_add(u64::from(take.requests), Ordering::Relaxed);
+        match take.grant {
+            Grant::Granted { n, tats } => {
+                {
+                    let mut last = lock(&self.last_tat);
+                    if last.len() >= MAX_MEMORY_ENTRIES {
+                        last.clear();
+                    }
+                    for (s, tat) in group.slots.iter().zip(&tats) {
+                        // An idle take leaves exactly `now + n * interval`.
+                        let busy = *tat != now + n * s.rate.interval_ms;
+                        last.insert((group.item.clone(), s.attr.clone()), (*tat, busy));
+                    }
+                }
+                Ok(self.hold(group, n + carried, tats, now, take.requests))
+            }
+            // The bucket is empty now, but tokens debited earlier are still this instance's.
+            Grant::Refused { .. } if carried > 0 => {
+                let tats = carry.map(|l| l.tats).unwrap_or_default();
+                Ok(self.hold(group, carried, tats, now, take.requests))
+            }
+            Grant::Refused {
+                slot,
+                retry_after_ms,
+            } => Ok(GroupTake {
+                requests: take.requests,
+                ..GroupTake::refused(slot, retry_after_ms)
+            }),
+        }
+    }
+
+    /// Admits one call from `tokens` debited tokens and holds the rest as a lease.
+    fn hold(
+        &self,
+        group: &Group,
+        tokens: u64,
+        tats: Vec<u64>,
+        now: u64,
+        requests: u32,
+    ) -> GroupTake {
+        let held = tokens - 1;
+        if held > 0 {
+            self.counters.leases.fetch_add(1, Ordering::Relaxed);
+            let (generation, replaced) = self.leases.install(
+                &group.key,
+                &group.item,
+                &group.slots,
+                held,
+                tats.clone(),
+                now,
+            );
+            if let Some(lease) = replaced {
+                self.give_back_later(lease);
+            }
+            self.return_at_window_end(group.key.clone(), generation);
+        }
+        GroupTake {
+            outcome: GroupOutcome::Admit { tats, held },
+            requests,
+            leased: held > 0,
+        }
+    }
+
+    /// Gives the unused tokens of the lease `generation` back half a window after its window
+    /// ends, unless a call rolled them into a new lease meanwhile (if the process is frozen, as a
+    /// Lambda environment between invocations is, at thaw).
+    fn return_at_window_end(&self, group: String, generation: u64) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let leases = self.leases.clone();
+        let store = self.buckets.clone();
+        let counters = self.counters.clone();
+        let clock = self.clock.clone();
+        // Half a window of grace: a call in it rolls the rest into the next lease instead.
+        let after = leases.config.window + leases.config.window / 2;
+        runtime.spawn(async move {
+            tokio::time::sleep(after).await;
+            if let Some(lease) = leases.reclaim(&group, generation) {
+                give_back(&*store, &lease, &counters, clock()).await;
+            }
+        });
+    }
+
+    /// Gives a lease's unused tokens back without holding up the call.
+    fn give_back_later(&self, lease: Lease) {
+        let store = self.buckets.clone();
+        let counters = self.counters.clone();
+        let now = (self.clock)();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { give_back(&*store, &lease, &counters, now).await });
+            }
+            Err(_) => tracing::warn!("no runtime to give a lease back on"),
+        }
+    }
+
+    /// Returns the token each admitted group gave for a call that is not going ahead: into the
+    /// group's lease when one is held, else to the store.
+    async fn refund(
+        &self,
+        store: &Arc<dyn BucketStore>,
+        groups: &[Group],
+        takes: &[GroupTake],
+        now: u64,
+    ) {
+        let refunds = groups
             .iter()
-            .zip(decisions)
-            .filter(|(_, d)| matches!(d, Decision::Admit { .. }))
-            .map(|(b, _)| async move {
-                if let Err(e) = store.refund(&b.key, (self.clock)(), b.rate).await {
-                    tracing::warn!(error = %e, bucket = %b.key, "budget refund failed");
+            .zip(takes)
+            .filter(|(_, t)| matches!(t.outcome, GroupOutcome::Admit { .. }))
+            .filter(|(g, t)| !(t.leased && self.leases.put_back(&g.key, now)))
+            .map(|(g, _)| async move {
+                match store.give_back(&g.item, &g.slots, 1, (self.clock)()).await {
+                    Ok(requests) => {
+                        self.counters
+                            .store_requests
+                            .fetch_add(u64::from(requests), Ordering::Relaxed);
+                    }
+                    Err(e) => tracing::warn!(error = %e, bucket = %g.item, "budget refund failed"),
                 }
             });
         let n = futures::future::join_all(refunds).await.len() as u64;
         self.counters.refunds.fetch_add(n, Ordering::Relaxed);
-        self.counters.store_requests.fetch_add(n, Ordering::Relaxed);
     }
 
     #[allow(clippy::too_many_arguments)]
     async fn settle(
         &self,
-        store: &dyn BucketStore,
+        store: &Arc<dyn BucketStore>,
         buckets: &[Bucket],
-        decisions: &[Decision],
+        groups: &[Group],
+        takes: &[GroupTake],
         now: u64,
         policies: Vec<(PolicyName, u64, u64)>,
         fail_open: bool,
         requests: u32,
     ) -> Result<Admission, Refusal> {
-        let worst = buckets
+        let worst = groups
             .iter()
-            .zip(decisions)
-            .filter_map(|(b, d)| match d {
-                Decision::Refuse { retry_after_ms } => Some((b, *retry_after_ms)),
-                Decision::Admit { .. } => None,
+            .zip(takes)
+            .filter_map(|(g, t)| match t.outcome {
+                GroupOutcome::Refuse {
+                    slot,
+                    retry_after_ms,
+                } => Some((&buckets[g.buckets[slot]], retry_after_ms)),
+                GroupOutcome::Admit { .. } => None,
             })
             .max_by_key(|(_, wait)| *wait);
         if let Some((bucket, retry_after_ms)) = worst {
-            self.refund(store, buckets, decisions).await;
+            self.refund(store, groups, takes, now).await;
             {
                 let mut memory = lock(&self.refused_until);
                 if memory.len() >= MAX_MEMORY_ENTRIES {
                     memory.retain(|_, until| *until > now);
                 }
-                memory.insert(bucket.key.clone(), now + retry_after_ms);
+                memory.insert(bucket.key(), now + retry_after_ms);
             }
             return Err(Refusal::OverBudget {
                 bucket: bucket.clone(),
@@ -432,16 +623,25 @@ impl Budgets {
                 from_memory: false,
             });
         }
-        let tightest = buckets
+        let tightest = groups
             .iter()
-            .zip(decisions)
-            .filter_map(|(b, d)| match d {
-                Decision::Admit { new_tat, remaining } => Some((
-                    b.policy,
-                    *remaining,
-                    new_tat.saturating_sub(now).div_ceil(1000),
-                )),
-                Decision::Refuse { .. } => None,
+            .zip(takes)
+            .flat_map(|(g, t)| {
+                let GroupOutcome::Admit { tats, held } = &t.outcome else {
+                    return Vec::new();
+                };
+                g.buckets
+                    .iter()
+                    .zip(tats)
+                    .map(|(&b, &tat)| {
+                        let b = &buckets[b];
+                        (
+                            b.policy,
+                            status(Some(tat), now, b.rate).0 + held,
+                            tat.saturating_sub(now).div_ceil(1000),
+                        )
+                    })
+                    .collect()
             })
             .min_by_key(|(_, remaining, _)| *remaining);
         Ok(Admission {
@@ -463,7 +663,7 @@ impl Budgets {
             .iter()
             .filter_map(|b| {
                 memory
-                    .get(&b.key)
+                    .get(&b.key())
                     .filter(|until| **until > now)
                     .map(|until| (b, until - now))
             })
@@ -479,6 +679,7 @@ impl Budgets {
     async fn store_failed(
         &self,
         buckets: &[Bucket],
+        groups: &[Group],
         tool: ToolPolicy,
         now: u64,
         policies: &[(PolicyName, u64, u64)],
@@ -495,14 +696,16 @@ impl Budgets {
             cause,
             "budget store unavailable; failing open on the local bucket"
         );
-        let (decisions, _) = self
-            .take_all(&self.local, buckets, now)
+        let local = self.local.clone();
+        let (takes, _) = self
+            .take_all(&local, groups, now, false)
             .await
             .map_err(|_| Refusal::StoreUnavailable)?;
         self.settle(
-            &self.local,
+            &local,
             buckets,
-            &decisions,
+            groups,
+            &takes,
             now,
             policies.to_vec(),
             true,
@@ -510,7 +713,102 @@ impl Budgets {
         )
         .await
     }
+
+    /// Tokens this instance holds in leases right now.
+    pub fn leased_tokens(&self) -> u64 {
+        self.leases.held()
+    }
 }
+
+async fn give_back(store: &dyn BucketStore, lease: &Lease, counters: &BudgetCounters, now: u64) {
+    match store
+        .give_back(&lease.item, &lease.slots, lease.tokens, now)
+        .await
+    {
+        Ok(requests) => {
+            counters
+                .store_requests
+                .fetch_add(u64::from(requests), Ordering::Relaxed);
+            counters
+                .lease_returns
+                .fetch_add(lease.tokens, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!(error = %e, bucket = %lease.item, "lease give-back failed"),
+    }
+}
+
+/// The buckets of one store item, taken together.
+#[derive(Debug)]
+struct Group {
+    /// Lease key: the item, plus the tool when the agent item carries a cap for it (a lease
+    /// holds tokens of exactly these buckets).
+    key: String,
+    item: String,
+    slots: Vec<Slot>,
+    /// Indexes into the call's buckets, one per slot.
+    buckets: Vec<usize>,
+}
+
+fn groups_of(buckets: &[Bucket], tool: &str) -> Vec<Group> {
+    let mut groups: Vec<Group> = Vec::new();
+    for (i, b) in buckets.iter().enumerate() {
+        let slot = Slot {
+            attr: b.attr.clone(),
+            rate: b.rate,
+        };
+        match groups.iter_mut().find(|g| g.item == b.item) {
+            Some(g) => {
+                g.slots.push(slot);
+                g.buckets.push(i);
+            }
+            None => groups.push(Group {
+                key: b.item.clone(),
+                item: b.item.clone(),
+                slots: vec![slot],
+                buckets: vec![i],
+            }),
+        }
+    }
+    for g in &mut groups {
+        if buckets[g.buckets[0]].layer == Layer::Tool {
+            // Shards are one lease group: a lease comes from whichever shard was drawn.
+            g.key = format!("tool#{tool}");
+        } else if g.slots.iter().any(|s| s.attr.starts_with(TOOL_CAP_PREFIX)) {
+            g.key = format!("{}|{tool}", g.item);
+        }
+    }
+    groups
+}
+
+#[derive(Debug)]
+enum GroupOutcome {
+    Admit { tats: Vec<u64>, held: u64 },
+    Refuse { slot: usize, retry_after_ms: u64 },
+}
+
+#[derive(Debug)]
+struct GroupTake {
+    outcome: GroupOutcome,
+    requests: u32,
+    /// The token came from (or its lease was installed for) this instance's lease.
+    leased: bool,
+}
+
+impl GroupTake {
+    fn refused(slot: usize, retry_after_ms: u64) -> Self {
+        Self {
+            outcome: GroupOutcome::Refuse {
+                slot,
+                retry_after_ms,
+            },
+            requests: 0,
+            leased: false,
+        }
+    }
+}
+
+/// Attribute name prefix of an agent's per-tool caps on the agent item.
+pub const TOOL_CAP_PREFIX: &str = "tool:";
 
 /// The buckets for one call (pure: no I/O).
 pub fn plan_buckets(
@@ -520,25 +818,33 @@ pub fn plan_buckets(
     defaults: AgentDefaults,
     policy: ToolPolicy,
 ) -> Vec<Bucket> {
-    let agent = &principal.agent_id;
+    let agent_item = format!("agent#{}", principal.agent_id);
     let mut out = Vec::with_capacity(4);
     let per_minute = u64::from(budget.per_minute.unwrap_or(defaults.per_minute));
     let per_day = u64::from(budget.per_day.unwrap_or(defaults.per_day));
-    let mut push =
-        |key: String, layer, policy_name, limit: u64, window_ms: u64, burst: u64, shards: u64| {
-            if let Some(rate) = Rate::per_window(limit, window_ms, burst) {
-                out.push(Bucket {
-                    key,
+    let mut push = |item: &str,
+                    attr: String,
                     layer,
-                    policy: policy_name,
-                    limit,
-                    window_s: window_ms / 1000,
-                    rate: rate.sharded(shards),
-                });
-            }
-        };
+                    policy_name,
+                    limit: u64,
+                    window_ms: u64,
+                    burst: u64,
+                    shards: u64| {
+        if let Some(rate) = Rate::per_window(limit, window_ms, burst) {
+            out.push(Bucket {
+                item: item.to_owned(),
+                attr,
+                layer,
+                policy: policy_name,
+                limit,
+                window_s: window_ms / 1000,
+                rate: rate.sharded(shards),
+            });
+        }
+    };
     push(
-        format!("agent#{agent}#minute"),
+        &agent_item,
+        "minute".to_owned(),
         Layer::Agent,
         PolicyName::AgentPerMinute,
         per_minute,
@@ -547,7 +853,8 @@ pub fn plan_buckets(
         1,
     );
     push(
-        format!("agent#{agent}#day"),
+        &agent_item,
+        "day".to_owned(),
         Layer::Agent,
         PolicyName::AgentPerDay,
         per_day,
@@ -558,7 +865,8 @@ pub fn plan_buckets(
     if let Some(cap) = budget.tools.get(tool) {
         let cap = u64::from(*cap);
         push(
-            format!("agent#{agent}#tool#{tool}"),
+            &agent_item,
+            format!("{TOOL_CAP_PREFIX}{tool}"),
             Layer::Agent,
             PolicyName::AgentTool,
             cap,
@@ -574,7 +882,8 @@ pub fn plan_buckets(
         0
     };
     push(
-        format!("tool#{tool}#{shard}"),
+        &format!("tool#{tool}#{shard}"),
+        TOOL_ATTR.to_owned(),
         Layer::Tool,
         PolicyName::Tool,
         u64::from(policy.per_minute),
@@ -584,6 +893,9 @@ pub fn plan_buckets(
     );
     out
 }
+
+/// The attribute of a tool (shard) item holding its TAT.
+pub const TOOL_ATTR: &str = "tat";
 
 #[cfg(test)]
 mod tests;

@@ -6,6 +6,7 @@ use std::sync::atomic::AtomicU64;
 
 use super::*;
 use crate::auth::AuthMethod;
+use crate::budget::lease::LeaseConfig;
 use crate::store::{MemoryStore, StoreError};
 use crate::tool::{Annotations, DefaultBudget};
 
@@ -21,9 +22,13 @@ fn principal(agent: &str, budget: AgentBudget) -> Principal {
 }
 
 fn spec(per_minute: u32, burst: u32, fail_open: bool) -> ToolSpec {
+    named("t", per_minute, burst, fail_open)
+}
+
+fn named(name: &'static str, per_minute: u32, burst: u32, fail_open: bool) -> ToolSpec {
     let budget = DefaultBudget::per_minute(per_minute, burst);
     ToolSpec {
-        name: "t",
+        name,
         title: "t",
         description: "t",
         scope: "s",
@@ -85,7 +90,7 @@ async fn a_tool_refusal_leaves_the_agent_budget_untouched() {
     let p = principal("a", AgentBudget::default());
     let tool = spec(1, 1, false);
     b.admit(&p, &tool).await.expect("first call");
-    let before = store.peek("agent#a#minute").await.expect("peek");
+    let before = store.peek("agent#a", "minute").await.expect("peek");
     let Err(Refusal::OverBudget { bucket, .. }) = b
         .admit(&principal("b", AgentBudget::default()), &tool)
         .await
@@ -95,12 +100,12 @@ async fn a_tool_refusal_leaves_the_agent_budget_untouched() {
     assert_eq!(bucket.layer, Layer::Tool);
     // Agent b's buckets were taken then refunded: nothing consumed.
     let (remaining, _) = gcra::status(
-        store.peek("agent#b#minute").await.expect("peek"),
+        store.peek("agent#b", "minute").await.expect("peek"),
         1_000_000,
         Rate::per_window(5, MINUTE_MS, 5).expect("rate"),
     );
     assert_eq!(remaining, 5);
-    assert_eq!(store.peek("agent#a#minute").await.expect("peek"), before);
+    assert_eq!(store.peek("agent#a", "minute").await.expect("peek"), before);
 }
 
 #[tokio::test]
@@ -180,16 +185,17 @@ impl BucketStore for Down {
     async fn take(
         &self,
         _: &str,
+        _: &[Slot],
         _: u64,
-        _: Rate,
-        _: Option<u64>,
+        _: u64,
+        _: &[Option<u64>],
     ) -> Result<buckets::Take, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn refund(&self, _: &str, _: u64, _: Rate) -> Result<(), StoreError> {
+    async fn give_back(&self, _: &str, _: &[Slot], _: u64, _: u64) -> Result<u32, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
-    async fn peek(&self, _: &str) -> Result<Option<u64>, StoreError> {
+    async fn peek(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
         Err(StoreError::Unavailable("down".into()))
     }
 }
@@ -202,17 +208,18 @@ impl BucketStore for Slow {
     async fn take(
         &self,
         _: &str,
+        _: &[Slot],
         _: u64,
-        _: Rate,
-        _: Option<u64>,
+        _: u64,
+        _: &[Option<u64>],
     ) -> Result<buckets::Take, StoreError> {
         tokio::time::sleep(Duration::from_secs(30)).await;
         Err(StoreError::Unavailable("slow".into()))
     }
-    async fn refund(&self, _: &str, _: u64, _: Rate) -> Result<(), StoreError> {
-        Ok(())
+    async fn give_back(&self, _: &str, _: &[Slot], _: u64, _: u64) -> Result<u32, StoreError> {
+        Ok(0)
     }
-    async fn peek(&self, _: &str) -> Result<Option<u64>, StoreError> {
+    async fn peek(&self, _: &str, _: &str) -> Result<Option<u64>, StoreError> {
         Ok(None)
     }
 }
@@ -268,7 +275,12 @@ fn plan_shards_the_tool_bucket() {
         .iter()
         .find(|b| b.layer == Layer::Tool)
         .expect("tool bucket");
-    assert!(tool.key.starts_with("tool#t#"));
+    assert!(tool.item.starts_with("tool#t#"));
+    assert_eq!(tool.attr, TOOL_ATTR);
+    // The agent's buckets share one item.
+    let agent: Vec<_> = plan.iter().filter(|b| b.layer == Layer::Agent).collect();
+    assert_eq!(agent.len(), 2);
+    assert!(agent.iter().all(|b| b.item == "agent#a"));
     assert_eq!(tool.rate.interval_ms, 40);
     assert_eq!(tool.rate.burst, 25);
     assert_eq!(tool.limit, 6_000);
@@ -329,20 +341,217 @@ async fn clock_skew_over_admission_is_bounded_by_skew_over_interval() {
 #[tokio::test]
 async fn a_refund_never_takes_a_bucket_below_now() {
     let store = MemoryBuckets::default();
-    let rate = Rate {
-        interval_ms: 100,
-        burst: 3,
-    };
+    let slots = [Slot {
+        attr: "tat".to_owned(),
+        rate: Rate {
+            interval_ms: 100,
+            burst: 3,
+        },
+    }];
     // Two takes at t=1000: TAT 1200. A refund at t=1000 gives one back (TAT 1100).
     for _ in 0..2 {
-        store.take("b", 1000, rate, None).await.expect("take");
+        store.take("b", &slots, 1, 1000, &[]).await.expect("take");
     }
-    store.refund("b", 1000, rate).await.expect("refund");
-    assert_eq!(store.peek("b").await.expect("peek"), Some(1100));
+    store.give_back("b", &slots, 1, 1000).await.expect("refund");
+    assert_eq!(store.peek("b", "tat").await.expect("peek"), Some(1100));
     // At t=1050 a second refund stops at now (a full bucket), not at 1000.
-    store.refund("b", 1050, rate).await.expect("refund");
-    assert_eq!(store.peek("b").await.expect("peek"), Some(1050));
+    store.give_back("b", &slots, 1, 1050).await.expect("refund");
+    assert_eq!(store.peek("b", "tat").await.expect("peek"), Some(1050));
     // A full bucket has nothing to give back.
-    store.refund("b", 1080, rate).await.expect("refund");
-    assert_eq!(store.peek("b").await.expect("peek"), Some(1050));
+    store.give_back("b", &slots, 1, 1080).await.expect("refund");
+    assert_eq!(store.peek("b", "tat").await.expect("peek"), Some(1050));
+}
+
+fn leased(store: Arc<dyn BucketStore>, now: Arc<AtomicU64>, window_ms: u64) -> Budgets {
+    budgets(store, now).with_leases(LeaseConfig {
+        enabled: true,
+        window: Duration::from_millis(window_ms),
+        max_fraction: 0.1,
+    })
+}
+
+/// Four instances with leases share one agent and one tool bucket, calling far faster than
+/// the buckets allow for 60 s of simulated time: never more admitted than the GCRA bound, far
+/// fewer store requests than calls, and once the leases' windows end every unused token is
+/// back (what the buckets were charged is exactly what was admitted).
+#[tokio::test]
+async fn leases_never_over_admit_and_give_back_what_they_did_not_use() {
+    let shared: Arc<dyn BucketStore> = Arc::new(MemoryBuckets::default());
+    let now = Arc::new(AtomicU64::new(10_000_000));
+    let instances: Vec<Budgets> = (0..4)
+        .map(|_| leased(shared.clone(), now.clone(), 200))
+        .collect();
+    let p = principal(
+        "busy",
+        AgentBudget {
+            per_minute: Some(6_000),
+            per_day: Some(1_000_000),
+            ..AgentBudget::default()
+        },
+    );
+    // The tool: 1,200 a minute (interval 50 ms), burst 200.
+    let tool = spec(1_200, 200, false);
+    let start = now.load(Ordering::Relaxed);
+    let mut admitted = 0u64;
+    let mut calls = 0u64;
+    // Each instance calls every 10 ms: 400 calls/s against a 20/s tool bucket.
+    for step in 0..6_000u64 {
+        now.store(start + step * 10, Ordering::Relaxed);
+        for b in &instances {
+            calls += 1;
+            if b.admit(&p, &tool).await.is_ok() {
+                admitted += 1;
+            }
+        }
+    }
+    let elapsed = 5_999 * 10;
+    let bound = 200 + elapsed / 50;
+    assert!(admitted <= bound, "{admitted} admitted, bound {bound}");
+    assert!(
+        admitted * 100 >= bound * 95,
+        "{admitted} admitted, bound {bound}"
+    );
+    let requests: u64 = instances
+        .iter()
+        .map(|b| b.counters.store_requests.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        requests * 2 < calls,
+        "{requests} store requests for {calls} calls"
+    );
+    // Let every lease window end (real time: the give-back is a timer): the rest goes back.
+    let mut held = u64::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        held = instances.iter().map(Budgets::leased_tokens).sum();
+        if held == 0 {
+            break;
+        }
+    }
+    assert_eq!(held, 0, "tokens still held after the window");
+    let returned: u64 = instances
+        .iter()
+        .map(|b| b.counters.lease_returns.load(Ordering::Relaxed))
+        .sum();
+    assert!(
+        instances
+            .iter()
+            .map(|b| b.counters.leases.load(Ordering::Relaxed))
+            .sum::<u64>()
+            > 0,
+        "no lease was taken ({returned} tokens returned)"
+    );
+}
+
+/// A quiet agent stays exact: every call is one store decision, nothing is held.
+#[tokio::test]
+async fn a_quiet_bucket_is_decided_call_by_call_with_leases_on() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let store = Arc::new(MemoryBuckets::default());
+    let b = leased(store.clone(), now.clone(), 2_000);
+    let p = principal("quiet", AgentBudget::default());
+    for i in 1..=5u64 {
+        now.store(1_000_000 + i * 5_000, Ordering::Relaxed);
+        b.admit(&p, &spec(100, 100, false)).await.expect("admitted");
+        assert_eq!(b.leased_tokens(), 0);
+    }
+    assert_eq!(b.counters.leases.load(Ordering::Relaxed), 0);
+}
+
+/// With leases, a call the tool layer refuses puts the agent's token back into the lease (no
+/// write), and a refusal still names the right bucket.
+#[tokio::test]
+async fn a_refused_call_returns_its_leased_token() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let store = Arc::new(MemoryBuckets::default());
+    let b = leased(store.clone(), now.clone(), 60_000);
+    let p = principal(
+        "hot",
+        AgentBudget {
+            per_minute: Some(6_000),
+            per_day: Some(1_000_000),
+            ..AgentBudget::default()
+        },
+    );
+    // Warm the demand estimate on a generous tool so the agent item is leased.
+    let open = named("open", 60_000, 1_000, false);
+    for i in 0..200u64 {
+        now.store(1_000_000 + i * 10, Ordering::Relaxed);
+        b.admit(&p, &open).await.expect("admitted");
+    }
+    let held = b.leased_tokens();
+    assert!(held > 0, "no lease was taken");
+    // A tool whose bucket is empty for this instance: refused by the tool layer.
+    let closed = named("closed", 1, 1, false);
+    b.admit(&p, &closed).await.expect("the one token");
+    let held_before = b.leased_tokens();
+    let Err(Refusal::OverBudget { bucket, .. }) = b.admit(&p, &closed).await else {
+        panic!("tool bucket is empty");
+    };
+    assert_eq!(bucket.layer, Layer::Tool);
+    assert_eq!(b.leased_tokens(), held_before, "the agent token went back");
+}
+
+/// Counts the writes a [`BucketStore`] is asked for.
+#[derive(Debug, Default)]
+struct Counting {
+    inner: MemoryBuckets,
+    writes: AtomicU64,
+}
+
+#[async_trait::async_trait]
+impl BucketStore for Counting {
+    async fn take(
+        &self,
+        item: &str,
+        slots: &[Slot],
+        want: u64,
+        now: u64,
+        hints: &[Option<u64>],
+    ) -> Result<buckets::Take, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.take(item, slots, want, now, hints).await
+    }
+    async fn give_back(
+        &self,
+        item: &str,
+        slots: &[Slot],
+        n: u64,
+        now: u64,
+    ) -> Result<u32, StoreError> {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.inner.give_back(item, slots, n, now).await
+    }
+    async fn peek(&self, item: &str, attr: &str) -> Result<Option<u64>, StoreError> {
+        self.inner.peek(item, attr).await
+    }
+}
+
+/// One instance at a steady 5 calls/s for 30 s with the default 2 s window: the rest of each
+/// lease rolls into the next, so the store sees about one write per item per window, not a
+/// take and a give-back: at most a quarter of a write per admitted call, warm-up included.
+#[tokio::test]
+async fn a_steady_demand_costs_about_one_write_per_item_per_window() {
+    let now = Arc::new(AtomicU64::new(10_000_000));
+    let store = Arc::new(Counting::default());
+    let b = budgets(store.clone(), now.clone()).with_leases(LeaseConfig::DEFAULT);
+    let p = principal(
+        "steady",
+        AgentBudget {
+            per_minute: Some(1_200),
+            per_day: Some(1_000_000),
+            ..AgentBudget::default()
+        },
+    );
+    let tool = spec(1_200, 300, false);
+    for i in 0..150u64 {
+        now.store(10_000_000 + i * 200, Ordering::Relaxed);
+        b.admit(&p, &tool).await.expect("within budget");
+    }
+    let writes = store.writes.load(Ordering::Relaxed);
+    assert!(
+        writes * 4 <= 150,
+        "{writes} writes for 150 admitted calls ({} leases)",
+        b.counters.leases.load(Ordering::Relaxed)
+    );
 }

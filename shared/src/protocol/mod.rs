@@ -53,6 +53,11 @@ pub mod codes {
     pub const PERMANENTLY_DENIED: i32 = -31003;
     /// The principal lacks the tool's scope (HTTP 403).
     pub const INSUFFICIENT_SCOPE: i32 = -31004;
+    /// The same idempotency key is in use by a call still running (HTTP 409). Retry after
+    /// `Retry-After`.
+    pub const IDEMPOTENCY_IN_PROGRESS: i32 = -31009;
+    /// The idempotency key was used with other arguments (HTTP 422). Use a new key.
+    pub const IDEMPOTENCY_KEY_REUSED: i32 = -31022;
     /// A budget is exhausted (HTTP 429). Retry after `Retry-After`.
     pub const RATE_LIMITED: i32 = -31029;
     /// A dependency is unavailable (HTTP 503). Retry after `Retry-After`.

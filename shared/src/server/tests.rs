@@ -251,13 +251,27 @@ fn server_over(
     sink: Arc<MemorySink>,
     hash_key: Option<HashKey>,
 ) -> Server {
+    server_with(
+        Catalog::new().register(Probe).expect("register"),
+        store,
+        sink,
+        hash_key,
+    )
+}
+
+fn server_with(
+    catalog: Catalog,
+    store: Arc<MemoryStore>,
+    sink: Arc<MemorySink>,
+    hash_key: Option<HashKey>,
+) -> Server {
     let config = Arc::new(Config::from_lookup(|_| None).expect("config"));
     let sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .build();
     let clients = Arc::new(crate::lambda::build_clients(&sdk, config).expect("clients"));
     Server::new(
-        Catalog::new().register(Probe).expect("register"),
+        catalog,
         Dispatch::Local,
         Authenticator::new(store, Duration::from_secs(30)),
         clients,
@@ -339,4 +353,102 @@ fn metadata_url_inserts_the_well_known_prefix() {
         metadata_url_for("http://127.0.0.1:9000").as_deref(),
         Some("http://127.0.0.1:9000/.well-known/oauth-protected-resource")
     );
+}
+
+/// A tool with side effects that requires an idempotency key.
+struct Keyed;
+
+impl Tool for Keyed {
+    type Input = Input;
+    type Output = String;
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "keyed",
+            ..Probe.spec()
+        }
+    }
+
+    fn idempotency(&self) -> crate::idempotency::Idempotency {
+        crate::idempotency::Idempotency::Required
+    }
+
+    async fn call(&self, _ctx: ToolContext, _input: Input) -> Result<String, ToolError> {
+        Ok("ran".into())
+    }
+}
+
+async fn keyed_post(h: &Harness, server: &Server, key: Option<&str>) -> Response {
+    let auth = format!("Bearer {}", h.token);
+    let mut headers = vec![
+        ("content-type", "application/json"),
+        ("authorization", auth.as_str()),
+    ];
+    if let Some(k) = key {
+        headers.push(("idempotency-key", k));
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                      "params": {"name": "keyed", "arguments": {"mode": "ok"}}})
+    .to_string();
+    let ev = event_from_parts(
+        "POST",
+        "/mcp",
+        headers,
+        Some(body.as_bytes()),
+        "req-1",
+        "127.0.0.1",
+    );
+    server
+        .respond(&ev, &Invocation::new("req-1", Duration::from_secs(2)))
+        .await
+}
+
+#[tokio::test]
+async fn a_required_key_that_is_missing_or_invalid_is_refused_before_anything_runs() {
+    let h = harness().await;
+    let server = server_with(
+        Catalog::new().register(Keyed).expect("register"),
+        h.store.clone(),
+        h.sink.clone(),
+        None,
+    );
+    // tools/list tells the model.
+    let listed = server
+        .catalog()
+        .get("keyed")
+        .expect("tool")
+        .descriptor()
+        .clone();
+    assert!(
+        listed
+            .description
+            .as_deref()
+            .is_some_and(|d| d.contains("Requires an idempotency key")
+                && d.contains(crate::idempotency::META_KEY)),
+        "{listed:?}"
+    );
+
+    let resp = keyed_post(&h, &server, None).await;
+    assert_eq!(resp.status, 200);
+    let body = resp.body_json().expect("json");
+    assert_eq!(body["result"]["isError"], true);
+    let text = body["result"]["content"][0]["text"].as_str().expect("text");
+    assert!(text.contains(crate::idempotency::META_KEY), "{text}");
+    assert!(text.contains("Idempotency-Key"), "{text}");
+    let rec = h.sink.records().pop().expect("record");
+    assert_eq!(rec.status, CallStatus::InvalidInput);
+    assert_eq!(rec.reason.as_deref(), Some("idempotency_key_required"));
+
+    let resp = keyed_post(&h, &server, Some("not a valid key!")).await;
+    assert_eq!(resp.status, 400);
+    let text = resp.body.clone().unwrap_or_default();
+    assert!(text.contains("-32602"), "{text}");
+    assert!(
+        !text.contains("not a valid key"),
+        "the key is never echoed: {text}"
+    );
+    let rec = h.sink.records().pop().expect("record");
+    assert_eq!(rec.reason.as_deref(), Some("invalid_idempotency_key"));
+    // No budget layer ran for either (this server has none; the refusals came first).
+    assert!(rec.budget_layer.is_none());
 }

@@ -10,6 +10,15 @@
 //! |-------|------------------|---------|------------------|-----------------|
 //! | agent | `AGENT#<id>`     | `AGENT` | `AGENTS`         | `AGENT#<id>`    |
 //! | key   | `KEY#<key id>`   | `KEY`   | `AGENT#<id>`     | `KEY#<key id>`  |
+//! | agent buckets | `BUCKET#agent#<id>` | `BUCKET` | | |
+//! | tool bucket   | `BUCKET#tool#<tool>#<shard>` | `BUCKET` | | |
+//! | idempotency record | `IDEM#<agent>#<tool>#<sha256(key)>` | `IDEM` | - | - |
+//!
+//! Bucket items are written by the budget layer only (`crate::budget::buckets`): the agent's
+//! item holds one TAT attribute per bucket (`minute`, `day`, `tool:<tool>`), a tool's item one
+//! (`tat`); both carry the TTL attribute.
+//!
+//! Idempotency records are written by [`crate::idempotency::Ledger`], not through [`Store`].
 //!
 //! A key item carries a copy of its agent's status and scopes, so authenticating a request is
 //! one `GetItem`. Every agent change rewrites the agent's key items in the same transaction.
