@@ -365,11 +365,18 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
         // The process's TLS (compiled-in roots, one crypto library), not reqwest's default,
         // which would read the system's CA store here, at init.
         let trust = crate::tls::Trust::process().map_err(|e| e.to_string())?;
-        let client = trust
-            .reqwest_blocking()
-            .timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| format!("OTLP HTTP client: {e}"))?;
+        // A blocking client owns a runtime of its own: made on a thread of its own, since
+        // `install` may run inside an async context (the local stack), where creating or
+        // dropping a runtime panics.
+        let client = std::thread::spawn(move || {
+            trust
+                .reqwest_blocking()
+                .timeout(Duration::from_secs(3))
+                .build()
+        })
+        .join()
+        .map_err(|_| "OTLP HTTP client: the builder thread panicked".to_owned())?
+        .map_err(|e| format!("OTLP HTTP client: {e}"))?;
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_http_client(client)
