@@ -1,6 +1,6 @@
 //! tollgate: the shared runtime every tollgate Lambda function links.
 //!
-//! One pipeline serves every MCP request, in the order of the request path in DESIGN.md:
+//! One pipeline serves every MCP request, in the order of the request path in the README:
 //! transport and JSON-RPC checks ([`protocol`]), authentication ([`auth`]), authorization by
 //! scope, argument validation and the tool run ([`tool`], [`server`]), then one audit record
 //! ([`audit`]), all inside one server span continuing the caller's trace ([`trace`],

@@ -1,6 +1,6 @@
 //! The request pipeline: one stateless handler per function, fed an API Gateway v2 event.
 //!
-//! Order (DESIGN.md "Request path"), composed here and nowhere else:
+//! Order (README, the request path), composed here and nowhere else:
 //! 1. transport checks and JSON-RPC parsing ([`crate::protocol`])
 //! 2. protocol-version negotiation and 2026-07-28 header rules
 //! 3. authentication ([`crate::auth`]) -> [`Principal`]

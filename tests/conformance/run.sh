@@ -21,7 +21,7 @@ SUITE="$ROOT/tests/node_modules/.bin/conformance"
 OUT="${CONFORMANCE_OUT:-$ROOT/target/conformance}"
 CARGO="${CARGO:-cargo}"
 
-# The protocol versions tollgate serves (DESIGN.md); each scenario runs at every one of these
+# The protocol versions tollgate serves (README "Protocol"); each scenario runs at every one of these
 # that the suite says it applies to.
 VERSIONS=(2025-06-18 2025-11-25 2026-07-28)
 

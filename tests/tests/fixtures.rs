@@ -7,7 +7,7 @@
 //! 2. it is handed to `tollgate::Server::respond` of that function (the gateway forwards
 //!    `tools/call` in-process to the tool servers, as the local stack does);
 //! 3. the response must meet the contract in `EXPECTED` and the general rules in
-//!    [`check_contract`] (DESIGN.md "Error contract", the MCP transport rules);
+//!    [`check_contract`] (README "Error contract", the MCP transport rules);
 //! 4. status, headers, body and the audit records it produced are snapshotted with insta in
 //!    `tests/tests/snapshots/fixtures__<function>.<case>.snap`.
 //!
@@ -763,7 +763,7 @@ enum Want {
 
 use Want::{Document, Empty, Error as Err_, Result as Ok_, ToolError};
 
-/// Every fixture, with the HTTP status and outcome DESIGN.md and the MCP spec call for.
+/// Every fixture, with the HTTP status and outcome the README's error contract and the MCP spec call for.
 const EXPECTED: &[(&str, u16, Want)] = &[
     // Lifecycle and discovery.
     ("gateway.initialize-2025-06-18", 200, Ok_),
@@ -986,7 +986,7 @@ fn check_contract(
     }
     // Echo the id, with its type, whenever the request had one. Transport refusals may answer
     // before reading the body and then carry no id (the spec allows an id-less error for a
-    // refused Origin; DESIGN.md asks for the id "where known"), but never a wrong one.
+    // refused Origin; the error contract asks for the id "where known"), but never a wrong one.
     let transport_refusal = matches!(
         body["error"]["data"]["reason"].as_str(),
         Some(
