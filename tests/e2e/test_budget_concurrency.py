@@ -242,9 +242,17 @@ def fleet(request, stack, module_processes) -> Iterator[list[Any]]:
             assert "panicked" not in text, text[-2000:]
 
 
-def after_lease_windows() -> None:
-    """Waits until every lease taken during a run has ended and its rest was given back."""
-    time.sleep(FLEET_LEASE_WINDOW_MS * 1.5 / 1000 + 2.0)  # the rest goes back half a window late
+def after_lease_windows(read, expected):
+    """`read()` once every lease taken during a run has ended and its rest was given back (half
+    a window after the window): polled until it equals `expected` or 30 s have passed, then
+    returned for the caller to assert."""
+    time.sleep(FLEET_LEASE_WINDOW_MS * 1.5 / 1000)
+    deadline = time.monotonic() + 30
+    while True:
+        got = read()
+        if got == expected or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
 
 
 def failure_policy_lines(fleet, offsets: list[int]) -> list[str]:
@@ -323,9 +331,9 @@ def test_agent_bucket_holds_across_instances(stack, fleet) -> None:
     # The day bucket, taken with the minute bucket (one item, one write), was charged exactly
     # once per admitted call: a refusal took nothing, and the unused rest of every lease came
     # back when its window ended.
-    after_lease_windows()
-    day = agent_status(stack, agent)["agent_per_day"]
-    assert DAY - day["remaining"] == len(run.admitted()), (day, len(run.admitted()))
+    charged = after_lease_windows(lambda: DAY - agent_status(stack, agent)["agent_per_day"]["remaining"],
+                                  len(run.admitted()))
+    assert charged == len(run.admitted()), (charged, len(run.admitted()))
 
 
 TOOL_PER_MINUTE = 600  # interval 100 ms
@@ -353,8 +361,11 @@ def test_tool_bucket_shared_by_agents_holds_across_instances(stack, fleet) -> No
                                       fleet=fleet, offsets=offsets, held=held_at_most(fleet, TOOL_BURST))
     # No agent was charged for a call the tool layer refused (refunds): the agents' day buckets
     # together count exactly the admitted calls (once the leases' rest came back).
-    after_lease_windows()
-    used = {agent: DAY - agent_status(stack, agent)["agent_per_day"]["remaining"] for agent, _ in agents}
+    def day_used() -> dict[str, int]:
+        return {agent: DAY - agent_status(stack, agent)["agent_per_day"]["remaining"] for agent, _ in agents}
+
+    after_lease_windows(lambda: sum(day_used().values()), figures["admitted"])
+    used = day_used()
     assert sum(used.values()) == figures["admitted"], (used, figures)
     assert all(n > 0 for n in used.values()), f"the shared bucket starved an agent: {used}"
 
