@@ -138,32 +138,47 @@ pub struct CreatedKey {
     pub token: String,
 }
 
-/// Creates a key for an agent, optionally expiring after `ttl`.
+/// Creates a key for an agent, optionally expiring after `ttl`. The key copies the agent's
+/// status, scopes and budget; the store writes it only if the agent still has them, so an
+/// `agents disable` racing this call either lands first (the key is created disabled) or
+/// rewrites the new key with the rest. A changed agent is read again, a few times.
 pub async fn create_key(
     store: &dyn Store,
     agent_id: &str,
     ttl: Option<Duration>,
 ) -> Result<CreatedKey, AdminError> {
-    let agent = existing_agent(store, agent_id).await?;
-    let issued = keys::issue();
-    let now = now_ms();
-    let record = KeyRecord {
-        key_id: issued.key_id,
-        agent_id: agent.agent_id,
-        digest_hex: issued.digest_hex,
-        status: KeyStatus::Active,
-        created_at_ms: now,
-        expires_at_ms: ttl
-            .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
-        agent_status: agent.status,
-        scopes: agent.scopes,
-        budget: agent.budget,
-    };
-    store.create_key(&record).await?;
-    Ok(CreatedKey {
-        record,
-        token: issued.token,
-    })
+    const ATTEMPTS: usize = 3;
+    for _ in 0..ATTEMPTS {
+        let agent = existing_agent(store, agent_id).await?;
+        let issued = keys::issue();
+        let now = now_ms();
+        let record = KeyRecord {
+            key_id: issued.key_id,
+            agent_id: agent.agent_id,
+            digest_hex: issued.digest_hex,
+            status: KeyStatus::Active,
+            created_at_ms: now,
+            expires_at_ms: ttl
+                .map(|t| now.saturating_add(u64::try_from(t.as_millis()).unwrap_or(u64::MAX))),
+            agent_status: agent.status,
+            scopes: agent.scopes,
+            budget: agent.budget,
+        };
+        match store.create_key(&record).await {
+            Ok(()) => {
+                return Ok(CreatedKey {
+                    record,
+                    token: issued.token,
+                });
+            }
+            // The agent was removed or changed since it was read: read it again.
+            Err(StoreError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(AdminError::Store(format!(
+        "agent {agent_id} kept changing while the key was created; nothing was created, retry"
+    )))
 }
 
 /// Revokes a key by its id (the part after `tg_` in the token, or as listed).
@@ -246,7 +261,9 @@ pub fn parse_ttl(text: &str) -> Result<Duration, AdminError> {
             "duration {text:?} is invalid: use e.g. 30d, 12h, 90m or 3600s"
         ))
     };
-    let (num, unit) = text.split_at(text.len().saturating_sub(1));
+    // Split before the last character (not byte): a non-ASCII unit is an error, not a panic.
+    let split = text.char_indices().next_back().map_or(0, |(i, _)| i);
+    let (num, unit) = text.split_at(split);
     let n: u64 = num.parse().map_err(|_| err())?;
     let secs = match unit {
         "d" => n.checked_mul(86_400),
@@ -263,7 +280,69 @@ pub fn parse_ttl(text: &str) -> Result<Duration, AdminError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::MemoryStore;
+    use crate::store::{MemoryStore, ToolPolicy};
+
+    /// More shards than burst tokens would raise the effective burst (each shard holds at
+    /// least one token); a 0 limit is refused (the runtime reads one as "deny all").
+    #[tokio::test]
+    async fn set_tool_refuses_more_shards_than_burst_and_zero_limits() {
+        let store = MemoryStore::new();
+        let policy = |per_minute, burst, shards| {
+            Some(ToolPolicy {
+                per_minute,
+                burst,
+                shards,
+                fail_open: None,
+            })
+        };
+        for (bad, what) in [
+            (policy(60, 2, 4), "must not exceed --burst"),
+            (policy(0, 2, 1), "at least 1"),
+            (policy(60, 0, 1), "at least 1"),
+        ] {
+            match budgets::set_tool(&store, "t", bad).await {
+                Err(AdminError::Invalid(m)) => assert!(m.contains(what), "{m}"),
+                other => panic!("{bad:?} accepted: {other:?}"),
+            }
+        }
+        assert_eq!(store.get_tool_policy("t").await.expect("read"), None);
+        budgets::set_tool(&store, "t", policy(60, 4, 4))
+            .await
+            .expect("as many shards as burst");
+    }
+
+    #[test]
+    fn parse_ttl_refuses_what_it_cannot_read_without_panicking() {
+        assert_eq!(
+            parse_ttl("30d").expect("30d"),
+            Duration::from_secs(30 * 86_400)
+        );
+        assert_eq!(parse_ttl("90m").expect("90m"), Duration::from_secs(5_400));
+        for bad in [
+            "5µ",
+            "µ",
+            "1日",
+            "",
+            "d",
+            "0s",
+            "18446744073709551615d",
+            "-1h",
+            "1 h",
+        ] {
+            assert!(
+                matches!(parse_ttl(bad), Err(AdminError::Invalid(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Any text is an answer or a clear error, never a panic.
+        #[test]
+        fn parse_ttl_never_panics(text in "\\PC{0,8}") {
+            let _ = parse_ttl(&text);
+        }
+    }
 
     #[tokio::test]
     async fn certificate_bindings() {
@@ -456,6 +535,13 @@ pub mod budgets {
             if p.shards > 64 {
                 return Err(AdminError::Invalid("--shards must be at most 64".into()));
             }
+            if p.shards > p.burst {
+                return Err(AdminError::Invalid(format!(
+                    "--shards ({}) must not exceed --burst ({}): every shard holds at least one \
+                     token, so more shards would raise the effective burst",
+                    p.shards, p.burst
+                )));
+            }
         }
         Ok(store.put_tool_policy(tool, policy).await?)
     }
@@ -521,7 +607,7 @@ pub mod budgets {
         ) else {
             return Ok(None);
         };
-        let shards = u64::from(policy.shards.max(1));
+        let shards = u64::from(policy.shards.clamp(1, policy.burst.max(1)));
         let shard_rate = rate.sharded(shards);
         let now = now_ms();
         let (mut remaining, mut until_full) = (0, 0);

@@ -613,7 +613,7 @@ impl Connections {
         refresh: &str,
         replacing: Option<u64>,
     ) -> Result<ProviderToken, ConnectError> {
-        let expires_at_ms = now_ms() + expires_in.unwrap_or(3600).saturating_mul(1000);
+        let expires_at_ms = access_expiry_ms(now_ms(), expires_in);
         let access_ct = self.encrypt(access, user, provider, "access").await?;
         let refresh_ct = self.encrypt(refresh, user, provider, "refresh").await?;
         let (pk, sk) = conn_key(user, provider);
@@ -976,9 +976,27 @@ fn store_error(op: &str, code: Option<&str>) -> ConnectError {
     ConnectError::Unavailable
 }
 
+/// When an access token granted at `now_ms` for `expires_in` seconds (1 hour when the provider
+/// does not say) expires, in Unix milliseconds; a huge `expires_in` saturates instead of
+/// overflowing.
+fn access_expiry_ms(now_ms: u64, expires_in: Option<u64>) -> u64 {
+    now_ms.saturating_add(expires_in.unwrap_or(3600).saturating_mul(1000))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// Any `expires_in` a provider sends, up to `u64::MAX`, gives an expiry no earlier than
+        /// now, without overflow.
+        #[test]
+        fn access_expiry_never_overflows(now in 0u64..=u64::MAX, expires_in in proptest::option::of(0u64..=u64::MAX)) {
+            let at = access_expiry_ms(now, expires_in);
+            let want = u128::from(now) + u128::from(expires_in.unwrap_or(3600)) * 1000;
+            proptest::prop_assert_eq!(u128::from(at), want.min(u128::from(u64::MAX)));
+        }
+    }
 
     #[test]
     fn forms_are_percent_encoded() {

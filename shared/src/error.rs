@@ -70,6 +70,14 @@ pub enum Rejection {
     /// A budget is exhausted.
     #[error("rate limited")]
     RateLimited(Box<RateLimited>),
+    /// A budget's limit is 0: the operator denies every call; retrying does not help.
+    #[error("budget denies all calls")]
+    BudgetDenied {
+        /// `agent` or `tool`.
+        layer: &'static str,
+        /// The policy whose limit is 0.
+        policy: &'static str,
+    },
     /// A call with the same idempotency key is still running.
     #[error("idempotency key in progress")]
     IdempotencyInProgress {
@@ -132,7 +140,9 @@ impl Rejection {
     pub fn status(&self) -> u16 {
         match self {
             Self::MethodNotAllowed => 405,
-            Self::ForbiddenOrigin | Self::InsufficientScope { .. } => 403,
+            Self::ForbiddenOrigin | Self::InsufficientScope { .. } | Self::BudgetDenied { .. } => {
+                403
+            }
             Self::UnsupportedMediaType => 415,
             Self::NotAcceptable => 406,
             Self::PayloadTooLarge { .. } => 413,
@@ -172,6 +182,7 @@ impl Rejection {
             Self::Auth(a) => a.reason(),
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::RateLimited(_) => "rate_limited",
+            Self::BudgetDenied { .. } => "budget_zero",
             Self::IdempotencyInProgress { .. } => "idempotency_in_progress",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
             Self::Unavailable { .. } => "unavailable",
@@ -182,6 +193,7 @@ impl Rejection {
     fn retry_hint(&self) -> &'static str {
         match self {
             Self::Auth(a) if a.is_permanent() => "never",
+            Self::BudgetDenied { .. } => "never",
             Self::Auth(a) if a.is_unavailable() => "after_retry_after",
             Self::Unavailable { .. }
             | Self::RateLimited(_)
@@ -255,6 +267,13 @@ impl Rejection {
                     r.policy, r.limit, r.window_s, r.retry_after_ms
                 ),
             ),
+            Self::BudgetDenied { policy, .. } => (
+                codes::PERMANENTLY_DENIED,
+                format!(
+                    "Permanently denied: the {policy} budget is set to 0 calls; retrying does \
+                     not help until an operator raises it"
+                ),
+            ),
             Self::IdempotencyInProgress { retry_after_s } => (
                 codes::IDEMPOTENCY_IN_PROGRESS,
                 format!(
@@ -289,6 +308,10 @@ impl Rejection {
             Self::PayloadTooLarge { limit } => data["limit_bytes"] = json!(limit),
             Self::IdempotencyInProgress { retry_after_s } => {
                 data["retry_after_ms"] = json!(retry_after_s.saturating_mul(1000));
+            }
+            Self::BudgetDenied { layer, policy } => {
+                data["layer"] = json!(layer);
+                data["policy"] = json!(policy);
             }
             Self::RateLimited(r) => {
                 data["layer"] = json!(r.layer);
@@ -361,6 +384,22 @@ mod tests {
         assert_eq!(body["error"]["code"], codes::PERMANENTLY_DENIED);
         assert_eq!(body["error"]["data"]["retry"], "never");
         assert!(r.headers.get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn a_zero_budget_is_a_permanent_denial_not_a_429() {
+        let r = Rejection::BudgetDenied {
+            layer: "tool",
+            policy: "tool",
+        }
+        .into_response(None, None);
+        assert_eq!(r.status, 403);
+        assert!(r.headers.get(RETRY_AFTER).is_none());
+        let body = r.body_json().expect("json");
+        assert_eq!(body["error"]["code"], codes::PERMANENTLY_DENIED);
+        assert_eq!(body["error"]["data"]["reason"], "budget_zero");
+        assert_eq!(body["error"]["data"]["retry"], "never");
+        assert_eq!(body["error"]["data"]["layer"], "tool");
     }
 
     #[test]

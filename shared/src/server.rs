@@ -33,6 +33,7 @@ use crate::hash_key::HashKeys;
 use crate::http::{Request, Response};
 use crate::idempotency::{self, Begin, Claim, Idempotency, Ledger};
 use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
+use crate::protocol::printable;
 use crate::protocol::version::{self, Era, Negotiated};
 use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS, transport};
 use crate::telemetry;
@@ -927,6 +928,18 @@ impl Server {
                         .collect(),
                 })))
             }
+            Err(Refusal::Denied { bucket }) => {
+                let layer = match bucket.layer {
+                    Layer::Agent => "agent",
+                    Layer::Tool => "tool",
+                };
+                facts.budget_layer = Some(layer);
+                self.write_audit(facts, CallStatus::RateLimited, Some("budget_zero"));
+                Err(Rejection::BudgetDenied {
+                    layer,
+                    policy: bucket.policy.as_str(),
+                })
+            }
             Err(_) => {
                 self.write_audit(
                     facts,
@@ -1101,14 +1114,6 @@ fn span_request_id(id: &RequestId) -> String {
         RequestId::Number(n) => n.to_string(),
         RequestId::String(s) => printable(s),
     }
-}
-
-/// A tool name safe to echo: printable ASCII, at most 64 characters.
-fn printable(name: &str) -> String {
-    name.chars()
-        .filter(|c| c.is_ascii_graphic())
-        .take(64)
-        .collect()
 }
 
 const INSTRUCTIONS: &str = "Tools served by tollgate. Every call is authenticated, rate limited \

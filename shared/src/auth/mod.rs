@@ -7,12 +7,13 @@
 //! client certificates from API Gateway mutual TLS are mapped by [`mtls`]. Agent records and
 //! certificate bindings are cached for the same bound.
 
+mod cache;
 pub mod keys;
 pub mod mtls;
 pub mod oauth;
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex};
+use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::config::{AuthConfig, AuthMethods};
@@ -20,6 +21,7 @@ use crate::http::Request;
 use crate::store::{
     AgentRecord, AgentStatus, CertBinding, KeyRecord, KeyStatus, Store, StoreError, now_ms,
 };
+use cache::BoundedCache;
 use oauth::OAuthVerifier;
 
 /// How a principal proved who it is.
@@ -188,44 +190,29 @@ impl From<AuthError> for Denied {
 pub const MAX_AUTHORIZATION_LEN: usize = 8192;
 const MAX_CACHE_ENTRIES: usize = 10_000;
 
-/// A per-instance cache whose entries live at most `ttl`.
+/// A per-instance cache whose entries live at most `ttl`; full, it evicts the least recently
+/// used entries rather than emptying itself (see [`cache`]).
 #[derive(Debug)]
 struct TtlCache<V> {
-    map: Mutex<HashMap<String, (V, Instant)>>,
+    cache: BoundedCache<String, V>,
     ttl: Duration,
 }
 
 impl<V: Clone> TtlCache<V> {
     fn new(ttl: Duration) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            cache: BoundedCache::new(MAX_CACHE_ENTRIES),
             ttl,
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (V, Instant)>> {
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
     fn get(&self, key: &str) -> Option<V> {
-        self.lock()
-            .get(key)
-            .filter(|(_, at)| at.elapsed() < self.ttl)
-            .map(|(v, _)| v.clone())
+        self.cache.get(&key.to_owned())
     }
 
     fn insert(&self, key: &str, value: V) {
-        let mut map = self.lock();
-        if map.len() >= MAX_CACHE_ENTRIES {
-            let ttl = self.ttl;
-            map.retain(|_, (_, at)| at.elapsed() < ttl);
-            if map.len() >= MAX_CACHE_ENTRIES {
-                map.clear();
-            }
-        }
-        map.insert(key.to_owned(), (value, Instant::now()));
+        self.cache
+            .insert(key.to_owned(), value, Instant::now() + self.ttl);
     }
 }
 

@@ -9,12 +9,16 @@
 //! - The JWKS is fetched once, reused for its TTL, refreshed on an unknown `kid` at most once per
 //!   `jwks_min_refresh` (one fetch in flight per instance), and kept when the endpoint is down.
 //!   With no JWKS ever fetched, verification fails with `IssuerUnavailable` (503).
-//! - Introspection answers are cached by the token's SHA-256, never past the token's `exp`.
+//! - The `typ` header is checked as RFC 9068 asks, with room for issuers that predate it: see
+//!   [`check_token_type`] (ID tokens are refused).
+//! - Introspection answers are cached by the token's SHA-256, never past the token's `exp`;
+//!   refusals are cached for 30 s and at most 8 introspections run at once per instance, so a
+//!   flood of random opaque tokens does not become one POST each. Full caches evict the least
+//!   recently used entries.
 //!
 //! The token itself is never logged, cached in clear, or passed to any other service.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, JwkSet, KeyAlgorithm, PublicKeyUse};
@@ -23,6 +27,7 @@ use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use super::AuthError;
+use super::cache::BoundedCache;
 use crate::config::OAuthConfig;
 
 /// Longest access token considered; longer ones are refused before any parsing.
@@ -32,6 +37,12 @@ const MAX_DOCUMENT_BYTES: usize = 256 * 1024;
 /// Longest wait on the issuer (metadata, JWKS, introspection).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 const MAX_INTROSPECTION_ENTRIES: usize = 10_000;
+/// How long a refused opaque token is answered from the cache without asking the
+/// authorization server again.
+const NEGATIVE_TTL: Duration = Duration::from_secs(30);
+/// Introspection requests in flight at once per instance; more wait (up to the fetch timeout)
+/// instead of each becoming a POST to the authorization server.
+const MAX_CONCURRENT_INTROSPECTIONS: usize = 8;
 
 /// What a verified token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,11 +76,9 @@ struct Jwks {
     url: Option<String>,
 }
 
-#[derive(Debug, Clone)]
-struct Introspected {
-    identity: TokenIdentity,
-    until: Instant,
-}
+/// Introspection answers cached per token digest: accepted identities until the token's
+/// `exp` (at most the cache TTL), refusals for [`NEGATIVE_TTL`].
+type Introspected = Result<TokenIdentity, AuthError>;
 
 /// Client credentials for the introspection endpoint. Its `Debug` never shows the secret.
 #[derive(Clone, serde::Deserialize)]
@@ -140,7 +149,10 @@ pub struct OAuthVerifier {
     fetch: tokio::sync::Mutex<()>,
     credentials: Option<Box<dyn CredentialSource>>,
     cached_credentials: tokio::sync::Mutex<Option<(ClientCredentials, Instant)>>,
-    introspected: Mutex<HashMap<[u8; 32], Introspected>>,
+    introspected: BoundedCache<[u8; 32], Introspected>,
+    introspections: tokio::sync::Semaphore,
+    /// Introspection requests sent (for tests and benchmarks).
+    pub introspection_requests: std::sync::atomic::AtomicU64,
     /// JWKS fetches made (for tests and benchmarks).
     pub fetches: std::sync::atomic::AtomicU64,
 }
@@ -163,7 +175,9 @@ impl OAuthVerifier {
             fetch: tokio::sync::Mutex::new(()),
             credentials,
             cached_credentials: tokio::sync::Mutex::new(None),
-            introspected: Mutex::new(HashMap::new()),
+            introspected: BoundedCache::new(MAX_INTROSPECTION_ENTRIES),
+            introspections: tokio::sync::Semaphore::new(MAX_CONCURRENT_INTROSPECTIONS),
+            introspection_requests: std::sync::atomic::AtomicU64::new(0),
             fetches: std::sync::atomic::AtomicU64::new(0),
         }
     }
@@ -227,11 +241,12 @@ impl OAuthVerifier {
                     _ => AuthError::InvalidToken,
                 })?;
         let claims = data.claims;
+        check_token_type(header.typ.as_deref(), &claims)?;
         let now = jsonwebtoken::get_current_timestamp();
         if claims
             .get("iat")
             .and_then(Value::as_u64)
-            .is_some_and(|iat| iat > now + self.config.leeway.as_secs())
+            .is_some_and(|iat| iat > now.saturating_add(self.config.leeway.as_secs()))
         {
             return Err(AuthError::NotYetValid);
         }
@@ -386,8 +401,20 @@ impl OAuthVerifier {
         audiences: &[&str],
     ) -> Result<TokenIdentity, AuthError> {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
-        if let Some(hit) = self.cached_introspection(&digest) {
-            return Ok(hit);
+        if let Some(hit) = self.introspected.get(&digest) {
+            return hit;
+        }
+        // At most MAX_CONCURRENT_INTROSPECTIONS in flight; a caller that waited finds the
+        // answer another one cached meanwhile.
+        let _permit = tokio::time::timeout(FETCH_TIMEOUT, self.introspections.acquire())
+            .await
+            .map_err(|_| {
+                tracing::warn!("introspection queue full; refusing rather than waiting longer");
+                AuthError::IssuerUnavailable
+            })?
+            .map_err(|_| AuthError::IssuerUnavailable)?;
+        if let Some(hit) = self.introspected.get(&digest) {
+            return hit;
         }
         let url = self
             .config
@@ -395,6 +422,8 @@ impl OAuthVerifier {
             .as_deref()
             .ok_or(AuthError::UnknownToken)?;
         let creds = self.introspection_credentials().await?;
+        self.introspection_requests
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let resp = self
             .http
             .post(url)
@@ -421,72 +450,28 @@ impl OAuthVerifier {
             .map_err(|_| AuthError::IssuerUnavailable)?;
         let claims: serde_json::Map<String, Value> =
             serde_json::from_slice(&body).map_err(|_| AuthError::IssuerUnavailable)?;
-        if claims.get("active").and_then(Value::as_bool) != Some(true) {
-            return Err(AuthError::UnknownToken);
-        }
         let now = jsonwebtoken::get_current_timestamp();
-        let exp = claims.get("exp").and_then(Value::as_u64);
-        if exp.is_some_and(|e| e + self.config.leeway.as_secs() <= now) {
-            return Err(AuthError::Expired);
-        }
-        if claims
-            .get("nbf")
-            .and_then(Value::as_u64)
-            .is_some_and(|n| n > now + self.config.leeway.as_secs())
-        {
-            return Err(AuthError::NotYetValid);
-        }
-        if let Some(iss) = claims.get("iss")
-            && iss.as_str().map(|i| i.trim_end_matches('/'))
-                != Some(self.config.issuer.trim_end_matches('/'))
-        {
-            return Err(AuthError::WrongIssuer);
-        }
-        let aud_ok = match claims.get("aud") {
-            Some(Value::String(a)) => audiences.contains(&a.as_str()),
-            Some(Value::Array(list)) => list
-                .iter()
-                .filter_map(Value::as_str)
-                .any(|a| audiences.contains(&a)),
-            _ => false,
-        };
-        if !aud_ok {
-            return Err(AuthError::WrongAudience);
-        }
-        let identity = identity(&claims, &self.config.agent_claims, digest_ref(token))?;
-        let mut life = self.config.introspection_cache_ttl;
-        if let Some(exp) = exp {
-            life = life.min(Duration::from_secs(exp.saturating_sub(now)));
-        }
-        let mut cache = self
-            .introspected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= MAX_INTROSPECTION_ENTRIES {
-            cache.retain(|_, c| c.until > Instant::now());
-            if cache.len() >= MAX_INTROSPECTION_ENTRIES {
-                cache.clear();
+        let answer = check_introspected(
+            &claims,
+            now,
+            self.config.leeway.as_secs(),
+            &self.config.issuer,
+            audiences,
+        )
+        .and_then(|()| identity(&claims, &self.config.agent_claims, digest_ref(token)));
+        let life = match &answer {
+            Ok(_) => {
+                let mut life = self.config.introspection_cache_ttl;
+                if let Some(exp) = claims.get("exp").and_then(Value::as_u64) {
+                    life = life.min(Duration::from_secs(exp.saturating_sub(now)));
+                }
+                life
             }
-        }
-        cache.insert(
-            digest,
-            Introspected {
-                identity: identity.clone(),
-                until: Instant::now() + life,
-            },
-        );
-        Ok(identity)
-    }
-
-    fn cached_introspection(&self, digest: &[u8; 32]) -> Option<TokenIdentity> {
-        let cache = self
-            .introspected
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        cache
-            .get(digest)
-            .filter(|c| c.until > Instant::now())
-            .map(|c| c.identity.clone())
+            Err(_) => NEGATIVE_TTL,
+        };
+        self.introspected
+            .insert(digest, answer.clone(), Instant::now() + life);
+        answer
     }
 
     async fn introspection_credentials(&self) -> Result<ClientCredentials, AuthError> {
@@ -607,6 +592,81 @@ fn identity(
     })
 }
 
+/// The checks on an introspection answer (RFC 7662): active, not expired (with `leeway`
+/// seconds; an `exp` near `u64::MAX` is far future, never an overflow), not before `nbf`, from
+/// `issuer` when it names one, for one of `audiences`.
+fn check_introspected(
+    claims: &serde_json::Map<String, Value>,
+    now: u64,
+    leeway: u64,
+    issuer: &str,
+    audiences: &[&str],
+) -> Result<(), AuthError> {
+    if claims.get("active").and_then(Value::as_bool) != Some(true) {
+        return Err(AuthError::UnknownToken);
+    }
+    if claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .is_some_and(|e| e.saturating_add(leeway) <= now)
+    {
+        return Err(AuthError::Expired);
+    }
+    if claims
+        .get("nbf")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > now.saturating_add(leeway))
+    {
+        return Err(AuthError::NotYetValid);
+    }
+    if let Some(iss) = claims.get("iss")
+        && iss.as_str().map(|i| i.trim_end_matches('/')) != Some(issuer.trim_end_matches('/'))
+    {
+        return Err(AuthError::WrongIssuer);
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => audiences.contains(&a.as_str()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.contains(&a)),
+        _ => false,
+    };
+    if aud_ok {
+        Ok(())
+    } else {
+        Err(AuthError::WrongAudience)
+    }
+}
+
+/// RFC 9068 section 2.1 / 4: a JWT access token is typed `at+jwt` (or `application/at+jwt`,
+/// case-insensitive). Issuers that predate the profile send `JWT` or no `typ`; those are
+/// accepted unless the claims carry what only an OpenID Connect ID token carries (`nonce`,
+/// `at_hash`, `c_hash`): an ID token proves a sign-in to a client, it grants nothing here. Any
+/// other `typ` (`id_token+jwt`, `logout+jwt`, `dpop+jwt`, ...) is another kind of token.
+fn check_token_type(
+    typ: Option<&str>,
+    claims: &serde_json::Map<String, Value>,
+) -> Result<(), AuthError> {
+    let typ = typ.map(|t| {
+        let t = t.to_ascii_lowercase();
+        t.strip_prefix("application/")
+            .map(str::to_owned)
+            .unwrap_or(t)
+    });
+    match typ.as_deref() {
+        Some("at+jwt") => Ok(()),
+        None | Some("jwt")
+            if !["nonce", "at_hash", "c_hash"]
+                .iter()
+                .any(|c| claims.contains_key(*c)) =>
+        {
+            Ok(())
+        }
+        _ => Err(AuthError::InvalidToken),
+    }
+}
+
 /// A public reference to a token: the first 16 hex digits of its SHA-256.
 fn digest_ref(token: &str) -> String {
     let d = Sha256::digest(token.as_bytes());
@@ -660,6 +720,7 @@ pub fn agent_id_for(subject: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn identity_takes_the_first_configured_claim_and_both_scope_forms() {
@@ -709,6 +770,212 @@ mod tests {
         let keys = pinned_keys(&set);
         assert_eq!(keys.keys().collect::<Vec<_>>(), ["ec"]);
         assert_eq!(keys["ec"].alg, Algorithm::ES256);
+    }
+
+    fn claims(v: serde_json::Value) -> serde_json::Map<String, Value> {
+        serde_json::from_value(v).expect("claims")
+    }
+
+    /// RFC 9068: `at+jwt` in any spelling passes; `JWT` or no `typ` pass unless the claims are
+    /// an ID token's; every other type is refused.
+    #[test]
+    fn access_tokens_pass_and_id_tokens_are_refused_by_type() {
+        let access = claims(serde_json::json!({"sub": "u", "client_id": "c"}));
+        let id_token = claims(serde_json::json!({"sub": "u", "nonce": "n", "at_hash": "h"}));
+        for typ in ["at+jwt", "AT+JWT", "application/at+jwt"] {
+            assert_eq!(check_token_type(Some(typ), &access), Ok(()), "{typ}");
+            assert_eq!(check_token_type(Some(typ), &id_token), Ok(()), "{typ}");
+        }
+        for typ in [None, Some("JWT"), Some("jwt"), Some("application/jwt")] {
+            assert_eq!(check_token_type(typ, &access), Ok(()), "{typ:?}");
+            assert_eq!(
+                check_token_type(typ, &id_token),
+                Err(AuthError::InvalidToken),
+                "{typ:?}"
+            );
+        }
+        for c in ["nonce", "at_hash", "c_hash"] {
+            let mut with = access.clone();
+            with.insert(c.to_owned(), Value::from("x"));
+            assert_eq!(
+                check_token_type(Some("JWT"), &with),
+                Err(AuthError::InvalidToken)
+            );
+        }
+        for typ in ["id_token+jwt", "logout+jwt", "dpop+jwt", "secevent+jwt", ""] {
+            assert_eq!(
+                check_token_type(Some(typ), &access),
+                Err(AuthError::InvalidToken),
+                "{typ}"
+            );
+        }
+    }
+
+    proptest::proptest! {
+        /// Any `exp` / `nbf`, up to `u64::MAX`, is checked without overflow.
+        #[test]
+        fn introspected_times_never_overflow(exp in proptest::prelude::any::<u64>(),
+                                             nbf in proptest::prelude::any::<u64>(),
+                                             now in proptest::prelude::any::<u64>(),
+                                             leeway in 0u64..=u64::MAX) {
+            let c = claims(serde_json::json!({
+                "active": true, "exp": exp, "nbf": nbf, "aud": "a"
+            }));
+            let r = check_introspected(&c, now, leeway, "https://as", &["a"]);
+            let expired = u128::from(exp) + u128::from(leeway) <= u128::from(now);
+            let early = u128::from(nbf) > u128::from(now) + u128::from(leeway);
+            let want = if expired {
+                Err(AuthError::Expired)
+            } else if early {
+                Err(AuthError::NotYetValid)
+            } else {
+                Ok(())
+            };
+            proptest::prop_assert_eq!(r, want);
+        }
+    }
+
+    #[test]
+    fn a_huge_exp_is_far_future_not_a_panic() {
+        let c = claims(serde_json::json!({"active": true, "exp": u64::MAX, "aud": "a"}));
+        assert_eq!(
+            check_introspected(&c, 1_800_000_000, 30, "https://as", &["a"]),
+            Ok(())
+        );
+    }
+
+    #[derive(Debug)]
+    struct Fixed;
+
+    #[async_trait::async_trait]
+    impl CredentialSource for Fixed {
+        async fn credentials(&self) -> Result<ClientCredentials, String> {
+            Ok(ClientCredentials {
+                client_id: "rs".into(),
+                client_secret: "s".into(),
+            })
+        }
+    }
+
+    /// A local introspection endpoint answering `{"active": false}` to everything; counts the
+    /// requests and the most it had in flight at once (each is held 50 ms).
+    async fn inactive_endpoint() -> (
+        String,
+        Arc<std::sync::atomic::AtomicUsize>,
+        Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}/introspect", listener.local_addr().expect("addr"));
+        let (count, now, peak) = (
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let (c, p) = (count.clone(), peak.clone());
+        tokio::spawn(async move {
+            while let Ok((mut sock, _)) = listener.accept().await {
+                let (c, n, p) = (c.clone(), now.clone(), p.clone());
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 8192];
+                    let mut got = Vec::new();
+                    // Headers, then a form body of Content-Length bytes.
+                    loop {
+                        let Ok(k) = sock.read(&mut buf).await else {
+                            return;
+                        };
+                        if k == 0 {
+                            return;
+                        }
+                        got.extend_from_slice(&buf[..k]);
+                        let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+                        if let Some(end) = text.find("\r\n\r\n") {
+                            let len = text
+                                .lines()
+                                .find_map(|l| l.strip_prefix("content-length:"))
+                                .and_then(|v| v.trim().parse::<usize>().ok())
+                                .unwrap_or(0);
+                            if got.len() >= end + 4 + len {
+                                break;
+                            }
+                        }
+                    }
+                    c.fetch_add(1, Ordering::SeqCst);
+                    let inflight = n.fetch_add(1, Ordering::SeqCst) + 1;
+                    p.fetch_max(inflight, Ordering::SeqCst);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    n.fetch_sub(1, Ordering::SeqCst);
+                    let body = "{\"active\":false}";
+                    let resp = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                         content-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+        (url, count, peak)
+    }
+
+    fn introspecting(url: &str) -> OAuthVerifier {
+        let config = crate::Config::from_lookup(|k| match k {
+            "TOLLGATE_AUTH_METHODS" => Some("oauth".to_owned()),
+            "TOLLGATE_OAUTH_ISSUER" => Some("http://127.0.0.1:9".to_owned()),
+            "TOLLGATE_OAUTH_AUDIENCE" => Some("https://api.example/mcp".to_owned()),
+            "TOLLGATE_OAUTH_INTROSPECTION_URL" => Some(url.to_owned()),
+            "TOLLGATE_OAUTH_INTROSPECTION_SECRET" => Some("unused".to_owned()),
+            _ => None,
+        })
+        .expect("config");
+        OAuthVerifier::new(
+            config.auth.oauth.expect("oauth"),
+            reqwest::Client::new(),
+            Some(Box::new(Fixed)),
+        )
+    }
+
+    /// A refused opaque token is answered from the cache (one POST however often it comes
+    /// back), and a flood of distinct tokens never has more than the bound in flight.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn introspection_refusals_are_cached_and_concurrency_is_bounded() {
+        use std::sync::atomic::Ordering;
+        let (url, count, peak) = inactive_endpoint().await;
+        let v = Arc::new(introspecting(&url));
+        for _ in 0..5 {
+            assert_eq!(
+                v.verify("opaque-token-1", None).await,
+                Err(AuthError::UnknownToken)
+            );
+        }
+        assert_eq!(count.load(Ordering::SeqCst), 1, "the refusal was cached");
+        let flood = (0..40).map(|i| {
+            let v = v.clone();
+            tokio::spawn(async move { v.verify(&format!("random-{i}"), None).await })
+        });
+        for r in futures::future::join_all(flood).await {
+            let r = r.expect("task");
+            // Refused as unknown, or (a caller that waited past the fetch timeout) unavailable.
+            assert!(
+                matches!(
+                    r,
+                    Err(AuthError::UnknownToken | AuthError::IssuerUnavailable)
+                ),
+                "{r:?}"
+            );
+        }
+        assert!(
+            peak.load(Ordering::SeqCst) <= MAX_CONCURRENT_INTROSPECTIONS,
+            "{} in flight at once",
+            peak.load(Ordering::SeqCst)
+        );
+        assert_eq!(
+            v.introspection_requests.load(Ordering::Relaxed),
+            count.load(Ordering::SeqCst) as u64
+        );
     }
 
     #[test]

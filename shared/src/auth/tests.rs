@@ -148,7 +148,7 @@ async fn disabled_agent_and_expired_key() {
             created_at_ms: 0,
             expires_at_ms: Some(1),
             agent_status: AgentStatus::Active,
-            scopes: BTreeSet::new(),
+            scopes: agent.scopes.clone(),
             budget: Default::default(),
         })
         .await

@@ -31,12 +31,15 @@ impl Rate {
             .saturating_mul(self.burst.saturating_sub(1))
     }
 
-    /// This rate split over `shards` buckets (each gets `1/shards` of the rate and burst).
+    /// This rate split over `shards` buckets (each gets `1/shards` of the rate and burst,
+    /// rounded down, so the shards together never allow more than the whole burst). `shards`
+    /// is capped at the burst: a shard holds at least one token, so more shards than tokens
+    /// would raise the effective burst.
     pub fn sharded(&self, shards: u64) -> Self {
-        let shards = shards.max(1);
+        let shards = shards.clamp(1, self.burst.max(1));
         Self {
             interval_ms: self.interval_ms.saturating_mul(shards),
-            burst: self.burst.div_ceil(shards).max(1),
+            burst: (self.burst / shards).max(1),
         }
     }
 }
@@ -140,6 +143,25 @@ mod tests {
             .expect("rate")
             .sharded(4);
         assert_eq!((r.interval_ms, r.burst), (4, 25));
+    }
+
+    /// Shards together never hold more tokens than the configured burst, whatever the split.
+    #[test]
+    fn shards_never_raise_the_burst() {
+        for burst in 1..=20u64 {
+            for shards in 1..=64u64 {
+                let r = Rate::per_window(600, 60_000, burst)
+                    .expect("rate")
+                    .sharded(shards);
+                let used = shards.min(burst);
+                assert!(
+                    r.burst * used <= burst,
+                    "burst {burst} over {shards} shards: {} each",
+                    r.burst
+                );
+                assert_eq!(r.interval_ms, 100 * used, "the rate stays whole");
+            }
+        }
     }
 
     /// Reference token bucket with fractional tokens, refilled continuously.

@@ -80,6 +80,9 @@ pub struct Bucket {
     pub window_s: u64,
     /// The bucket's rate (after sharding).
     pub rate: Rate,
+    /// The limit or burst read is 0: the bucket admits nothing, ever (an operator's "deny
+    /// all", never "unlimited").
+    pub deny_all: bool,
 }
 
 impl Bucket {
@@ -137,6 +140,11 @@ pub enum Refusal {
     },
     /// The store failed and the tool fails closed.
     StoreUnavailable,
+    /// A bucket's limit is 0: nothing is admitted, retrying does not help.
+    Denied {
+        /// The bucket whose limit is 0.
+        bucket: Bucket,
+    },
 }
 
 /// Counters for metrics and benchmarks.
@@ -162,7 +170,9 @@ pub struct BudgetCounters {
 pub type Clock = Arc<dyn Fn() -> u64 + Send + Sync>;
 
 struct CachedPolicy {
-    policy: Option<ToolPolicy>,
+    /// The tool's override as last read (`Some(None)`: read, there is none); `None` when no
+    /// read has succeeded yet, so whether the operator overrode the tool is unknown.
+    policy: Option<Option<ToolPolicy>>,
     fetched: Instant,
 }
 
@@ -243,33 +253,45 @@ impl Budgets {
 
     /// The tool's effective policy: its override (cached per instance) over its default. A
     /// failed or slow read keeps the last known override and retries soon, rather than
-    /// caching the built-in default over a known override for a whole TTL.
+    /// caching the built-in default over a known override for a whole TTL. While no read has
+    /// succeeded, the override is unknown and the tool fails closed whatever its built-in
+    /// default says: the operator may have set it fail-closed, and admitting on a local bucket
+    /// would break that.
     async fn tool_policy(&self, spec: &ToolSpec, deadline: tokio::time::Instant) -> ToolPolicy {
         let default_fail_open = spec.budget.on_store_failure == StoreFailure::FailOpen;
-        let resolve = |o: Option<ToolPolicy>| {
-            let p = o.unwrap_or(ToolPolicy {
+        let resolve = |known: Option<Option<ToolPolicy>>| {
+            let default = ToolPolicy {
                 per_minute: spec.budget.per_minute,
                 burst: spec.budget.burst,
                 shards: 1,
                 fail_open: None,
-            });
-            ToolPolicy {
-                fail_open: Some(p.fail_open.unwrap_or(default_fail_open)),
-                ..p
+            };
+            match known {
+                Some(o) => {
+                    let p = o.unwrap_or(default);
+                    ToolPolicy {
+                        fail_open: Some(p.fail_open.unwrap_or(default_fail_open)),
+                        ..p
+                    }
+                }
+                None => ToolPolicy {
+                    fail_open: Some(false),
+                    ..default
+                },
             }
         };
         let previous = {
             let cache = lock(&self.policy_cache);
             match cache.get(spec.name) {
                 Some(c) if c.fetched.elapsed() < self.policy_ttl => return resolve(c.policy),
-                Some(c) => Some(c.policy),
+                Some(c) => c.policy,
                 None => None,
             }
         };
         let fetched =
             tokio::time::timeout_at(deadline, self.policies.get_tool_policy(spec.name)).await;
         let (policy, fetched_at) = match fetched {
-            Ok(Ok(p)) => (p, Instant::now()),
+            Ok(Ok(p)) => (Some(p), Instant::now()),
             failed => {
                 let cause = match failed {
                     Ok(Err(e)) => e.to_string(),
@@ -278,13 +300,14 @@ impl Budgets {
                 tracing::warn!(
                     cause,
                     tool = spec.name,
-                    "tool policy read failed; keeping the last known policy"
+                    known = previous.is_some(),
+                    "tool policy read failed; keeping the last known policy (fail closed if none)"
                 );
                 // Retry within POLICY_RETRY rather than a whole TTL.
                 let retry_at = Instant::now()
                     .checked_sub(self.policy_ttl.saturating_sub(POLICY_RETRY))
                     .unwrap_or_else(Instant::now);
-                (previous.flatten(), retry_at)
+                (previous, retry_at)
             }
         };
         lock(&self.policy_cache).insert(
@@ -326,6 +349,11 @@ impl Budgets {
         // One deadline for the whole decision: the policy read and the bucket updates share it.
         let deadline = tokio::time::Instant::now() + self.timeout;
         let (buckets, tool) = self.plan_by(principal, spec, deadline).await;
+        if let Some(bucket) = buckets.iter().find(|b| b.deny_all) {
+            return Err(Refusal::Denied {
+                bucket: bucket.clone(),
+            });
+        }
         let policies: Vec<_> = buckets
             .iter()
             .map(|b| (b.policy, b.limit, b.window_s))
@@ -830,17 +858,28 @@ pub fn plan_buckets(
                     window_ms: u64,
                     burst: u64,
                     shards: u64| {
-        if let Some(rate) = Rate::per_window(limit, window_ms, burst) {
-            out.push(Bucket {
-                item: item.to_owned(),
-                attr,
-                layer,
-                policy: policy_name,
-                limit,
-                window_s: window_ms / 1000,
-                rate: rate.sharded(shards),
-            });
-        }
+        let (rate, deny_all) = match Rate::per_window(limit, window_ms, burst) {
+            Some(rate) => (rate.sharded(shards), false),
+            // A 0 limit or burst read from the table: deny everything rather than skip the
+            // bucket (which would make it unlimited).
+            None => (
+                Rate {
+                    interval_ms: window_ms,
+                    burst: 0,
+                },
+                true,
+            ),
+        };
+        out.push(Bucket {
+            item: item.to_owned(),
+            attr,
+            layer,
+            policy: policy_name,
+            limit,
+            window_s: window_ms / 1000,
+            rate,
+            deny_all,
+        });
     };
     push(
         &agent_item,
@@ -875,7 +914,9 @@ pub fn plan_buckets(
             1,
         );
     }
-    let shards = u64::from(policy.shards.max(1));
+    // Never more shards than burst tokens (each shard holds at least one token), whatever the
+    // table says.
+    let shards = u64::from(policy.shards.clamp(1, policy.burst.max(1)));
     let shard = if shards > 1 {
         rand::random_range(0..shards)
     } else {

@@ -261,6 +261,173 @@ async fn store_failure_follows_the_tool_policy() {
     );
 }
 
+/// An outage that starts before this instance ever read the tool's override: the operator may
+/// have set the tool fail-closed, so a tool whose built-in default is fail-open fails closed.
+/// Once a read said "no override", the built-in default applies again; a known override
+/// outlives later failed reads.
+#[tokio::test]
+async fn an_unknown_override_fails_closed_during_an_outage() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let p = principal("a", AgentBudget::default());
+    let policies = Arc::new(MemoryStore::new());
+    let make = |policies: Arc<MemoryStore>| {
+        let now = now.clone();
+        Budgets::new(
+            Arc::new(Down),
+            policies,
+            AgentDefaults::default(),
+            Duration::from_millis(200),
+            // A zero TTL: every call reads the override again.
+            Duration::ZERO,
+        )
+        .with_clock(Arc::new(move || now.load(Ordering::Relaxed)))
+    };
+    let open_by_default = spec(10, 2, true);
+
+    policies.fail_tool_policy_reads(true);
+    let cold = make(policies.clone());
+    assert_eq!(
+        cold.admit(&p, &open_by_default).await,
+        Err(Refusal::StoreUnavailable),
+        "unknown override: fail closed"
+    );
+    assert_eq!(
+        cold.counters.fail_open_admissions.load(Ordering::Relaxed),
+        0
+    );
+
+    // A read that found no override: the built-in fail-open applies, also after reads fail.
+    policies.fail_tool_policy_reads(false);
+    let warm = make(policies.clone());
+    assert!(
+        warm.admit(&p, &open_by_default)
+            .await
+            .expect("admitted")
+            .fail_open
+    );
+    policies.fail_tool_policy_reads(true);
+    assert!(
+        warm.admit(&p, &open_by_default)
+            .await
+            .expect("admitted")
+            .fail_open
+    );
+
+    // The operator's fail-closed override, once read, holds through failed reads.
+    policies.fail_tool_policy_reads(false);
+    policies
+        .put_tool_policy(
+            "t",
+            Some(ToolPolicy {
+                per_minute: 10,
+                burst: 2,
+                shards: 1,
+                fail_open: Some(false),
+            }),
+        )
+        .await
+        .expect("put");
+    let overridden = make(policies.clone());
+    assert_eq!(
+        overridden.admit(&p, &open_by_default).await,
+        Err(Refusal::StoreUnavailable)
+    );
+    policies.fail_tool_policy_reads(true);
+    assert_eq!(
+        overridden.admit(&p, &open_by_default).await,
+        Err(Refusal::StoreUnavailable)
+    );
+}
+
+/// A 0 limit read from the table (agent budget, per-tool cap or tool override) denies every
+/// call with a permanent refusal; it never makes the bucket unlimited.
+#[tokio::test]
+async fn a_zero_limit_denies_all_and_never_means_unlimited() {
+    let now = Arc::new(AtomicU64::new(1_000_000));
+    let b = budgets(Arc::new(MemoryBuckets::default()), now.clone());
+    let zero_minute = principal(
+        "a",
+        AgentBudget {
+            per_minute: Some(0),
+            ..AgentBudget::default()
+        },
+    );
+    let zero_cap = principal(
+        "b",
+        AgentBudget {
+            tools: [("t".to_owned(), 0)].into_iter().collect(),
+            ..AgentBudget::default()
+        },
+    );
+    for (p, policy) in [
+        (&zero_minute, PolicyName::AgentPerMinute),
+        (&zero_cap, PolicyName::AgentTool),
+    ] {
+        match b.admit(p, &spec(10, 2, false)).await {
+            Err(Refusal::Denied { bucket }) => assert_eq!(bucket.policy, policy),
+            other => panic!("{policy:?} 0 admitted: {other:?}"),
+        }
+    }
+    let policies = Arc::new(MemoryStore::new());
+    for (per_minute, burst) in [(0, 5), (10, 0)] {
+        policies
+            .put_tool_policy(
+                "t",
+                Some(ToolPolicy {
+                    per_minute,
+                    burst,
+                    shards: 1,
+                    fail_open: None,
+                }),
+            )
+            .await
+            .expect("put");
+        let b = Budgets::new(
+            Arc::new(MemoryBuckets::default()),
+            policies.clone(),
+            AgentDefaults::default(),
+            Duration::from_millis(200),
+            Duration::ZERO,
+        );
+        match b
+            .admit(&principal("c", AgentBudget::default()), &spec(10, 2, false))
+            .await
+        {
+            Err(Refusal::Denied { bucket }) => assert_eq!(bucket.layer, Layer::Tool),
+            other => panic!("tool {per_minute}/{burst} admitted: {other:?}"),
+        }
+    }
+}
+
+/// An override with more shards than burst tokens (written before the CLI refused it) is
+/// planned with at most `burst` shards, so the shards together hold at most the burst.
+#[test]
+fn more_shards_than_burst_never_raise_the_burst() {
+    let p = principal("a", AgentBudget::default());
+    let policy = ToolPolicy {
+        per_minute: 60,
+        burst: 2,
+        shards: 8,
+        fail_open: None,
+    };
+    for _ in 0..50 {
+        let plan = plan_buckets(&p, "t", &p.budget, AgentDefaults::default(), policy);
+        let tool = plan
+            .iter()
+            .find(|b| b.layer == Layer::Tool)
+            .expect("tool bucket");
+        let shard: u64 = tool
+            .item
+            .rsplit('#')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .expect("shard");
+        assert!(shard < 2, "{}", tool.item);
+        assert_eq!(tool.rate.burst, 1);
+        assert_eq!(tool.rate.interval_ms, 2_000);
+    }
+}
+
 #[test]
 fn plan_shards_the_tool_bucket() {
     let p = principal("a", AgentBudget::default());

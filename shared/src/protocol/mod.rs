@@ -15,6 +15,15 @@ pub use version::{Era, Negotiated};
 
 /// The protocol versions tollgate serves, newest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &[MODERN_VERSION, "2025-11-25", "2025-06-18"];
+
+/// Caller text safe to echo in a response or a log (a tool name, a protocol version, a string
+/// id): printable ASCII only, at most 64 characters.
+pub fn printable(text: &str) -> String {
+    text.chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect()
+}
 /// The stateless revision (no `initialize`, per-request `_meta`, standard headers).
 pub const MODERN_VERSION: &str = "2026-07-28";
 /// The newest version with the `initialize` handshake: the answer to an `initialize` that asks

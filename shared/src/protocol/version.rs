@@ -82,7 +82,7 @@ pub fn negotiate(req: &Request<'_>, rpc: &RpcRequest) -> Result<Negotiated, Reje
     }
     if !is_supported(meta_version) {
         return Err(Rejection::UnsupportedVersion {
-            requested: meta_version.to_owned(),
+            requested: super::printable(meta_version),
         });
     }
     if meta_version != MODERN_VERSION {
@@ -126,7 +126,7 @@ fn negotiate_legacy(header: Option<&str>, rpc: &RpcRequest) -> Result<Negotiated
             era: Era::Legacy,
         }),
         Some(v) => Err(Rejection::UnsupportedVersion {
-            requested: v.to_owned(),
+            requested: super::printable(v),
         }),
     }
 }
@@ -224,6 +224,35 @@ mod tests {
                 requested: "2024-01-01".into()
             })
         );
+    }
+
+    /// An unsupported version is echoed bounded (printable ASCII, 64 characters at most), from
+    /// the header and from `_meta` alike.
+    #[test]
+    fn unsupported_versions_are_echoed_bounded() {
+        let long = format!("v{} <script>", "9".repeat(10_000));
+        let body = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+        let Err(Rejection::UnsupportedVersion { requested }) =
+            run(&[("mcp-protocol-version", long.as_str())], body)
+        else {
+            panic!("refused");
+        };
+        assert_eq!(requested.len(), 64);
+        assert!(requested.bytes().all(|b| b.is_ascii_graphic()));
+        let version = format!("{} x", "8".repeat(5_000));
+        let modern = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"{version}","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+        );
+        let Err(Rejection::UnsupportedVersion { requested }) = run(
+            &[
+                ("mcp-protocol-version", version.as_str()),
+                ("mcp-method", "tools/list"),
+            ],
+            &modern,
+        ) else {
+            panic!("refused");
+        };
+        assert_eq!(requested, "8".repeat(64));
     }
 
     #[test]

@@ -403,7 +403,10 @@ impl Store for DynamoStore {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        // The key is written only if its agent exists (checked in the same transaction).
+        // The key is written only if its agent exists and still has the status, scopes and
+        // budget the key copies (checked in the same transaction): an `agents disable` (or a
+        // scope change) landing between the agent read and this write cancels it, instead of
+        // leaving a working key the disable never saw.
         let items = vec![
             TransactWriteItem::builder()
                 .condition_check(
@@ -411,7 +414,14 @@ impl Store for DynamoStore {
                         .table_name(&self.table)
                         .key("pk", s(format!("AGENT#{}", key.agent_id)))
                         .key("sk", s("AGENT"))
-                        .condition_expression("attribute_exists(pk)")
+                        .condition_expression(
+                            "attribute_exists(pk) AND #st = :st AND scopes = :sc \
+                             AND (budget = :bu OR attribute_not_exists(budget))",
+                        )
+                        .expression_attribute_names("#st", "status")
+                        .expression_attribute_values(":st", s(key.agent_status.as_str()))
+                        .expression_attribute_values(":sc", scopes_value(&key.scopes))
+                        .expression_attribute_values(":bu", budget_value(&key.budget))
                         .build()
                         .map_err(build_err)?,
                 )

@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use super::{AgentRecord, CertBinding, KeyRecord, KeyStatus, Store, StoreError, ToolPolicy};
 
@@ -14,6 +14,7 @@ pub struct MemoryStore {
     tool_policies: Mutex<BTreeMap<String, ToolPolicy>>,
     certs: Mutex<BTreeMap<String, CertBinding>>,
     key_reads: AtomicU64,
+    policy_reads_fail: AtomicBool,
 }
 
 impl MemoryStore {
@@ -25,6 +26,11 @@ impl MemoryStore {
     /// How many times `get_key` was called.
     pub fn key_reads(&self) -> u64 {
         self.key_reads.load(Ordering::Relaxed)
+    }
+
+    /// Makes `get_tool_policy` fail (`true`) or answer again (`false`), as during an outage.
+    pub fn fail_tool_policy_reads(&self, fail: bool) {
+        self.policy_reads_fail.store(fail, Ordering::Relaxed);
     }
 }
 
@@ -77,7 +83,11 @@ impl Store for MemoryStore {
     }
 
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
-        if !lock(&self.agents).contains_key(&key.agent_id) {
+        let agents = lock(&self.agents);
+        let current = agents.get(&key.agent_id).is_some_and(|a| {
+            a.status == key.agent_status && a.scopes == key.scopes && a.budget == key.budget
+        });
+        if !current {
             return Err(StoreError::NotFound(format!("agent {}", key.agent_id)));
         }
         let mut keys = lock(&self.keys);
@@ -106,6 +116,9 @@ impl Store for MemoryStore {
     }
 
     async fn get_tool_policy(&self, tool: &str) -> Result<Option<ToolPolicy>, StoreError> {
+        if self.policy_reads_fail.load(Ordering::Relaxed) {
+            return Err(StoreError::Unavailable("tool policy read failed".into()));
+        }
         Ok(lock(&self.tool_policies).get(tool).copied())
     }
 

@@ -200,7 +200,9 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError>;
     /// Replaces an agent's status and scopes and rewrites its keys' copies, atomically.
     async fn update_agent(&self, agent: &AgentRecord) -> Result<(), StoreError>;
-    /// Stores a new key for an existing agent.
+    /// Stores a new key for an existing agent whose status, scopes and budget still equal the
+    /// key's copies (checked atomically with the write); `NotFound` when the agent is missing
+    /// or changed since it was read.
     async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError>;
     /// Every key of one agent, ordered by id.
     async fn list_keys(&self, agent_id: &str) -> Result<Vec<KeyRecord>, StoreError>;
