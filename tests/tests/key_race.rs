@@ -1,0 +1,71 @@
+//! `keys create` racing `agents disable` against a real DynamoDB-protocol server
+//! (single-threaded moto): the key is written only while its agent still has the status,
+//! scopes and budget the key copies, so a disable landing between the agent read and the key
+//! write can never leave a working key for a disabled agent.
+
+use tollgate::admin;
+use tollgate::auth::keys;
+use tollgate::store::{AgentStatus, DynamoStore, KeyRecord, KeyStatus, Store, StoreError, now_ms};
+use tollgate_tests::moto::Moto;
+
+/// A key record as `keys create` builds it from the agent it read.
+fn key_from(agent: &tollgate::store::AgentRecord) -> KeyRecord {
+    let issued = keys::issue();
+    KeyRecord {
+        key_id: issued.key_id,
+        agent_id: agent.agent_id.clone(),
+        digest_hex: issued.digest_hex,
+        status: KeyStatus::Active,
+        created_at_ms: now_ms(),
+        expires_at_ms: None,
+        agent_status: agent.status,
+        scopes: agent.scopes.clone(),
+        budget: agent.budget.clone(),
+    }
+}
+
+#[tokio::test]
+async fn a_key_read_before_a_disable_is_not_written_after_it() -> anyhow::Result<()> {
+    let moto = Moto::start()?;
+    let client = tollgate::deps::aws_sdk_dynamodb::Client::new(&moto.sdk_config());
+    let store = DynamoStore::new(client, "tollgate-key-race-test");
+    store.create_table().await?;
+    admin::create_agent(&store, "bot", "", &["customers:read".to_owned()]).await?;
+
+    // `keys create` read the agent (active) ...
+    let read = store.get_agent("bot").await?.expect("agent");
+    // ... then `agents disable` landed ...
+    admin::set_agent_status(&store, "bot", AgentStatus::Disabled).await?;
+    // ... so the key built from the stale read is refused, and nothing is stored.
+    let stale = key_from(&read);
+    assert!(matches!(
+        store.create_key(&stale).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert!(store.get_key(&stale.key_id).await?.is_none());
+
+    // A scope removed in between is caught the same way.
+    admin::set_agent_status(&store, "bot", AgentStatus::Active).await?;
+    let read = store.get_agent("bot").await?.expect("agent");
+    admin::change_scopes(&store, "bot", admin::ScopeChange::Set, &[]).await?;
+    assert!(matches!(
+        store.create_key(&key_from(&read)).await,
+        Err(StoreError::NotFound(_))
+    ));
+
+    // `keys create` reads again: the key it makes carries the agent's current state.
+    admin::set_agent_status(&store, "bot", AgentStatus::Disabled).await?;
+    let created = admin::create_key(&store, "bot", None).await?;
+    let stored = store.get_key(&created.record.key_id).await?.expect("key");
+    assert_eq!(stored.agent_status, AgentStatus::Disabled);
+    assert!(stored.scopes.is_empty());
+
+    // A missing agent is still "not found".
+    let mut ghost = key_from(&read);
+    ghost.agent_id = "ghost".to_owned();
+    assert!(matches!(
+        store.create_key(&ghost).await,
+        Err(StoreError::NotFound(_))
+    ));
+    Ok(())
+}
