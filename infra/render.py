@@ -326,31 +326,51 @@ def statement(sid: str, actions: list[str], resources: Any, condition: dict | No
     return out
 
 
+def declared_providers(fn: Function) -> list[str]:
+    """The providers a function acts for: its TOLLGATE_PROVIDERS (comma separated), sorted."""
+    raw = fn.settings.get("env", {}).get("TOLLGATE_PROVIDERS", "")
+    return sorted({p.strip() for p in raw.split(",") if p.strip()})
+
+
 def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
     s = fn.settings
     statements = [
         statement("WriteOwnLogGroup", ["logs:CreateLogStream", "logs:PutLogEvents"], {"Fn::GetAtt": [f"{fn.logical}LogGroup", "Arn"]}),
         # X-Ray has no resource-level permissions: `*` is the only valid resource.
         statement("SendTraces", ["xray:PutTraceSegments", "xray:PutTelemetryRecords"], "*"),
-        statement("TollgateTable", s["tollgate_table_actions"], {"Fn::GetAtt": ["TollgateTable", "Arn"]}),
     ]
+    providers = declared_providers(fn)
+    leading = lambda *keys: {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(keys)}}  # noqa: E731
+    # Reads anywhere on the tollgate table (keys, agents, policies); updates only on the items
+    # the run time updates: budget buckets, idempotency records and, for a function that
+    # declares a provider, its connections. Never agents, keys or policies.
+    table_actions = [a for a in s["tollgate_table_actions"] if a != "dynamodb:UpdateItem"]
+    statements.append(statement("TollgateTable", table_actions, {"Fn::GetAtt": ["TollgateTable", "Arn"]}))
+    if "dynamodb:UpdateItem" in s["tollgate_table_actions"]:
+        update_keys = ["BUCKET#*", "IDEM#*"] + (["CONN#*"] if providers else [])
+        statements.append(statement("UpdateBudgetsRetriesAndConnections", ["dynamodb:UpdateItem"],
+                                    {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading(*update_keys)))
     if s["app_table"]:
         statements.append(statement("AppTable", list(s["app_table"]), {"Fn::GetAtt": ["AppTable", "Arn"]}))
     statements.append(statement("ReadHashKey", ["secretsmanager:GetSecretValue"], HASH_KEY_SECRET))
     # OAuth identities seen for the first time become agent records (conditional PutItem on
     # AGENT# keys only); connect links store their single-use state under CONNSTATE# keys.
-    leading = lambda *keys: {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(keys)}}  # noqa: E731
     statements.append(statement("CreateOAuthAgentsAndConnectStates", ["dynamodb:PutItem"],
                                 {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading("AGENT#*", "CONNSTATE#*")))
     if not fn.is_tool:
         # The connect callback redeems (deletes) a state once.
         statements.append(statement("RedeemConnectStates", ["dynamodb:DeleteItem"],
                                     {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading("CONNSTATE#*")))
-    # The connection vault: tokens encrypted with the stack key, only under a vault
-    # encryption context (so these rights cannot decrypt anything else).
-    statements.append(statement("ConnectionVault", ["kms:Encrypt", "kms:Decrypt"],
-                                {"Fn::GetAtt": ["TollgateKey", "Arn"]},
-                                {"Null": {"kms:EncryptionContext:tollgate:field": "false"}}))
+    # The connection vault: only a function that declares providers (TOLLGATE_PROVIDERS) may use
+    # the stack key directly, only under a vault encryption context naming one of its own
+    # providers: it cannot decrypt another provider's tokens, nor anything that is not a vault
+    # token. (The user in the context is a run-time value IAM cannot pin; the code binds each
+    # ciphertext to its user through the context.)
+    if providers:
+        statements.append(statement("ConnectionVault", ["kms:Encrypt", "kms:Decrypt"],
+                                    {"Fn::GetAtt": ["TollgateKey", "Arn"]},
+                                    {"Null": {"kms:EncryptionContext:tollgate:field": "false"},
+                                     "StringEquals": {"kms:EncryptionContext:tollgate:provider": providers}}))
     # The introspection credentials (OAuth). With no secret configured the ARN names no
     # secret (`secret:-??????`), so the statement grants nothing.
     statements.append(statement("ReadIntrospectionCredentials", ["secretsmanager:GetSecretValue"], {"Fn::Sub": (

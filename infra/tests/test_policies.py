@@ -152,9 +152,10 @@ def test_kms_use_is_limited_to_the_stack_key_through_its_services(resources):
             assert all(a.startswith("kms:") for a in actions), lid
             assert [target(r) for r in as_list(s["Resource"])] == ["TollgateKey"], lid
             if s.get("Sid") == "ConnectionVault":
-                # Direct use, only under the vault's encryption context.
+                # Direct use, only under the vault's encryption context for declared providers.
                 assert sorted(actions) == ["kms:Decrypt", "kms:Encrypt"], lid
-                assert s["Condition"] == {"Null": {"kms:EncryptionContext:tollgate:field": "false"}}, lid
+                assert s["Condition"]["Null"] == {"kms:EncryptionContext:tollgate:field": "false"}, lid
+                assert s["Condition"]["StringEquals"]["kms:EncryptionContext:tollgate:provider"], lid
                 continue
             via = s["Condition"]["StringEquals"]["kms:ViaService"]["Fn::Sub"]
             assert via in ("dynamodb.${AWS::Region}.${AWS::URLSuffix}", "secretsmanager.${AWS::Region}.${AWS::URLSuffix}")
@@ -206,3 +207,43 @@ def test_writes_outside_the_shared_actions_are_limited_to_key_prefixes(resources
                 assert fn_name == "gateway" and keys == ["CONNSTATE#*"], (fn_name, s)
             else:
                 assert extra == {"dynamodb:PutItem"} and keys == ["AGENT#*", "CONNSTATE#*"], (fn_name, s)
+
+
+def test_only_functions_that_declare_providers_use_the_vault_key_for_their_providers(resources, functions):
+    """A function without TOLLGATE_PROVIDERS gets no direct use of the stack key; one with it
+    gets Encrypt/Decrypt only under an encryption context naming its own providers."""
+    by_fn = roles(resources)
+    seen_vault = set()
+    for fn in functions:
+        _, statements = by_fn[fn.name]
+        raw = fn.settings.get("env", {}).get("TOLLGATE_PROVIDERS", "")
+        providers = sorted({p.strip() for p in raw.split(",") if p.strip()})
+        vault = [s for s in statements if s.get("Sid") == "ConnectionVault"]
+        direct_kms = [s for s in statements
+                      if any(a.startswith("kms:") for a in as_list(s["Action"])) and "kms:ViaService" not in str(s.get("Condition"))]
+        assert direct_kms == vault, fn.name
+        if not providers:
+            assert not vault, f"{fn.name} declares no provider but may use the vault key"
+            continue
+        seen_vault.add(fn.name)
+        (s,) = vault
+        assert s["Condition"]["StringEquals"] == {"kms:EncryptionContext:tollgate:provider": providers}, fn.name
+    assert {"gateway", "account_profile"} <= seen_vault, seen_vault
+    assert "lookup_customer" not in seen_vault
+
+
+def test_updates_on_the_tollgate_table_are_limited_to_runtime_items(resources, functions):
+    """UpdateItem reaches budget buckets and idempotency records, plus connections for a
+    function that declares a provider: never agents, keys or tool policies."""
+    by_fn = roles(resources)
+    for fn in functions:
+        _, statements = by_fn[fn.name]
+        updates = [s for s in statements if "dynamodb:UpdateItem" in as_list(s["Action"])]
+        assert updates, fn.name
+        for s in updates:
+            assert as_list(s["Action"]) == ["dynamodb:UpdateItem"], (fn.name, s)
+            keys = s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
+            want = ["BUCKET#*", "IDEM#*"]
+            if fn.settings.get("env", {}).get("TOLLGATE_PROVIDERS"):
+                want.append("CONN#*")
+            assert keys == want, (fn.name, keys)
