@@ -44,7 +44,7 @@ async fn stack_latency(root: &std::path::Path, only_tracing: bool) -> anyhow::Re
     tollgate_tests::devstack::seed_customers(&clients.dynamodb, "tollgate-app").await?;
     let catalog = tollgate::Catalog::new()
         .register(lookup_customer::LookupCustomer::with_table("tollgate-app"))?;
-    let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
+    let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog, None).await?;
     unlimited_tool_budget(&store, "lookup_customer").await?;
     let routes = tollgate_tests::devstack::routes(&catalog, clients, Duration::from_secs(10))?;
     if only_tracing {
@@ -716,7 +716,7 @@ async fn idempotency_cost(root: &std::path::Path) -> anyhow::Result<()> {
     let catalog = gateway::catalog()?
         .only("open_ticket")
         .ok_or_else(|| anyhow::anyhow!("open_ticket is not in the catalog"))?;
-    let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog).await?;
+    let token = tollgate_tests::devstack::seed_demo_agent(&store, &catalog, None).await?;
     unlimited_tool_budget(&store, "open_ticket").await?;
     let routes =
         tollgate_tests::devstack::routes(&catalog, Arc::new(clients), Duration::from_secs(10))?;

@@ -140,8 +140,18 @@ pub async fn seed_customers(db: &aws_sdk_dynamodb::Client, table: &str) -> anyho
     Ok(())
 }
 
-/// Ensures the demo agent exists with every tool's scope and mints it a fresh key.
-pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::Result<String> {
+/// How long a demo key minted by `make dev` works.
+pub const DEMO_KEY_TTL: Duration = Duration::from_secs(7 * 86_400);
+
+/// Ensures the demo agent exists with every tool's scope and returns its key: `previous` (the
+/// token the last start wrote to `target/dev/demo-token`) when it is still an active, unexpired
+/// key of the demo agent, else a new key expiring after [`DEMO_KEY_TTL`]. Every other active
+/// demo-agent key is revoked, so restarts never pile up working keys.
+pub async fn seed_demo_agent(
+    store: &DynamoStore,
+    catalog: &Catalog,
+    previous: Option<&str>,
+) -> anyhow::Result<String> {
     let scopes: Vec<String> = catalog.scopes().into_iter().map(str::to_owned).collect();
     match store.get_agent(DEMO_AGENT).await? {
         None => {
@@ -152,7 +162,32 @@ pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::
             admin::change_scopes(store, DEMO_AGENT, admin::ScopeChange::Add, &scopes).await?;
         }
     }
-    Ok(admin::create_key(store, DEMO_AGENT, None).await?.token)
+    let mut reused = None;
+    if let Some(token) = previous
+        && let Some(key_id) = tollgate::auth::keys::key_id(token)
+        && let Some(record) = store.get_key(key_id).await?
+        && record.agent_id == DEMO_AGENT
+        && record.status == tollgate::store::KeyStatus::Active
+        && record.digest_hex == tollgate::auth::keys::digest_hex(token)
+        && record
+            .expires_at_ms
+            .is_some_and(|at| at > tollgate::store::now_ms())
+    {
+        reused = Some((record.key_id, token.to_owned()));
+    }
+    let (keep, token) = match reused {
+        Some(found) => found,
+        None => {
+            let created = admin::create_key(store, DEMO_AGENT, Some(DEMO_KEY_TTL)).await?;
+            (created.record.key_id, created.token)
+        }
+    };
+    for key in store.list_keys(DEMO_AGENT).await? {
+        if key.key_id != keep && key.status == tollgate::store::KeyStatus::Active {
+            admin::revoke_key(store, &key.key_id).await?;
+        }
+    }
+    Ok(token)
 }
 
 /// Creates the tollgate table and the app table (`TOLLGATE_APP_TABLE`) with the demo
@@ -275,14 +310,15 @@ pub async fn run() -> anyhow::Result<()> {
     let catalog = gateway::catalog()?;
 
     let store = prepare_tables(&clients.dynamodb, &config).await?;
-    let token = seed_demo_agent(&store, &catalog).await?;
+    let token_path = std::path::Path::new("target/dev/demo-token");
+    let previous = std::fs::read_to_string(token_path).ok();
+    let token = seed_demo_agent(&store, &catalog, previous.as_deref().map(str::trim)).await?;
     if let Some(secret) = &config.hash_key_secret {
         ensure_hash_key_secret(&clients.secretsmanager, secret).await?;
     }
     if let Some(alias) = config.connect.kms_key.as_deref() {
         ensure_vault_key(&clients.kms, alias).await?;
     }
-    let token_path = std::path::Path::new("target/dev/demo-token");
     std::fs::create_dir_all("target/dev")?;
     std::fs::write(token_path, format!("{token}\n"))?;
     #[cfg(unix)]

@@ -1,7 +1,10 @@
-//! `keys create` racing `agents disable` against a real DynamoDB-protocol server
-//! (single-threaded moto): the key is written only while its agent still has the status,
-//! scopes and budget the key copies, so a disable landing between the agent read and the key
-//! write can never leave a working key for a disabled agent.
+//! Key lifecycles against a real DynamoDB-protocol server (single-threaded moto).
+//!
+//! - `keys create` racing `agents disable`: the key is written only while its agent still has
+//!   the status, scopes and budget the key copies, so a disable landing between the agent read
+//!   and the key write can never leave a working key for a disabled agent.
+//! - `make dev`'s demo key: a restart reuses the previous token while it works, and never
+//!   leaves more than one working, expiring demo key.
 
 use tollgate::admin;
 use tollgate::auth::keys;
@@ -67,5 +70,46 @@ async fn a_key_read_before_a_disable_is_not_written_after_it() -> anyhow::Result
         store.create_key(&ghost).await,
         Err(StoreError::NotFound(_))
     ));
+    Ok(())
+}
+
+#[tokio::test]
+async fn make_dev_reuses_or_revokes_the_previous_demo_key() -> anyhow::Result<()> {
+    use tollgate_tests::devstack::{DEMO_AGENT, DEMO_KEY_TTL, seed_demo_agent};
+    let moto = Moto::start()?;
+    let client = tollgate::deps::aws_sdk_dynamodb::Client::new(&moto.sdk_config());
+    let store = DynamoStore::new(client, "tollgate-demo-key-test");
+    store.create_table().await?;
+    let catalog = tollgate::Catalog::new();
+    let active = |keys: Vec<KeyRecord>| {
+        keys.into_iter()
+            .filter(|k| k.status == KeyStatus::Active)
+            .collect::<Vec<_>>()
+    };
+
+    let first = seed_demo_agent(&store, &catalog, None).await?;
+    let keys = active(store.list_keys(DEMO_AGENT).await?);
+    assert_eq!(keys.len(), 1);
+    let expires = keys[0].expires_at_ms.expect("the demo key expires");
+    let ttl_ms = u64::try_from(DEMO_KEY_TTL.as_millis())?;
+    assert!(expires <= now_ms() + ttl_ms && expires > now_ms() + ttl_ms / 2);
+
+    // A restart with the token the last start wrote: the same key, nothing new.
+    let again = seed_demo_agent(&store, &catalog, Some(&first)).await?;
+    assert_eq!(again, first);
+    assert_eq!(store.list_keys(DEMO_AGENT).await?.len(), 1);
+
+    // A lost or altered token file: a new key, and the previous one is revoked.
+    for previous in [None, Some("tg_garbage"), Some(&first[..first.len() - 1])] {
+        let before = active(store.list_keys(DEMO_AGENT).await?);
+        let token = seed_demo_agent(&store, &catalog, previous).await?;
+        assert!(
+            before.iter().all(|k| !token.contains(&k.key_id)),
+            "{previous:?}"
+        );
+        let now_active = active(store.list_keys(DEMO_AGENT).await?);
+        assert_eq!(now_active.len(), 1, "{previous:?}");
+        assert!(token.contains(&now_active[0].key_id));
+    }
     Ok(())
 }
