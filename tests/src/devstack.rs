@@ -145,13 +145,16 @@ pub const DEMO_KEY_TTL: Duration = Duration::from_secs(7 * 86_400);
 
 /// Ensures the demo agent exists with every tool's scope and returns its key: `previous` (the
 /// token the last start wrote to `target/dev/demo-token`) when it is still an active, unexpired
-/// key of the demo agent, else a new key expiring after [`DEMO_KEY_TTL`]. Every other active
-/// demo-agent key is revoked, so restarts never pile up working keys.
+/// key of the demo agent, else a new key expiring after [`DEMO_KEY_TTL`], and the key the
+/// previous token named (expired, altered or otherwise unusable) is revoked. Keys this working
+/// directory never wrote (another instance's on a shared store) are left alone.
 pub async fn seed_demo_agent(
     store: &DynamoStore,
     catalog: &Catalog,
     previous: Option<&str>,
 ) -> anyhow::Result<String> {
+    use tollgate::auth::keys;
+    use tollgate::store::{KeyStatus, now_ms};
     let scopes: Vec<String> = catalog.scopes().into_iter().map(str::to_owned).collect();
     match store.get_agent(DEMO_AGENT).await? {
         None => {
@@ -162,32 +165,24 @@ pub async fn seed_demo_agent(
             admin::change_scopes(store, DEMO_AGENT, admin::ScopeChange::Add, &scopes).await?;
         }
     }
-    let mut reused = None;
-    if let Some(token) = previous
-        && let Some(key_id) = tollgate::auth::keys::key_id(token)
-        && let Some(record) = store.get_key(key_id).await?
-        && record.agent_id == DEMO_AGENT
-        && record.status == tollgate::store::KeyStatus::Active
-        && record.digest_hex == tollgate::auth::keys::digest_hex(token)
-        && record
-            .expires_at_ms
-            .is_some_and(|at| at > tollgate::store::now_ms())
-    {
-        reused = Some((record.key_id, token.to_owned()));
-    }
-    let (keep, token) = match reused {
-        Some(found) => found,
-        None => {
-            let created = admin::create_key(store, DEMO_AGENT, Some(DEMO_KEY_TTL)).await?;
-            (created.record.key_id, created.token)
-        }
+    let named = match previous.and_then(keys::key_id) {
+        Some(key_id) => store
+            .get_key(key_id)
+            .await?
+            .filter(|k| k.agent_id == DEMO_AGENT && k.status == KeyStatus::Active),
+        None => None,
     };
-    for key in store.list_keys(DEMO_AGENT).await? {
-        if key.key_id != keep && key.status == tollgate::store::KeyStatus::Active {
-            admin::revoke_key(store, &key.key_id).await?;
-        }
+    if let (Some(token), Some(record)) = (previous, &named)
+        && record.digest_hex == keys::digest_hex(token)
+        && record.expires_at_ms.is_some_and(|at| at > now_ms())
+    {
+        return Ok(token.to_owned());
     }
-    Ok(token)
+    let created = admin::create_key(store, DEMO_AGENT, Some(DEMO_KEY_TTL)).await?;
+    if let Some(stale) = named {
+        admin::revoke_key(store, &stale.key_id).await?;
+    }
+    Ok(created.token)
 }
 
 /// Creates the tollgate table and the app table (`TOLLGATE_APP_TABLE`) with the demo

@@ -3,8 +3,8 @@
 //! - `keys create` racing `agents disable`: the key is written only while its agent still has
 //!   the status, scopes and budget the key copies, so a disable landing between the agent read
 //!   and the key write can never leave a working key for a disabled agent.
-//! - `make dev`'s demo key: a restart reuses the previous token while it works, and never
-//!   leaves more than one working, expiring demo key.
+//! - `make dev`'s demo key: it expires, a restart reuses the previous token while it works,
+//!   and a restart that cannot reuse it revokes the key it named.
 
 use tollgate::admin;
 use tollgate::auth::keys;
@@ -99,17 +99,38 @@ async fn make_dev_reuses_or_revokes_the_previous_demo_key() -> anyhow::Result<()
     assert_eq!(again, first);
     assert_eq!(store.list_keys(DEMO_AGENT).await?.len(), 1);
 
-    // A lost or altered token file: a new key, and the previous one is revoked.
-    for previous in [None, Some("tg_garbage"), Some(&first[..first.len() - 1])] {
-        let before = active(store.list_keys(DEMO_AGENT).await?);
-        let token = seed_demo_agent(&store, &catalog, previous).await?;
-        assert!(
-            before.iter().all(|k| !token.contains(&k.key_id)),
-            "{previous:?}"
-        );
-        let now_active = active(store.list_keys(DEMO_AGENT).await?);
-        assert_eq!(now_active.len(), 1, "{previous:?}");
-        assert!(token.contains(&now_active[0].key_id));
-    }
+    // A token file whose secret was altered: not reused; a new key, and the key the file
+    // named is revoked.
+    let altered = |token: &str| {
+        let mut t = token.to_owned();
+        let last = t.pop().expect("token");
+        t.push(if last == 'A' { 'B' } else { 'A' });
+        t
+    };
+    let second = seed_demo_agent(&store, &catalog, Some(&altered(&first))).await?;
+    assert_ne!(second, first);
+    let now_active = active(store.list_keys(DEMO_AGENT).await?);
+    assert_eq!(
+        now_active.len(),
+        1,
+        "the key the altered file named was revoked"
+    );
+    assert!(second.contains(&now_active[0].key_id));
+
+    // A token whose key no longer works (revoked here; expired alike): a new key.
+    admin::revoke_key(&store, &now_active[0].key_id).await?;
+    let third = seed_demo_agent(&store, &catalog, Some(&second)).await?;
+    assert_ne!(third, second);
+    let now_active = active(store.list_keys(DEMO_AGENT).await?);
+    assert_eq!(now_active.len(), 1);
+    assert!(third.contains(&now_active[0].key_id));
+
+    // No token file (another instance on a shared store): a new key, others left alone.
+    let other = seed_demo_agent(&store, &catalog, None).await?;
+    assert_eq!(active(store.list_keys(DEMO_AGENT).await?).len(), 2);
+    assert_eq!(
+        seed_demo_agent(&store, &catalog, Some(&other)).await?,
+        other
+    );
     Ok(())
 }
