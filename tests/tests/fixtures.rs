@@ -414,6 +414,7 @@ async fn run_fixtures() -> anyhow::Result<Vec<Outcome>> {
         };
         let inv = Invocation::new(INVOCATION_ID, Duration::from_secs(10));
         seed_idempotency(&db, &name, &event).await?;
+        let mut first_body = None;
         if SENT_TWICE_SUFFIXES.iter().any(|s| name.ends_with(s)) {
             let first = server.respond(&event, &inv).await;
             ensure!(
@@ -421,11 +422,26 @@ async fn run_fixtures() -> anyhow::Result<Vec<Outcome>> {
                 "{name}: the first of two calls got HTTP {}",
                 first.status
             );
+            first_body = first.body.clone();
         }
         let audit_before = sink.records().len();
         let t = Instant::now();
         let resp = server.respond(&event, &inv).await;
         let elapsed = t.elapsed();
+        if name.contains("-replay")
+            && let (Some(first), Some(again)) = (&first_body, &resp.body)
+        {
+            // A replay answers with the stored outcome of the call that ran (its ticket id and
+            // fields), never with fields re-derived from the retry.
+            let content = |b: &str| -> anyhow::Result<Value> {
+                Ok(serde_json::from_str::<Value>(b)?["result"]["structuredContent"].clone())
+            };
+            let (stored, replayed) = (content(first)?, content(again)?);
+            ensure!(
+                !stored.is_null() && stored == replayed,
+                "{name}: the replay answered {replayed} instead of the stored {stored}"
+            );
+        }
         let audit: Vec<Value> = sink.records()[audit_before..]
             .iter()
             .map(serde_json::to_value)
