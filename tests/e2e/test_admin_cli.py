@@ -156,3 +156,11 @@ def test_revoke_error_does_not_echo_a_pasted_token(stack, agent) -> None:
 def test_bad_expires_in_is_refused(stack, agent, ttl) -> None:
     refused_without_writes(stack, "keys", "create", agent, f"--expires-in={ttl}", needles=("duration",))
     assert stack.cli("keys", "list", agent).json() == []
+
+
+def test_set_tool_refuses_more_shards_than_burst_and_a_zero_limit(stack) -> None:
+    # Each shard holds at least one token: 4 shards of a burst of 2 would allow 4 at once.
+    refused_without_writes(stack, "budgets", "set-tool", "lookup_customer", "--per-minute", "60",
+                           "--burst", "2", "--shards", "4", needles=("--shards", "--burst"))
+    refused_without_writes(stack, "budgets", "set-tool", "lookup_customer", "--per-minute", "0",
+                           needles=("at least 1",))

@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-from helpers import rpc_error, rpc_result, tool_call, unique
+from helpers import TABLE, rpc_error, rpc_result, tool_call, unique
 
 ADA = {"email": "ada@example.com"}
 
@@ -72,3 +72,27 @@ def test_agent_tool_cap_is_429_for_that_tool_only(stack, http) -> None:
     # The cap is on lookup_customer only.
     result = rpc_result(tool_call(http, stack.gateway_url, token, "track_shipment", {"tracking_number": "DLV12345678"}))
     assert result["isError"] is False
+
+
+def test_a_zero_budget_in_the_table_denies_every_call_permanently(stack, http, route) -> None:
+    """A 0 limit read from the table (written by hand or an older CLI: the CLI refuses it) is
+    "deny all": 403 with the permanently-denied code and no Retry-After, never unlimited."""
+    import boto3
+
+    agent = stack.create_agent(unique("zero"), ["customers:read"])
+    key = stack.create_key(agent)
+    ddb = boto3.client("dynamodb", endpoint_url=stack.ddb_url, region_name="us-east-1",
+                       aws_access_key_id="local", aws_secret_access_key="local")
+    zero = '{"per_minute":0,"per_day":null,"tools":{}}'
+    for pk, sk in ((f"AGENT#{agent}", "AGENT"), (f"KEY#{key['key_id']}", "KEY")):
+        ddb.update_item(TableName=TABLE, Key={"pk": {"S": pk}, "sk": {"S": sk}},
+                        UpdateExpression="SET budget = :b", ExpressionAttributeValues={":b": {"S": zero}},
+                        ConditionExpression="attribute_exists(pk)")
+    url = stack.gateway_url if route == "gateway" else stack.tool_url("lookup_customer")
+    for i in range(3):
+        resp = tool_call(http, url, key["token"], "lookup_customer", ADA, id=i)
+        err = rpc_error(resp, 403, -31003, id=i)
+        assert err["data"]["reason"] == "budget_zero", err
+        assert err["data"]["retry"] == "never"
+        assert (err["data"]["layer"], err["data"]["policy"]) == ("agent", "agent_per_minute")
+        assert "retry-after" not in resp.headers

@@ -284,6 +284,8 @@ CASES = {
     "alg_none": (lambda a, c: _alg_none(a.mint(c)), "invalid_token"),
     "hs256_with_public_key": (lambda a, c: a.confused(c), "invalid_token"),
     "no_identity_claim": (lambda a, c: a.mint({**c, "client_id": None}), "no_identity_claim"),
+    # An OpenID Connect ID token (typ JWT with nonce / at_hash) is no access token (RFC 9068).
+    "id_token": (lambda a, c: a.mint({**c, "nonce": "n-0123456789", "at_hash": "x3Jz"}), "invalid_token"),
     "garbage_jwt": (lambda a, c: "aaa.bbb.ccc", "invalid_token"),
     "oversized": (lambda a, c: "x" * 5000, "malformed_credentials"),
 }
@@ -416,6 +418,11 @@ def test_opaque_tokens_are_introspected_and_cached(rs, authz, http) -> None:
     assert rpc_result(tool_call(http, rs.gateway_url, token, "lookup_customer", ADA))["isError"] is False
 
     unknown = secrets.token_urlsafe(24)
+    before_unknown = authz.stats()["introspections"]
+    for i in range(3):
+        resp = tool_call(http, rs.tool_url("lookup_customer"), unknown, "lookup_customer", ADA, id=i)
+        assert rpc_error(resp, 401, -31001, id=i)["data"]["reason"] == "unknown_token"
+    assert authz.stats()["introspections"] - before_unknown == 1, "a refusal is cached too"
     assert_invalid_token(tool_call(http, rs.gateway_url, unknown, "lookup_customer", ADA), rs, "unknown_token")
     wrong_aud = authz.opaque({**good_claims(rs, client), "aud": "https://elsewhere.example/mcp"})
     assert_invalid_token(tool_call(http, rs.gateway_url, wrong_aud, "lookup_customer", ADA), rs, "wrong_audience")
