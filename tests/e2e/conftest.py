@@ -288,6 +288,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         TOLLGATE_AGENT_PER_MINUTE=str(GENEROUS_BUDGET),
         TOLLGATE_AGENT_PER_DAY=str(GENEROUS_BUDGET * 10),
         TOLLGATE_POLICY_CACHE_TTL_SECS="1",
+        # Functional tests are not about the store's deadline: on a loaded 2-core machine the
+        # single-threaded moto can take longer than the 800 ms default, and a fail-closed tool
+        # then answers 503 (seen on open_ticket). The store gets more time here; the tests of
+        # the deadline itself (test_budget_concurrency.py, "store down or slow") set 800 ms.
+        TOLLGATE_BUDGET_TIMEOUT_MS="10000",
         TOLLGATE_RESOURCE_URL=f"http://127.0.0.1:{port}/mcp",
         TRACK_SHIPMENT_API_URL=f"http://127.0.0.1:{carrier_port}",
         PORT=str(port),
