@@ -191,7 +191,7 @@ pub const MAX_AUTHORIZATION_LEN: usize = 8192;
 const MAX_CACHE_ENTRIES: usize = 10_000;
 
 /// A per-instance cache whose entries live at most `ttl`; full, it evicts the least recently
-/// used entries rather than emptying itself (see [`cache`]).
+/// used entries rather than emptying itself (see `auth::cache`).
 #[derive(Debug)]
 struct TtlCache<V> {
     cache: BoundedCache<String, V>,

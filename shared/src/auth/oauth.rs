@@ -10,7 +10,7 @@
 //!   `jwks_min_refresh` (one fetch in flight per instance), and kept when the endpoint is down.
 //!   With no JWKS ever fetched, verification fails with `IssuerUnavailable` (503).
 //! - The `typ` header is checked as RFC 9068 asks, with room for issuers that predate it: see
-//!   [`check_token_type`] (ID tokens are refused).
+//!   `check_token_type` (ID tokens are refused).
 //! - Introspection answers are cached by the token's SHA-256, never past the token's `exp`;
 //!   refusals are cached for 30 s and at most 8 introspections run at once per instance, so a
 //!   flood of random opaque tokens does not become one POST each. Full caches evict the least
@@ -502,6 +502,81 @@ impl OAuthVerifier {
     }
 }
 
+/// The checks on an introspection answer (RFC 7662): active, not expired (with `leeway`
+/// seconds; an `exp` near `u64::MAX` is far future, never an overflow), not before `nbf`, from
+/// `issuer` when it names one, for one of `audiences`.
+fn check_introspected(
+    claims: &serde_json::Map<String, Value>,
+    now: u64,
+    leeway: u64,
+    issuer: &str,
+    audiences: &[&str],
+) -> Result<(), AuthError> {
+    if claims.get("active").and_then(Value::as_bool) != Some(true) {
+        return Err(AuthError::UnknownToken);
+    }
+    if claims
+        .get("exp")
+        .and_then(Value::as_u64)
+        .is_some_and(|e| e.saturating_add(leeway) <= now)
+    {
+        return Err(AuthError::Expired);
+    }
+    if claims
+        .get("nbf")
+        .and_then(Value::as_u64)
+        .is_some_and(|n| n > now.saturating_add(leeway))
+    {
+        return Err(AuthError::NotYetValid);
+    }
+    if let Some(iss) = claims.get("iss")
+        && iss.as_str().map(|i| i.trim_end_matches('/')) != Some(issuer.trim_end_matches('/'))
+    {
+        return Err(AuthError::WrongIssuer);
+    }
+    let aud_ok = match claims.get("aud") {
+        Some(Value::String(a)) => audiences.contains(&a.as_str()),
+        Some(Value::Array(list)) => list
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|a| audiences.contains(&a)),
+        _ => false,
+    };
+    if aud_ok {
+        Ok(())
+    } else {
+        Err(AuthError::WrongAudience)
+    }
+}
+
+/// RFC 9068 section 2.1 / 4: a JWT access token is typed `at+jwt` (or `application/at+jwt`,
+/// case-insensitive). Issuers that predate the profile send `JWT` or no `typ`; those are
+/// accepted unless the claims carry what only an OpenID Connect ID token carries (`nonce`,
+/// `at_hash`, `c_hash`): an ID token proves a sign-in to a client, it grants nothing here. Any
+/// other `typ` (`id_token+jwt`, `logout+jwt`, `dpop+jwt`, ...) is another kind of token.
+fn check_token_type(
+    typ: Option<&str>,
+    claims: &serde_json::Map<String, Value>,
+) -> Result<(), AuthError> {
+    let typ = typ.map(|t| {
+        let t = t.to_ascii_lowercase();
+        t.strip_prefix("application/")
+            .map(str::to_owned)
+            .unwrap_or(t)
+    });
+    match typ.as_deref() {
+        Some("at+jwt") => Ok(()),
+        None | Some("jwt")
+            if !["nonce", "at_hash", "c_hash"]
+                .iter()
+                .any(|c| claims.contains_key(*c)) =>
+        {
+            Ok(())
+        }
+        _ => Err(AuthError::InvalidToken),
+    }
+}
+
 /// The key for `kid`; without a `kid`, the only key when there is exactly one.
 fn pick(keys: &HashMap<String, PinnedKey>, kid: Option<&str>) -> Option<PinnedKey> {
     match kid {
@@ -590,81 +665,6 @@ fn identity(
             .filter(|s| !s.is_empty() && s.len() <= 256)
             .map(str::to_owned),
     })
-}
-
-/// The checks on an introspection answer (RFC 7662): active, not expired (with `leeway`
-/// seconds; an `exp` near `u64::MAX` is far future, never an overflow), not before `nbf`, from
-/// `issuer` when it names one, for one of `audiences`.
-fn check_introspected(
-    claims: &serde_json::Map<String, Value>,
-    now: u64,
-    leeway: u64,
-    issuer: &str,
-    audiences: &[&str],
-) -> Result<(), AuthError> {
-    if claims.get("active").and_then(Value::as_bool) != Some(true) {
-        return Err(AuthError::UnknownToken);
-    }
-    if claims
-        .get("exp")
-        .and_then(Value::as_u64)
-        .is_some_and(|e| e.saturating_add(leeway) <= now)
-    {
-        return Err(AuthError::Expired);
-    }
-    if claims
-        .get("nbf")
-        .and_then(Value::as_u64)
-        .is_some_and(|n| n > now.saturating_add(leeway))
-    {
-        return Err(AuthError::NotYetValid);
-    }
-    if let Some(iss) = claims.get("iss")
-        && iss.as_str().map(|i| i.trim_end_matches('/')) != Some(issuer.trim_end_matches('/'))
-    {
-        return Err(AuthError::WrongIssuer);
-    }
-    let aud_ok = match claims.get("aud") {
-        Some(Value::String(a)) => audiences.contains(&a.as_str()),
-        Some(Value::Array(list)) => list
-            .iter()
-            .filter_map(Value::as_str)
-            .any(|a| audiences.contains(&a)),
-        _ => false,
-    };
-    if aud_ok {
-        Ok(())
-    } else {
-        Err(AuthError::WrongAudience)
-    }
-}
-
-/// RFC 9068 section 2.1 / 4: a JWT access token is typed `at+jwt` (or `application/at+jwt`,
-/// case-insensitive). Issuers that predate the profile send `JWT` or no `typ`; those are
-/// accepted unless the claims carry what only an OpenID Connect ID token carries (`nonce`,
-/// `at_hash`, `c_hash`): an ID token proves a sign-in to a client, it grants nothing here. Any
-/// other `typ` (`id_token+jwt`, `logout+jwt`, `dpop+jwt`, ...) is another kind of token.
-fn check_token_type(
-    typ: Option<&str>,
-    claims: &serde_json::Map<String, Value>,
-) -> Result<(), AuthError> {
-    let typ = typ.map(|t| {
-        let t = t.to_ascii_lowercase();
-        t.strip_prefix("application/")
-            .map(str::to_owned)
-            .unwrap_or(t)
-    });
-    match typ.as_deref() {
-        Some("at+jwt") => Ok(()),
-        None | Some("jwt")
-            if !["nonce", "at_hash", "c_hash"]
-                .iter()
-                .any(|c| claims.contains_key(*c)) =>
-        {
-            Ok(())
-        }
-        _ => Err(AuthError::InvalidToken),
-    }
 }
 
 /// A public reference to a token: the first 16 hex digits of its SHA-256.
