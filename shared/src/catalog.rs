@@ -1,5 +1,7 @@
-//! The tools a function serves: each registered once at cold start with its generated schema,
-//! compiled validator and log plan.
+//! The tools a function serves: each registered once at cold start with its generated schema
+//! and log plan; its argument validator is compiled on the first `tools/call` that needs it
+//! (the gateway, which forwards calls, never compiles one; [`Catalog::check`] compiles them all,
+//! which the tests do for every tool).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -100,7 +102,9 @@ fn masked_serde_error(e: &serde_json::Error) -> String {
 pub struct RegisteredTool {
     spec: ToolSpec,
     descriptor: rmcp::model::Tool,
-    validator: jsonschema::Validator,
+    /// Compiled on first use: a function's init does not pay for it (nor for validating the
+    /// schema against the draft 2020-12 meta-schema, which compiling does first).
+    validator: std::sync::OnceLock<Result<jsonschema::Validator, String>>,
     log_plan: BTreeMap<String, LogAs>,
     provider: Option<&'static str>,
     idempotency: crate::idempotency::Idempotency,
@@ -116,7 +120,8 @@ impl std::fmt::Debug for RegisteredTool {
 }
 
 impl RegisteredTool {
-    /// Registers `tool`: generates its schemas, compiles the validator, checks the log plan.
+    /// Registers `tool`: generates its schemas, checks the log plan (the validator is compiled
+    /// on first use, see [`Self::check`]).
     pub fn new<T: Tool>(tool: T) -> Result<Self, CatalogError> {
         let spec = tool.spec();
         let name = spec.name;
@@ -135,13 +140,6 @@ impl RegisteredTool {
                 reason: "the input type must be a struct (schema type \"object\")".to_owned(),
             });
         }
-        let validator = jsonschema::options()
-            .should_validate_formats(true)
-            .build(&serde_json::Value::Object(input_schema.clone()))
-            .map_err(|e| CatalogError::Schema {
-                tool: name.to_owned(),
-                reason: e.to_string(),
-            })?;
         let properties = input_schema.get("properties").and_then(|p| p.as_object());
         for (field, _) in spec.log_fields {
             if !properties.is_some_and(|p| p.contains_key(*field)) {
@@ -179,7 +177,7 @@ impl RegisteredTool {
                 .collect(),
             spec,
             descriptor,
-            validator,
+            validator: std::sync::OnceLock::new(),
             provider: tool.provider(),
             idempotency,
             inner: Box::new(Typed(tool)),
@@ -214,11 +212,50 @@ impl RegisteredTool {
             .unwrap_or(LogAs::Summarised)
     }
 
+    fn validator(&self) -> Result<&jsonschema::Validator, &str> {
+        self.validator
+            .get_or_init(|| {
+                jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(&serde_json::Value::Object(
+                        self.descriptor.input_schema.as_ref().clone(),
+                    ))
+                    .map_err(|e| e.to_string())
+            })
+            .as_ref()
+            .map_err(String::as_str)
+    }
+
+    /// Compiles the argument validator now (otherwise done by the first [`Self::validate`]):
+    /// an input schema that does not compile is refused here.
+    pub fn check(&self) -> Result<(), CatalogError> {
+        self.validator()
+            .map(|_| ())
+            .map_err(|reason| CatalogError::Schema {
+                tool: self.spec.name.to_owned(),
+                reason: reason.to_owned(),
+            })
+    }
+
     /// Validates arguments against the input schema. On failure, returns a message for the
-    /// model that names each failing location without echoing the values.
+    /// model that names each failing location without echoing the values. A schema that does
+    /// not compile refuses every call (logged once per call; the message names no detail).
     pub fn validate(&self, args: &serde_json::Value) -> Result<(), String> {
-        let problems: Vec<String> = self
-            .validator
+        let validator = match self.validator() {
+            Ok(v) => v,
+            Err(reason) => {
+                tracing::error!(
+                    tool = self.spec.name,
+                    reason,
+                    "input schema does not compile"
+                );
+                return Err(format!(
+                    "Tool {} cannot check its arguments now; do not retry it.",
+                    self.spec.name
+                ));
+            }
+        };
+        let problems: Vec<String> = validator
             .iter_errors(args)
             .take(5)
             .map(|e| {
@@ -293,6 +330,12 @@ impl Catalog {
         })
     }
 
+    /// Compiles every tool's argument validator (the tests' check that each schema compiles;
+    /// a function compiles one on its first call instead).
+    pub fn check(&self) -> Result<(), CatalogError> {
+        self.tools.values().try_for_each(|t| t.check())
+    }
+
     /// Number of tools.
     pub fn len(&self) -> usize {
         self.tools.len()
@@ -308,5 +351,110 @@ impl Catalog {
         let set: std::collections::BTreeSet<&'static str> =
             self.tools.values().map(|t| t.spec.scope).collect();
         set.into_iter().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde::Deserialize;
+
+    use super::*;
+    use crate::tool::{Annotations, DefaultBudget};
+
+    /// Input whose `code` field carries a regular expression no engine compiles.
+    #[derive(Debug, Deserialize)]
+    struct BadPattern {
+        #[allow(dead_code)]
+        code: String,
+    }
+
+    impl JsonSchema for BadPattern {
+        fn schema_name() -> std::borrow::Cow<'static, str> {
+            "BadPattern".into()
+        }
+        fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({
+                "type": "object",
+                "properties": { "code": { "type": "string", "pattern": "([a-z" } },
+                "required": ["code"]
+            })
+        }
+    }
+
+    #[derive(Debug, Deserialize, JsonSchema)]
+    struct Good {
+        /// A count.
+        #[allow(dead_code)]
+        n: u8,
+    }
+
+    struct Probe<I>(std::marker::PhantomData<I>);
+
+    impl<I: serde::de::DeserializeOwned + JsonSchema + Send + Sync + 'static> Tool for Probe<I> {
+        type Input = I;
+        type Output = String;
+
+        fn spec(&self) -> ToolSpec {
+            ToolSpec {
+                name: "probe",
+                title: "Probe",
+                description: "Test tool.",
+                scope: "probe:run",
+                annotations: Annotations::default(),
+                budget: DefaultBudget::per_minute(10, 1),
+                log_fields: &[],
+            }
+        }
+
+        async fn call(&self, _: ToolContext, _: I) -> Result<String, ToolError> {
+            Ok("ok".into())
+        }
+    }
+
+    fn probe<I: serde::de::DeserializeOwned + JsonSchema + Send + Sync + 'static>() -> Catalog {
+        Catalog::new()
+            .register(Probe::<I>(std::marker::PhantomData))
+            .expect("registers: the validator is not compiled yet")
+    }
+
+    #[test]
+    fn the_validator_is_compiled_on_first_use_and_checks_arguments() {
+        let catalog = probe::<Good>();
+        let tool = catalog.get("probe").expect("registered");
+        assert!(
+            tool.validator.get().is_none(),
+            "nothing compiled at registration"
+        );
+        assert!(tool.validate(&serde_json::json!({ "n": 3 })).is_ok());
+        assert!(tool.validator.get().is_some());
+        let refused = tool
+            .validate(&serde_json::json!({ "n": "three" }))
+            .expect_err("a string is not a count");
+        assert!(refused.contains("`/n`"), "{refused}");
+        assert!(
+            !refused.contains("three"),
+            "the value is not echoed: {refused}"
+        );
+        catalog.check().expect("a derived schema compiles");
+    }
+
+    #[test]
+    fn a_schema_that_does_not_compile_is_refused_by_check_and_refuses_every_call() {
+        let catalog = probe::<BadPattern>();
+        match catalog.check() {
+            Err(CatalogError::Schema { tool, reason }) => {
+                assert_eq!(tool, "probe");
+                assert!(!reason.is_empty());
+            }
+            other => panic!("expected a schema error, got {other:?}"),
+        }
+        let tool = catalog.get("probe").expect("registered");
+        let refused = tool
+            .validate(&serde_json::json!({ "code": "abc" }))
+            .expect_err("no call runs without a validator");
+        assert!(
+            refused.contains("probe") && !refused.contains("[a-z"),
+            "{refused}"
+        );
     }
 }

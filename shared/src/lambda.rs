@@ -117,10 +117,23 @@ where
 /// [`crate::tls::Trust`]. Touches no network: credentials and endpoints resolve on the first
 /// request.
 pub async fn load_sdk_config(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
-    aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(trust.aws_http_client())
-        .load()
-        .await
+    use aws_config::environment::{
+        EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
+    };
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .http_client(trust.aws_http_client());
+    // Lambda puts the region and the role's credentials in the environment, where the SDK's
+    // default chains look first. Named here, the chains behind them (profile files, web
+    // identity, ECS, IMDS, an STS client) are not built at init; without them in the
+    // environment (an operator's machine), the default chains apply.
+    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
+    if set("AWS_REGION") || set("AWS_DEFAULT_REGION") {
+        loader = loader.region(EnvironmentVariableRegionProvider::new());
+    }
+    if set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY") {
+        loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
+    }
+    loader.load().await
 }
 
 /// Clients shared by every call: one DynamoDB client, one pooled HTTP client (TLS from

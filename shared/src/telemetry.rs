@@ -385,7 +385,7 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
             .with_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| format!("OTLP exporter: {e}"))?;
-        builder = builder.with_batch_exporter(exporter);
+        builder = builder.with_span_processor(batch(exporter));
     }
     if let Some(addr) = config.xray_daemon {
         use opentelemetry_aws::xray_exporter::{
@@ -396,10 +396,29 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
         // A caller's W3C trace id need not start with a recent epoch: send its segments anyway
         // and leave acceptance to X-Ray, rather than dropping the caller's trace here.
         let translator = SegmentTranslator::new().skip_timestamp_validation();
-        builder =
-            builder.with_batch_exporter(XrayExporter::new(client).with_translator(translator));
+        builder = builder
+            .with_span_processor(batch(XrayExporter::new(client).with_translator(translator)));
     }
     Ok(builder.build())
+}
+
+/// Spans a batch processor holds before it drops new ones, unless `OTEL_BSP_MAX_QUEUE_SIZE`
+/// says otherwise. An invocation makes about a dozen and [`flush`] exports them after each
+/// response, so the SDK's default (2048) only costs memory: its queue is allocated and
+/// written through when the processor is made, at init.
+const SPAN_QUEUE: usize = 512;
+
+fn batch<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
+    exporter: E,
+) -> opentelemetry_sdk::trace::BatchSpanProcessor {
+    use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
+    let mut config = BatchConfigBuilder::default();
+    if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
+        config = config.with_max_queue_size(SPAN_QUEUE);
+    }
+    BatchSpanProcessor::builder(exporter)
+        .with_batch_config(config.build())
+        .build()
 }
 
 /// Whether spans are exported by this process.

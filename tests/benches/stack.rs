@@ -1,6 +1,6 @@
 //! `make bench`: the figures README.md publishes.
 //!
-//! (Cold start and size of every function binary: `benches/cold_start.rs`.)
+//! (Cold start and size of every function binary: `benches/cold_start.py`.)
 //!
 //! 1. Latency of `tools/call` through the local stack (gateway and direct routes) against a
 //!    real DynamoDB-protocol server, p50 / p99 over sequential calls.
