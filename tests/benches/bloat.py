@@ -31,8 +31,7 @@ def crate_of(name: str) -> str:
     m = SEGMENT.match(name)
     if not m:
         return "[C/libc]"
-    crate = m.group(1)
-    return {"_ZN": "[unmangled]"}.get(crate, crate)
+    return m.group(1)
 
 
 def main():
