@@ -198,10 +198,10 @@ pub struct ConnectionInfo {
     pub updated_at_ms: u64,
 }
 
-/// The user a principal acts for: the OAuth subject when it names someone else than the agent,
-/// else the agent itself.
-pub fn user_of(principal: &Principal) -> &str {
-    principal.user.as_deref().unwrap_or(&principal.agent_id)
+/// The user a principal acts for, in its namespace (`agent:<id>` or `oauth:<issuer>:<sub>`):
+/// see [`Principal::user`].
+pub fn user_of(principal: &Principal) -> String {
+    principal.user()
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -367,7 +367,8 @@ impl Connections {
         deadline: Instant,
     ) -> Result<ProviderToken, ConnectError> {
         let p = self.provider(provider)?;
-        let user = user_of(principal);
+        let user_id = user_of(principal);
+        let user = user_id.as_str();
         let key = (user.to_owned(), provider.to_owned());
         let fresh = |t: &ProviderToken| {
             t.expires_at_ms > now_ms() + u64::try_from(REFRESH_SKEW.as_millis()).unwrap_or(0)
