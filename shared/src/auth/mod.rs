@@ -408,6 +408,17 @@ impl Authenticator {
         })
     }
 
+    /// Authenticates a bearer key presented outside an MCP request (an agent's connect page):
+    /// the same checks as on a call.
+    pub async fn authenticate_key(&self, token: &str) -> Result<Principal, Denied> {
+        match keys::key_id(token) {
+            Some(key_id) if self.methods.api_key && token.len() <= MAX_AUTHORIZATION_LEN => {
+                self.by_key(token, key_id).await
+            }
+            _ => Err(AuthError::UnknownToken.into()),
+        }
+    }
+
     async fn by_key(&self, token: &str, key_id: &str) -> Result<Principal, Denied> {
         let record = self.lookup(key_id).await?;
         let Some(record) = record else {
