@@ -312,6 +312,9 @@ def test_missing_scope_is_403_insufficient_scope(rs, authz, http) -> None:
 
 def test_disabled_oauth_agent_is_denied_permanently(rs, authz, stack, http) -> None:
     client_id = unique("switched-off")
+    # An OAuth client is a pre-created agent only through an explicit binding.
+    stack.cli("agents", "create", client_id)
+    stack.cli("agents", "bind-oauth", client_id, "--client", client_id, "--issuer", authz.url)
     token = authz.mint(good_claims(rs, client_id))
     assert rpc_result(tool_call(http, rs.gateway_url, token, "lookup_customer", ADA))["isError"] is False
     stack.cli("agents", "disable", client_id)
@@ -328,6 +331,7 @@ def test_disabled_oauth_agent_is_denied_permanently(rs, authz, stack, http) -> N
 def test_oauth_agents_have_budgets(rs, authz, stack, http) -> None:
     client_id = unique("budgeted")
     stack.cli("agents", "create", client_id)
+    stack.cli("agents", "bind-oauth", client_id, "--client", client_id, "--issuer", authz.url)
     stack.cli("budgets", "set-agent", client_id, "--per-minute", "2", "--per-day", "100")
     token = authz.mint(good_claims(rs, client_id))
     for i in range(2):
