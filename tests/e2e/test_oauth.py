@@ -9,6 +9,7 @@ and calls tools; every refusal of the contract is checked with its exact status,
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -219,9 +220,12 @@ async def test_official_client_discovers_gets_a_token_and_calls_tools(rs, authz,
     granted = set(claims["scope"].split())
     assert listed_names == sorted(t for t, scope in CATALOG_SCOPES.items() if scope in granted), (listed_names, granted)
 
-    # The OAuth identity became an agent with budgets; the token never reached a log.
-    agent = stack.cli("agents", "show", client_id).json()
-    assert agent["agent_id"] == client_id and agent["status"] == "active", agent
+    # The OAuth identity became an agent of its own (derived from issuer and client_id, never
+    # the client_id itself) with budgets; the token never reached a log.
+    derived = "oauth-" + hashlib.sha256(f"{authz.url}\n{client_id}".encode()).hexdigest()[:24]
+    assert stack.cli("agents", "show", client_id, check=False).returncode != 0
+    agent = stack.cli("agents", "show", derived).json()
+    assert agent["agent_id"] == derived and agent["status"] == "active", agent
     logs = rs.stdout_text() + rs.stderr_text()
     assert token not in logs and token.split(".")[2] not in logs
 
