@@ -280,7 +280,11 @@ pub async fn bind_oauth(
 
 /// Removes an OAuth client binding: the client's next tokens (after the cache TTL) act as its
 /// own derived agent again.
-pub async fn unbind_oauth(store: &dyn Store, issuer: &str, claim: &str) -> Result<String, AdminError> {
+pub async fn unbind_oauth(
+    store: &dyn Store,
+    issuer: &str,
+    claim: &str,
+) -> Result<String, AdminError> {
     let id = crate::auth::oauth::binding_id(issuer.trim(), claim.trim());
     store.unbind_cert(&id).await?;
     Ok(id)

@@ -540,8 +540,7 @@ impl Connections {
                     }
                     Refreshed::InvalidGrant => {
                         self.lock_tokens().remove(&key);
-                        let (connect_url, elicitation_id) =
-                            self.connect_link(principal, p).await?;
+                        let (connect_url, elicitation_id) = self.connect_link(principal, p).await?;
                         Err(ConnectError::Reconsent {
                             connect_url,
                             elicitation_id,
@@ -986,9 +985,7 @@ impl Connections {
                 store_error("GetItem", e.code());
                 Page::message(503, MSG_UNAVAILABLE)
             })?;
-        let item = out
-            .item
-            .ok_or_else(|| Page::message(400, MSG_USED))?;
+        let item = out.item.ok_or_else(|| Page::message(400, MSG_USED))?;
         if num(&item, crate::store::TTL_ATTRIBUTE).is_none_or(|t| t * 1000 < now_ms()) {
             return Err(Page::message(400, MSG_EXPIRED));
         }
@@ -1061,9 +1058,10 @@ impl Connections {
         if user.starts_with("agent:") {
             return Page::Html(key_form(handle, provider));
         }
-        let (Some(client_id), Some(oauth)) = (self.config.login_client_id.as_deref(), oauth)
-        else {
-            tracing::error!("an OAuth user's connect link was opened, but TOLLGATE_CONNECT_LOGIN_CLIENT_ID is not set");
+        let (Some(client_id), Some(oauth)) = (self.config.login_client_id.as_deref(), oauth) else {
+            tracing::error!(
+                "an OAuth user's connect link was opened, but TOLLGATE_CONNECT_LOGIN_CLIENT_ID is not set"
+            );
             return Page::message(503, MSG_NO_LOGIN);
         };
         let Some(resource) = oauth.config().audiences.first() else {
@@ -1183,11 +1181,19 @@ impl Connections {
             Ok(e) => e,
             Err(page) => return page,
         };
-        let resource = oauth.config().audiences.first().cloned().unwrap_or_default();
+        let resource = oauth
+            .config()
+            .audiences
+            .first()
+            .cloned()
+            .unwrap_or_default();
         let resp = self
             .http
             .post(&token_url)
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
             .header(http::header::ACCEPT, "application/json")
             .body(form_encode(&[
                 ("grant_type", "authorization_code"),
@@ -1207,7 +1213,10 @@ impl Connections {
                 .ok()
                 .and_then(|v| v.get("access_token")?.as_str().map(str::to_owned)),
             Ok(r) => {
-                tracing::warn!(status = r.status().as_u16(), "sign-in code exchange refused");
+                tracing::warn!(
+                    status = r.status().as_u16(),
+                    "sign-in code exchange refused"
+                );
                 None
             }
             Err(_) => {
@@ -1219,7 +1228,9 @@ impl Connections {
             return Page::message(403, MSG_SIGN_IN_FAILED);
         };
         let signed_in = match oauth.verify(&token, None).await {
-            Ok(id) => id.user.map(|sub| crate::auth::oauth::user_for(&oauth.config().issuer, &sub)),
+            Ok(id) => id
+                .user
+                .map(|sub| crate::auth::oauth::user_for(&oauth.config().issuer, &sub)),
             Err(e) => {
                 tracing::warn!(reason = e.reason(), "sign-in token refused");
                 return Page::message(403, MSG_SIGN_IN_FAILED);
@@ -1305,7 +1316,9 @@ impl Connections {
             return Err(MSG_EXPIRED);
         }
         if text(&item, "stage") != Some(STAGE_VERIFIED) || !browser_matches(&item, cookie) {
-            tracing::warn!("connect callback in a browser that did not open the link as its user: nothing stored");
+            tracing::warn!(
+                "connect callback in a browser that did not open the link as its user: nothing stored"
+            );
             return Err(MSG_OTHER_BROWSER);
         }
         let (Some(user), Some(provider), Some(verifier)) = (
@@ -1322,9 +1335,16 @@ impl Connections {
             // RFC 9207: the response names its issuer; it must be the provider we sent the
             // user to (a mix-up attack otherwise). Without a configured issuer it cannot be
             // checked, so it is refused.
-            if p.issuer.as_deref().map(|i| i.trim_end_matches('/')) != Some(iss.trim_end_matches('/')) {
-                tracing::warn!(provider, "callback iss is not the provider's issuer: nothing stored");
-                return Err("The authorization came from an unexpected issuer. Nothing was connected; ask the agent for a new link.");
+            if p.issuer.as_deref().map(|i| i.trim_end_matches('/'))
+                != Some(iss.trim_end_matches('/'))
+            {
+                tracing::warn!(
+                    provider,
+                    "callback iss is not the provider's issuer: nothing stored"
+                );
+                return Err(
+                    "The authorization came from an unexpected issuer. Nothing was connected; ask the agent for a new link.",
+                );
             }
         }
         let secret = self

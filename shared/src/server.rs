@@ -221,7 +221,10 @@ impl Server {
             }
             START_PATH => match req.query("id") {
                 Some(id) => connections.start(&id, oauth).await,
-                None => Page::Message(400, "This link is incomplete. Ask the agent for a new one.".to_owned()),
+                None => Page::Message(
+                    400,
+                    "This link is incomplete. Ask the agent for a new one.".to_owned(),
+                ),
             },
             LOGIN_PATH => {
                 if req.query("error").is_some() {
@@ -230,9 +233,14 @@ impl Server {
                 match (req.query("state"), req.query("code")) {
                     (Some(state), Some(code)) if code.len() <= 2048 => {
                         let cookie = req.cookie(crate::connect::COOKIE);
-                        connections.login(&state, &code, cookie.as_deref(), oauth).await
+                        connections
+                            .login(&state, &code, cookie.as_deref(), oauth)
+                            .await
                     }
-                    _ => Page::Message(400, "This sign-in is incomplete. Nothing was connected.".to_owned()),
+                    _ => Page::Message(
+                        400,
+                        "This sign-in is incomplete. Nothing was connected.".to_owned(),
+                    ),
                 }
             }
             CALLBACK_PATH => {
@@ -248,7 +256,10 @@ impl Server {
                     return text(400, "This link is incomplete. Ask the agent for a new one.");
                 };
                 let iss = req.query("iss");
-                if state.len() > 128 || code.len() > 2048 || iss.as_ref().is_some_and(|i| i.len() > 2048) {
+                if state.len() > 128
+                    || code.len() > 2048
+                    || iss.as_ref().is_some_and(|i| i.len() > 2048)
+                {
                     return text(400, "This link is not valid. Ask the agent for a new one.");
                 }
                 let cookie = req.cookie(crate::connect::COOKIE);

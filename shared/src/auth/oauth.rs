@@ -613,7 +613,9 @@ fn subject_of(claims: &serde_json::Map<String, Value>) -> Result<Option<String>,
     match claims.get("sub") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s))
-            if !s.is_empty() && s.len() <= MAX_SUBJECT_BYTES && !s.chars().any(char::is_control) =>
+            if !s.is_empty()
+                && s.len() <= MAX_SUBJECT_BYTES
+                && !s.chars().any(char::is_control) =>
         {
             Ok(Some(s.clone()))
         }
@@ -727,7 +729,10 @@ mod tests {
         assert_ne!(mapped, agent_id_for("https://other.example", "Client/ABC"));
         assert!(crate::store::validate_agent_id(&mapped).is_ok());
         assert!(crate::store::validate_agent_id(&named).is_ok());
-        assert_ne!(binding_id(ISS, "a"), binding_id("https://other.example", "a"));
+        assert_ne!(
+            binding_id(ISS, "a"),
+            binding_id("https://other.example", "a")
+        );
     }
 
     #[test]
@@ -751,8 +756,16 @@ mod tests {
         }
         let claims: serde_json::Map<String, Value> =
             serde_json::from_value(serde_json::json!({"client_id": "c"})).expect("claims");
-        assert_eq!(identity(&claims, &claims_list, "r".into()).expect("no sub").user, None);
-        assert_eq!(user_for("https://as.example/", "u1"), "oauth:https://as.example:u1");
+        assert_eq!(
+            identity(&claims, &claims_list, "r".into())
+                .expect("no sub")
+                .user,
+            None
+        );
+        assert_eq!(
+            user_for("https://as.example/", "u1"),
+            "oauth:https://as.example:u1"
+        );
     }
 
     #[test]

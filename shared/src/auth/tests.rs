@@ -293,7 +293,10 @@ async fn an_oauth_client_named_like_an_agent_does_not_become_it_without_a_bindin
         .oauth_principal(oauth_identity("bot", None), ISS)
         .await
         .expect("principal");
-    assert_ne!(p.agent_id, "bot", "a client_id equal to an agent id is not that agent");
+    assert_ne!(
+        p.agent_id, "bot",
+        "a client_id equal to an agent id is not that agent"
+    );
     assert!(p.agent_id.starts_with("oauth-"), "{}", p.agent_id);
     assert_eq!(p.user(), format!("agent:{}", p.agent_id));
     // The operator's explicit binding maps it onto the pre-created agent.
