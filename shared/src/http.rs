@@ -289,3 +289,41 @@ pub fn event_from_parts<'h>(
     });
     serde_json::from_value(event).unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_come_from_the_event_as_api_gateway_passes_them() {
+        let ev = event_from_parts(
+            "GET",
+            "/connect/login?state=s",
+            [("Cookie", "a=1; tg_connect=abc=="), ("host", "x")],
+            None,
+            "r",
+            "127.0.0.1",
+        );
+        assert!(ev.headers.get("cookie").is_none(), "moved to `cookies`");
+        let req = Request::new(&ev);
+        assert_eq!(req.cookie("tg_connect").as_deref(), Some("abc=="));
+        assert_eq!(req.cookie("a").as_deref(), Some("1"));
+        assert_eq!(req.cookie("tg"), None);
+    }
+
+    #[test]
+    fn form_fields_are_decoded() {
+        let ev = event_from_parts(
+            "POST",
+            "/connect/start",
+            [("content-type", "application/x-www-form-urlencoded")],
+            Some(b"id=h%2Fx&key=tg_a+b"),
+            "r",
+            "127.0.0.1",
+        );
+        let req = Request::new(&ev);
+        assert_eq!(req.form("id").as_deref(), Some("h/x"));
+        assert_eq!(req.form("key").as_deref(), Some("tg_a b"));
+        assert_eq!(req.form("nope"), None);
+    }
+}
