@@ -288,11 +288,14 @@ impl Server {
                 r.body = Some(body);
                 r.with_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
                     .with_header(http::header::CACHE_CONTROL, "no-store")
+                    // No `form-action`: browsers apply it to the redirect after the post (to
+                    // the provider). `same-origin`, not `no-referrer`: the latter makes the
+                    // form's own post carry `Origin: null`, which the post check refuses.
                     .with_header(
                         http::header::CONTENT_SECURITY_POLICY,
-                        "default-src 'none'; form-action 'self'; frame-ancestors 'none'",
+                        "default-src 'none'; frame-ancestors 'none'",
                     )
-                    .with_header(http::header::REFERRER_POLICY, "no-referrer")
+                    .with_header(http::header::REFERRER_POLICY, "same-origin")
             }
             Page::Message(status, message) => text(status, &message),
         }
