@@ -1092,6 +1092,8 @@ impl Server {
                     URL_ELICITATION_REQUIRED,
                     "This request requires the user to connect an account first.",
                     Some(json!({
+                        "reason": e.reason(),
+                        "retry": "after_user_connects",
                         "elicitations": [{
                             "mode": "url",
                             "elicitationId": elicitation_id,
