@@ -60,6 +60,9 @@ def test_every_tool_folder_has_exactly_one_function_role_log_group_and_route_set
                 ("GET", "/.well-known/oauth-protected-resource"),
                 ("GET", "/.well-known/oauth-protected-resource/{proxy+}"),
                 ("GET", "/connect/callback"),
+                ("GET", "/connect/start"),
+                ("POST", "/connect/start"),
+                ("GET", "/connect/login"),
             }
         else:
             path = f"/tools/{name}/mcp"

@@ -381,6 +381,7 @@ fn connect_config(
             client_id: var("CLIENT_ID", true)?,
             client_secret: var("CLIENT_SECRET", true)?,
             scopes: var("SCOPES", false)?,
+            issuer: Some(var("ISSUER", false)?).filter(|v| !v.is_empty()),
         };
         for url in [&provider.authorize_url, &provider.token_url] {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -399,6 +400,7 @@ fn connect_config(
         providers,
         kms_key,
         callback_url: lookup("TOLLGATE_CONNECT_CALLBACK_URL").filter(|v| !v.is_empty()),
+        login_client_id: lookup("TOLLGATE_CONNECT_LOGIN_CLIENT_ID").filter(|v| !v.is_empty()),
     })
 }
 

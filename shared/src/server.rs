@@ -186,38 +186,119 @@ impl Server {
         self
     }
 
-    /// `GET /connect/callback?state=…&code=…`: the user's browser returning from the
-    /// provider. Plain text for a person; nothing internal in it.
-    async fn connect_callback(&self, req: &Request<'_>) -> Response {
+    /// The connect pages (`/connect/start`, `/connect/login`) and `GET /connect/callback`:
+    /// the user's browser establishing who it is, then returning from the provider. Plain text
+    /// or a small form for a person; nothing internal in it.
+    async fn connect_page(&self, req: &Request<'_>) -> Response {
+        use crate::connect::{CALLBACK_PATH, LOGIN_PATH, Page, START_PATH};
         let text = |status: u16, message: &str| {
             let mut r = Response::empty(status);
             r.body = Some(message.to_owned());
             r.with_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .with_header(http::header::CACHE_CONTROL, "no-store")
         };
-        if req.method() != http::Method::GET {
-            return Response::empty(405).with_header(http::header::ALLOW, "GET");
+        let post_ok = req.path() == START_PATH;
+        let method = req.method();
+        if !(method == http::Method::GET || (post_ok && method == http::Method::POST)) {
+            let allow = if post_ok { "GET, POST" } else { "GET" };
+            return Response::empty(405).with_header(http::header::ALLOW, allow);
         }
         let Some(connections) = &self.connections else {
             return text(404, "Not found.");
         };
-        if let Some(error) = req.query("error") {
-            let shown = if error == "access_denied" {
-                "The authorization was declined. Nothing was connected."
-            } else {
-                "The provider did not authorize the connection. Nothing was connected."
-            };
-            return text(400, shown);
-        }
-        let (Some(state), Some(code)) = (req.query("state"), req.query("code")) else {
-            return text(400, "This link is incomplete. Ask the agent for a new one.");
+        let oauth = self.auth.oauth().map(AsRef::as_ref);
+        let page = match req.path() {
+            START_PATH if method == http::Method::POST => {
+                // A form post from this origin only: a cross-site page must not be able to
+                // sign a victim's browser in with the attacker's key.
+                let own = crate::server::origin_of(&connections.callback_url());
+                if req.header("origin").map(str::to_owned) != own {
+                    return text(403, "This form must be sent from this site.");
+                }
+                let (Some(id), Some(key)) = (req.form("id"), req.form("key")) else {
+                    return text(400, "This form is incomplete.");
+                };
+                connections.start_with_key(&id, &key, &self.auth).await
+            }
+            START_PATH => match req.query("id") {
+                Some(id) => connections.start(&id, oauth).await,
+                None => Page::Message(
+                    400,
+                    "This link is incomplete. Ask the agent for a new one.".to_owned(),
+                ),
+            },
+            LOGIN_PATH => {
+                if req.query("error").is_some() {
+                    return text(400, "The sign-in was not completed. Nothing was connected.");
+                }
+                match (req.query("state"), req.query("code")) {
+                    (Some(state), Some(code)) if code.len() <= 2048 => {
+                        let cookie = req.cookie(crate::connect::COOKIE);
+                        connections
+                            .login(&state, &code, cookie.as_deref(), oauth)
+                            .await
+                    }
+                    _ => Page::Message(
+                        400,
+                        "This sign-in is incomplete. Nothing was connected.".to_owned(),
+                    ),
+                }
+            }
+            CALLBACK_PATH => {
+                if let Some(error) = req.query("error") {
+                    let shown = if error == "access_denied" {
+                        "The authorization was declined. Nothing was connected."
+                    } else {
+                        "The provider did not authorize the connection. Nothing was connected."
+                    };
+                    return text(400, shown);
+                }
+                let (Some(state), Some(code)) = (req.query("state"), req.query("code")) else {
+                    return text(400, "This link is incomplete. Ask the agent for a new one.");
+                };
+                let iss = req.query("iss");
+                if state.len() > 128
+                    || code.len() > 2048
+                    || iss.as_ref().is_some_and(|i| i.len() > 2048)
+                {
+                    return text(400, "This link is not valid. Ask the agent for a new one.");
+                }
+                let cookie = req.cookie(crate::connect::COOKIE);
+                match connections
+                    .callback(&state, &code, iss.as_deref(), cookie.as_deref())
+                    .await
+                {
+                    Ok(message) => Page::Message(200, message),
+                    Err(message) => Page::Message(400, message.to_owned()),
+                }
+            }
+            _ => Page::Message(404, "Not found.".to_owned()),
         };
-        if state.len() > 128 || code.len() > 2048 {
-            return text(400, "This link is not valid. Ask the agent for a new one.");
-        }
-        match connections.callback(&state, &code).await {
-            Ok(message) => text(200, &message),
-            Err(message) => text(400, message),
+        match page {
+            Page::Redirect { location, cookie } => {
+                let mut r = Response::empty(303)
+                    .with_header(http::header::LOCATION, &location)
+                    .with_header(http::header::CACHE_CONTROL, "no-store");
+                if let Some(c) = cookie {
+                    r = r.with_header(http::header::SET_COOKIE, &c);
+                }
+                r
+            }
+            Page::Html(body) => {
+                let mut r = Response::empty(200);
+                r.body = Some(body);
+                r.with_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+                    .with_header(http::header::CACHE_CONTROL, "no-store")
+                    // No `form-action`: browsers apply it to the redirect after the post (to
+                    // the provider). `same-origin`, not `no-referrer`: the latter makes the
+                    // form's own post carry `Origin: null`, which the post check refuses.
+                    .with_header(
+                        http::header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; frame-ancestors 'none'",
+                    )
+                    .with_header(http::header::REFERRER_POLICY, "same-origin")
+            }
+            Page::Message(status, message) => text(status, &message),
         }
     }
 
@@ -242,8 +323,14 @@ impl Server {
         if let Some(suffix) = req.path().strip_prefix(WELL_KNOWN_PRM) {
             return self.protected_resource_metadata(&req, suffix);
         }
-        if req.path() == crate::connect::CALLBACK_PATH {
-            return self.connect_callback(&req).await;
+        if [
+            crate::connect::CALLBACK_PATH,
+            crate::connect::START_PATH,
+            crate::connect::LOGIN_PATH,
+        ]
+        .contains(&req.path())
+        {
+            return self.connect_page(&req).await;
         }
         if let Err(r) = transport::check(&req, &self.config) {
             let id = match r {
@@ -822,7 +909,7 @@ impl Server {
                     self.write_audit(facts, status, Some(e.reason()));
                     telemetry::record_error(e.reason(), status == CallStatus::SystemError);
                     return Ran::Answer(with_rate_limit(
-                        self.call_result(&rpc.id, &e.to_result(provider), negotiated.era),
+                        self.connect_answer(rpc, negotiated, provider, &e),
                         admission.as_ref(),
                     ));
                 }
@@ -959,6 +1046,81 @@ impl Server {
         ))])
     }
 
+    /// The answer when the user must connect (or reconnect) a provider, in the form the
+    /// caller's protocol version defines for URL-mode elicitation when the request itself
+    /// declares the capability (`params._meta["io.modelcontextprotocol/clientCapabilities"]
+    /// .elicitation.url`): 2026-07-28 gets an `InputRequiredResult` with an
+    /// `elicitation/create` request (`mode: "url"`); 2025-11-25 gets the
+    /// `URLElicitationRequiredError` (-32042). Every other request (no declaration on it, a
+    /// version without URL mode, or a retry whose user declined or cancelled) gets the
+    /// `isError` result with `connect_url`. A stateless server cannot know what a legacy
+    /// `initialize` declared, and the spec forbids elicitations of modes the client did not
+    /// declare, so the declaration must come with the request.
+    fn connect_answer(
+        &self,
+        rpc: &RpcRequest,
+        negotiated: &Negotiated,
+        provider: &str,
+        e: &crate::connect::ConnectError,
+    ) -> Response {
+        let fallback = || self.call_result(&rpc.id, &e.to_result(provider), negotiated.era);
+        let Some((url, elicitation_id)) = e.link() else {
+            return fallback();
+        };
+        let declared = rpc
+            .params
+            .get("_meta")
+            .and_then(|m| m.get(crate::protocol::META_CLIENT_CAPABILITIES))
+            .and_then(|c| c.get("elicitation"))
+            .and_then(|c| c.get("url"))
+            .is_some_and(Value::is_object);
+        let key = format!("connect_{provider}");
+        let declined = rpc
+            .params
+            .get("inputResponses")
+            .and_then(|r| r.get(&key))
+            .and_then(|r| r.get("action"))
+            .and_then(Value::as_str)
+            .is_some_and(|a| a == "decline" || a == "cancel");
+        let message = e.elicitation_message(provider);
+        match negotiated.era {
+            Era::Modern if declared && !declined => {
+                let result = json!({
+                    "resultType": "input_required",
+                    "inputRequests": {
+                        key: {
+                            "method": "elicitation/create",
+                            "params": {"mode": "url", "url": url, "message": message},
+                        },
+                    },
+                    "_meta": {
+                        META_SERVER_INFO: {"name": self.identity.name, "version": self.identity.version},
+                    },
+                });
+                Response::json(200, &jsonrpc::result_body(&rpc.id, result))
+            }
+            Era::Legacy if declared && negotiated.version == URL_ELICITATION_LEGACY_VERSION => {
+                let body = jsonrpc::error_body(
+                    Some(&rpc.id),
+                    URL_ELICITATION_REQUIRED,
+                    "This request requires the user to connect an account first.",
+                    Some(json!({
+                        "reason": e.reason(),
+                        "retry": "after_user_connects",
+                        "elicitations": [{
+                            "mode": "url",
+                            "elicitationId": elicitation_id,
+                            "url": url,
+                            "message": message,
+                        }],
+                    })),
+                );
+                Response::json(200, &body)
+            }
+            _ => fallback(),
+        }
+    }
+
     fn call_result(&self, id: &RequestId, result: &CallToolResult, era: Era) -> Response {
         let value = serde_json::to_value(result)
             .unwrap_or_else(|_| json!({"content": [], "isError": true}));
@@ -1049,6 +1211,11 @@ fn record_rejection(r: &Rejection) {
     };
     telemetry::record_error(r.reason(), server_fault);
 }
+
+/// JSON-RPC code of 2025-11-25's `URLElicitationRequiredError`.
+pub const URL_ELICITATION_REQUIRED: i32 = -32042;
+/// The one legacy version with URL-mode elicitation.
+const URL_ELICITATION_LEGACY_VERSION: &str = "2025-11-25";
 
 /// The RFC 9728 well-known prefix.
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
