@@ -68,10 +68,15 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
             server = server.with_task_starter(Arc::new(starter));
         }
         let server = Arc::new(server);
+        let sync_cap = sync_timeout()?;
         let handler = service_fn(move |event: LambdaEvent<Incoming>| {
             let server = server.clone();
             async move {
-                let inv = invocation_of(&event.context);
+                let mut inv = invocation_of(&event.context);
+                if let (Some(cap), Incoming::Http(_)) = (sync_cap, &event.payload) {
+                    // A function whose timeout covers task runs still answers calls in time.
+                    inv.deadline = inv.deadline.min(Instant::now() + cap);
+                }
                 let out = match event.payload {
                     Incoming::Task(task) => {
                         Box::pin(server.run_task(task.tollgate_task, inv)).await;
@@ -93,12 +98,30 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
     })
 }
 
+/// `TOLLGATE_SYNC_TIMEOUT_MS`: the longest an API Gateway event (a call, not a task run) may
+/// take, for functions whose Lambda timeout is longer to cover task runs.
+fn sync_timeout() -> Result<Option<Duration>, crate::config::ConfigError> {
+    match std::env::var("TOLLGATE_SYNC_TIMEOUT_MS") {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(
+                |e: std::num::ParseIntError| crate::config::ConfigError::Invalid {
+                    name: "TOLLGATE_SYNC_TIMEOUT_MS",
+                    reason: e.to_string(),
+                },
+            ),
+    }
+}
+
 /// What a function is invoked with: an API Gateway event, or (tool functions) a task run
 /// started by an asynchronous `Invoke` of itself.
 #[derive(Debug, serde::Deserialize)]
 #[serde(untagged)]
 enum Incoming {
-    Task(crate::task::TaskEvent),
+    Task(Box<crate::task::TaskEvent>),
     Http(Box<ApiGatewayV2httpRequest>),
 }
 

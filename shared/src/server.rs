@@ -316,9 +316,9 @@ impl Server {
         tracing::Span::current().record("mcp.protocol.version", negotiated.version.as_str());
         let tasks_served =
             self.catalog.has_tasks() && negotiated.version == crate::task::TASKS_VERSION;
-        if !is_known_method(negotiated.era, &rpc.method)
-            && !(tasks_served && rpc.method.starts_with("tasks/"))
-        {
+        let known = is_known_method(negotiated.era, &rpc.method)
+            || (tasks_served && rpc.method.starts_with("tasks/"));
+        if !known {
             let http_404 = negotiated.era == Era::Modern;
             return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
         }

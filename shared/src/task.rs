@@ -435,33 +435,45 @@ impl TaskStore {
         }
     }
 
-    /// Writes a new task (fails if the id exists).
+    /// Writes a new task (fails if the id exists). An `UpdateItem`, as every task write: the
+    /// functions need no `PutItem` on task keys.
     pub async fn create(&self, r: &TaskRecord) -> Result<(), StoreError> {
         let expires_s = r.expires_ms().div_ceil(1000);
         self.client
-            .put_item()
+            .update_item()
             .table_name(&self.table)
-            .item("pk", s(partition(&r.owner)))
-            .item("sk", s(&r.task_id))
-            .item("kind", s("task"))
-            .item("tool", s(&r.tool))
-            .item("state", s(r.status.as_str()))
-            .item("created_ms", n(r.created_ms))
-            .item("updated_ms", n(r.updated_ms))
-            .item("ttl_ms", n(r.ttl_ms))
-            .item("expires_ms", n(r.expires_ms()))
-            .item("run_by_ms", n(r.run_by_ms))
-            .item("args_hash", s(&r.args_hash))
-            .item("request_id", s(&r.request_id))
-            .item(TTL_ATTRIBUTE, n(expires_s))
+            .key("pk", s(partition(&r.owner)))
+            .key("sk", s(&r.task_id))
+            .update_expression(
+                "SET kind = :kind, tool = :tool, #st = :st, created_ms = :c, updated_ms = :u, \
+                 ttl_ms = :ttl, expires_ms = :e, run_by_ms = :rb, args_hash = :h, \
+                 request_id = :rid, status_message = :m, #exp = :es",
+            )
             .condition_expression("attribute_not_exists(pk)")
+            .expression_attribute_names("#st", "state")
+            .expression_attribute_names("#exp", TTL_ATTRIBUTE)
+            .expression_attribute_values(":kind", s("task"))
+            .expression_attribute_values(":tool", s(&r.tool))
+            .expression_attribute_values(":st", s(r.status.as_str()))
+            .expression_attribute_values(":c", n(r.created_ms))
+            .expression_attribute_values(":u", n(r.updated_ms))
+            .expression_attribute_values(":ttl", n(r.ttl_ms))
+            .expression_attribute_values(":e", n(r.expires_ms()))
+            .expression_attribute_values(":rb", n(r.run_by_ms))
+            .expression_attribute_values(":h", s(&r.args_hash))
+            .expression_attribute_values(":rid", s(&r.request_id))
+            .expression_attribute_values(":m", s(r.status_message.clone().unwrap_or_default()))
+            .expression_attribute_values(":es", n(expires_s))
             .send()
             .await
             .map_err(|e| {
                 if e.code() == Some("ConditionalCheckFailedException") {
                     StoreError::AlreadyExists(r.task_id.clone())
                 } else {
-                    unavailable("PutItem", &aws_sdk_dynamodb::error::DisplayErrorContext(&e))
+                    unavailable(
+                        "UpdateItem",
+                        &aws_sdk_dynamodb::error::DisplayErrorContext(&e),
+                    )
                 }
             })?;
         Ok(())

@@ -154,8 +154,41 @@ pub async fn seed_customers(db: &aws_sdk_dynamodb::Client, table: &str) -> anyho
                 .context("seed customer")?;
         }
     }
+    // Tickets under the customer's partition, which export_tickets reads.
+    for (customer, ticket, subject, priority, status) in DEMO_TICKETS {
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        db.put_item()
+            .table_name(table)
+            .item("pk", AttributeValue::S(format!("CUSTOMER#{customer}")))
+            .item("sk", AttributeValue::S(format!("TICKET#{ticket}")))
+            .item("ticket_id", s(ticket))
+            .item("subject", s(subject))
+            .item("priority", s(priority))
+            .item("status", s(status))
+            .send()
+            .await
+            .context("seed ticket")?;
+    }
     Ok(())
 }
+
+/// Demo tickets: (customer id, ticket id, subject, priority, status).
+pub const DEMO_TICKETS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "C-1001",
+        "T-DEMO0001",
+        "Invoice shows the wrong address",
+        "normal",
+        "closed",
+    ),
+    (
+        "C-1001",
+        "T-DEMO0002",
+        "Export of last year's orders",
+        "low",
+        "open",
+    ),
+];
 
 /// Ensures the demo agent exists with every tool's scope and mints it a fresh key.
 pub async fn seed_demo_agent(store: &DynamoStore, catalog: &Catalog) -> anyhow::Result<String> {

@@ -5,9 +5,9 @@
 //! `EXPORT_TICKETS_DURATION_MS` (default 45 000: longer than API Gateway's 30-second
 //! integration limit, the reason tasks exist), reporting progress after each batch and stopping
 //! at the next batch when the task is cancelled. The pacing stands in for a slow partner API; the
-//! rows are the customer's tickets in the app table (`TOLLGATE_APP_TABLE`, items
-//! `pk = TICKET#<id>`, read with a filtered scan, which a production export would replace by an
-//! index per customer).
+//! rows are the ticket items of the customer's partition of the app table (`TOLLGATE_APP_TABLE`,
+//! `pk = CUSTOMER#<id>`, `sk = TICKET#<ticket id>`, one `Query` of that partition; the local
+//! stack seeds two for `C-1001`).
 
 use std::time::Duration;
 
@@ -121,11 +121,11 @@ impl ExportTickets {
             let page = ctx
                 .clients
                 .dynamodb
-                .scan()
+                .query()
                 .table_name(&self.table)
-                .filter_expression("begins_with(pk, :t) AND customer_id = :c")
+                .key_condition_expression("pk = :p AND begins_with(sk, :t)")
+                .expression_attribute_values(":p", AttributeValue::S(format!("CUSTOMER#{id}")))
                 .expression_attribute_values(":t", AttributeValue::S("TICKET#".to_owned()))
-                .expression_attribute_values(":c", AttributeValue::S(id.to_owned()))
                 .set_exclusive_start_key(start)
                 .send()
                 .await
@@ -149,7 +149,6 @@ impl ExportTickets {
                 break;
             }
         }
-        rows.sort_by(|a, b| a.ticket_id.cmp(&b.ticket_id));
         Ok(rows)
     }
 }
