@@ -62,9 +62,11 @@ GENERATED_HEADER = (
 FUNCTION_CHECKOV_SKIPS = [
     (
         "CKV_AWS_116",
-        "No dead-letter queue: every invocation is synchronous (API Gateway proxy, the "
-        "gateway's RequestResponse Invoke), and DLQs only receive failed asynchronous events. "
-        "Failures are answered to the caller and counted (Errors metric, FunctionErrors alarm).",
+        "No dead-letter queue: calls are synchronous (API Gateway proxy, the gateway's "
+        "RequestResponse Invoke), and DLQs only receive failed asynchronous events. Failures "
+        "are answered to the caller and counted (Errors metric, FunctionErrors alarm). The "
+        "asynchronous task runs of task tools have an on-failure destination instead (an "
+        "encrypted queue with an alarm), which supersedes a DLQ.",
     ),
     (
         "CKV_AWS_117",
