@@ -902,9 +902,17 @@ const EXPECTED: &[(&str, u16, Want)] = &[
     ("track_shipment.call-unknown-tool", 200, Err_(Some(-32602))),
     // Tasks (2025-11-25): a task-augmented call answered at once with the task; the refusals.
     ("export_tickets.call-task-created", 200, Ok_),
-    ("export_tickets.call-task-invalid-arguments", 400, Err_(Some(-32602))),
+    (
+        "export_tickets.call-task-invalid-arguments",
+        400,
+        Err_(Some(-32602)),
+    ),
     ("export_tickets.tasks-get-unknown", 400, Err_(Some(-32602))),
-    ("gateway.call-lookup_customer-task-forbidden", 200, Err_(Some(-32601))),
+    (
+        "gateway.call-lookup_customer-task-forbidden",
+        200,
+        Err_(Some(-32601)),
+    ),
     ("gateway.tasks-cancel-unknown", 400, Err_(Some(-32602))),
     ("gateway.tasks-list-2025-11-25", 200, Ok_),
 ];
