@@ -572,17 +572,7 @@ impl TaskStore {
                 .and_then(|i| parse(owner, i))
                 .map_or(Changed::Missing, Changed::Done)),
             Err(e) => {
-                use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
-                let old = match e.as_service_error() {
-                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
-                    _ if e.code() == Some("ConditionalCheckFailedException") => None,
-                    _ => {
-                        return Err(unavailable(
-                            "UpdateItem",
-                            &aws_sdk_dynamodb::error::DisplayErrorContext(&e),
-                        ));
-                    }
-                };
+                let old = crate::idempotency::condition_failed_item(&e)?;
                 Ok(old
                     .as_ref()
                     .and_then(|i| parse(owner, i))

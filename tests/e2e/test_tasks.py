@@ -15,7 +15,6 @@ the validators' own `surface` parameter (the SDK's way to admit more), nothing e
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -154,18 +153,6 @@ def record(stack, agent: str, task_id: str) -> dict[str, Any]:
     return ddb.get_item(TableName=TABLE, Key={"pk": {"S": f"TASK#{agent}"}, "sk": {"S": task_id}}).get("Item", {})
 
 
-def audit_since(instance, offset: int) -> list[dict[str, Any]]:
-    records = []
-    for line in instance.stdout_lines_since(offset):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict) and rec.get("kind") == "audit":
-            records.append(rec)
-    return records
-
-
 # --- declaration --------------------------------------------------------------------------------
 
 
@@ -250,7 +237,7 @@ async def test_task_outlives_the_request_limit_and_completes_with_progress(stack
     item = record(stack, agent, task.task_id)
     assert item["state"]["S"] == "completed" and "C-1001" not in str({k: v for k, v in item.items() if k != "result_json"})
     assert len(item["args_hash"]["S"]) == 64
-    audits = [a for a in audit_since(instance, offset) if a.get("task_id") == task.task_id]
+    audits = [a for a in instance.audit_since(offset) if a.get("task_id") == task.task_id]
     assert [a["status"] for a in audits] == ["task_created", "success"], audits
     assert all(a["arguments"] == {"customer_id": "C-1001"} for a in audits)  # LogAs::Safe
     assert audits[0]["trace_id"] == audits[1]["trace_id"], "the run joins the creating trace"
