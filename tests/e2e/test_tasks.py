@@ -328,3 +328,43 @@ async def test_killed_worker_ends_failed(stack, module_processes, owner) -> None
         assert "stopped without finishing" in (done.status_message or "")
         out = await result(s, task.task_id)
         assert out.is_error is True
+
+
+async def test_a_run_past_its_limit_ends_failed(stack, module_processes, owner) -> None:
+    """The tool's time limit (1 s) is shorter than the export (3 s): the run is cut by its own
+    deadline and the task ends `failed` with a system-error result."""
+    slow = module_processes.extra_instance(stack, **{**INSTANCE_ENV, "EXPORT_TICKETS_TIME_LIMIT_MS": "1000"})
+    offset = slow.stdout_offset()
+    async with mcp_session(slow.gateway_url, owner[1]) as s:
+        await s.initialize()
+        task = (await create(s)).task
+        done = await until_terminal(s, task.task_id)
+        assert done.status == "failed"
+        out = await result(s, task.task_id)
+        assert out.is_error is True and "internal error" in out.content[0].text
+    deadline = time.monotonic() + POLL_BOUND_S
+    while True:
+        ends = [a for a in slow.audit_since(offset) if a.get("task_id") == task.task_id and a["status"] != "task_created"]
+        if ends or time.monotonic() > deadline:
+            break
+        await anyio.sleep(0.1)
+    assert [(a["status"], a.get("reason")) for a in ends] == [("system_error", "deadline_exceeded")]
+
+
+async def test_the_budget_is_spent_once_at_creation(stack, instance) -> None:
+    agent, token = agent_token(stack)
+    stack.cli("budgets", "set-agent", agent, "--per-day", "1000")
+
+    def per_day_remaining() -> int:
+        rows = stack.cli("budgets", "status", "agent", agent).json()
+        return int(next(r for r in rows if r["policy"] == "agent_per_day")["remaining"])
+
+    before = per_day_remaining()
+    async with mcp_session(instance.gateway_url, token) as s:
+        await s.initialize()
+        task = (await create(s)).task
+        assert (await until_terminal(s, task.task_id)).status == "completed"
+        await result(s, task.task_id)
+        await list_all(s)
+    # One call's worth: the run, the polls and the result spent nothing.
+    assert per_day_remaining() == before - 1
