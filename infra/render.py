@@ -607,7 +607,9 @@ def task_resources(fn: Function) -> dict[str, Any]:
             "Properties": {
                 "QueueName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}-task-failures"},
                 "KmsMasterKeyId": {"Ref": "TollgateKey"},
-                "MessageRetentionPeriod": 1209600,
+                # The failed event holds the run's arguments: kept 4 days for the operator,
+                # encrypted with the stack key, then gone.
+                "MessageRetentionPeriod": 345600,
             },
         },
         f"{fn.logical}TaskFailuresAlarm": {
