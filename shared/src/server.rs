@@ -314,10 +314,21 @@ impl Server {
             Err(r) => return self.reject(r, Some(&rpc.id)),
         };
         tracing::Span::current().record("mcp.protocol.version", negotiated.version.as_str());
-        let tasks_served =
-            self.catalog.has_tasks() && negotiated.version == crate::task::TASKS_VERSION;
-        let known = is_known_method(negotiated.era, &rpc.method)
-            || (tasks_served && rpc.method.starts_with("tasks/"));
+        let tasks_served = self.catalog.has_tasks()
+            && match negotiated.era {
+                Era::Legacy => {
+                    negotiated.version == crate::task::TASKS_VERSION
+                        && matches!(
+                            rpc.method.as_str(),
+                            "tasks/get" | "tasks/result" | "tasks/list" | "tasks/cancel"
+                        )
+                }
+                Era::Modern => matches!(
+                    rpc.method.as_str(),
+                    "tasks/get" | "tasks/update" | "tasks/cancel"
+                ),
+            };
+        let known = is_known_method(negotiated.era, &rpc.method) || tasks_served;
         if !known {
             let http_404 = negotiated.era == Era::Modern;
             return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
@@ -332,8 +343,8 @@ impl Server {
             Err(d) => return self.deny(req, d.error.into(), Some(&rpc.id)),
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
-        if tasks_served && rpc.method.starts_with("tasks/") {
-            return self.tasks_method(rpc, &principal, inv).await;
+        if tasks_served {
+            return self.tasks_method(rpc, &principal, inv, &negotiated).await;
         }
         let result = match rpc.method.as_str() {
             "initialize" => self.initialize_result(&negotiated.version),
@@ -489,9 +500,13 @@ impl Server {
 
     fn discover_result(&self) -> Value {
         let server_info = json!({"name": self.identity.name, "version": self.identity.version});
+        let mut capabilities = json!({"tools": {}});
+        if self.catalog.has_tasks() {
+            capabilities["extensions"] = json!({ crate::task::TASKS_EXTENSION: {} });
+        }
         json!({
             "supportedVersions": SUPPORTED_VERSIONS,
-            "capabilities": {"tools": {}},
+            "capabilities": capabilities,
             "serverInfo": server_info,
             "instructions": INSTRUCTIONS,
             "ttlMs": DISCOVER_TTL_MS,
@@ -1162,7 +1177,7 @@ fn is_known_method(era: Era, method: &str) -> bool {
 fn span_method(method: &str) -> &str {
     match method {
         "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover" | "tasks/get"
-        | "tasks/result" | "tasks/list" | "tasks/cancel" => method,
+        | "tasks/result" | "tasks/list" | "tasks/cancel" | "tasks/update" => method,
         _ => "_OTHER",
     }
 }

@@ -37,6 +37,11 @@ pub const META_IMMEDIATE_RESPONSE: &str = "io.modelcontextprotocol/model-immedia
 pub const META_PROGRESS: &str = "tollgate/progress";
 /// The protocol version whose `tasks` utility tollgate serves.
 pub const TASKS_VERSION: &str = "2025-11-25";
+/// The 2026-07-28 tasks extension (SEP-2663): declared in `server/discover`, opted into per
+/// request in `_meta["io.modelcontextprotocol/clientCapabilities"].extensions`.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+/// MCP 2026-07-28: the request needs a client capability it did not declare.
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i32 = -32021;
 
 /// Whether a tool may, or must, be called as a task (the tool's `execution.taskSupport`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
@@ -240,6 +245,57 @@ impl TaskRecord {
                 p["total"] = json!(t);
             }
             task["_meta"] = json!({ META_PROGRESS: p });
+        }
+        task
+    }
+}
+
+impl TaskRecord {
+    /// The extension's status: a tool's own `isError` answer is `completed` there (its result
+    /// says so), `failed` is kept for platform failures.
+    pub fn extension_status(&self) -> &'static str {
+        match self.status {
+            TaskStatus::Failed if !self.system_failure => "completed",
+            other => other.as_str(),
+        }
+    }
+
+    /// The extension's task (`ttlMs`, `pollIntervalMs`); with `detailed`, the `tasks/get`
+    /// form: the result inline once completed, a JSON-RPC error once failed.
+    pub fn to_extension_json(&self, poll_interval: Duration, detailed: bool) -> Value {
+        let mut task = json!({
+            "taskId": self.task_id,
+            "status": self.extension_status(),
+            "createdAt": rfc3339(self.created_ms),
+            "lastUpdatedAt": rfc3339(self.updated_ms),
+            "ttlMs": self.ttl_ms,
+        });
+        if let Some(m) = &self.status_message {
+            task["statusMessage"] = json!(m);
+        }
+        if self.status == TaskStatus::Working {
+            task["pollIntervalMs"] = json!(millis_of(poll_interval));
+        }
+        if let Some((progress, total)) = self.progress {
+            task["_meta"] = json!({ META_PROGRESS: {"progress": progress, "total": total} });
+        }
+        if detailed {
+            match self.extension_status() {
+                "completed" => {
+                    task["result"] = self
+                        .result
+                        .clone()
+                        .unwrap_or_else(|| json!({"content": []}));
+                }
+                "failed" => {
+                    task["error"] = json!({
+                        "code": crate::protocol::codes::INTERNAL_ERROR,
+                        "message": self.status_message.clone()
+                            .unwrap_or_else(|| "The task failed.".to_owned()),
+                    });
+                }
+                _ => {}
+            }
         }
         task
     }

@@ -368,3 +368,74 @@ async def test_the_budget_is_spent_once_at_creation(stack, instance) -> None:
         await list_all(s)
     # One call's worth: the run, the polls and the result spent nothing.
     assert per_day_remaining() == before - 1
+
+
+# --- 2026-07-28: the tasks extension (SEP-2663), raw JSON-RPC ----------------------------------
+
+EXTENSION = "io.modelcontextprotocol/tasks"
+
+
+def ext_request(method: str, params: dict[str, Any], *, opted: bool = True, id: int = 1) -> dict[str, Any]:
+    from helpers import modern_meta, modern_request
+
+    caps = {"extensions": {EXTENSION: {}}} if opted else {}
+    return modern_request(method, params, id=id, meta=modern_meta(capabilities=caps))
+
+
+def ext_post(http, url: str, token: str, method: str, params: dict[str, Any], *, opted: bool = True, name: str | None = None):
+    from helpers import modern_headers, post
+
+    return post(http, url, ext_request(method, params, opted=opted), modern_headers(token, method, name))
+
+
+@pytest.mark.parametrize("route", ["gateway", "export_tickets"])
+def test_extension_2026_07_28_lifecycle(instance, owner, http, route) -> None:
+    from helpers import modern_headers, modern_request, post, rpc_error, rpc_result
+
+    url = instance.gateway_url if route == "gateway" else instance.tool_url(route)
+    token = owner[1]
+    discovered = rpc_result(post(http, url, modern_request("server/discover"), modern_headers(token, "server/discover")))
+    assert discovered["capabilities"]["extensions"][EXTENSION] == {}
+    assert "tasks" not in discovered["capabilities"]
+
+    call = {"name": "export_tickets", "arguments": CUSTOMER}
+    # Not opted in: an optional task tool answers synchronously (here within the request
+    # limit only because nothing in this call waits: an unknown customer fails at once).
+    plain = rpc_result(ext_post(http, url, token, "tools/call", {**call, "arguments": {"customer_id": "C-9999"}},
+                                opted=False, name="export_tickets"))
+    assert plain["resultType"] == "complete" and plain["isError"] is True and "taskId" not in plain
+    rpc_error(ext_post(http, url, token, "tasks/get", {"taskId": "x"}, opted=False), 400, -32021)
+
+    created = rpc_result(ext_post(http, url, token, "tools/call", call, name="export_tickets"))
+    assert created["resultType"] == "task" and created["status"] == "working"
+    assert "task" not in created and "result" not in created and "ttl" not in created
+    assert isinstance(created["ttlMs"], int) and isinstance(created["pollIntervalMs"], int)
+    task_id = created["taskId"]
+    deadline = time.monotonic() + POLL_BOUND_S
+    while True:
+        got = rpc_result(ext_post(http, url, token, "tasks/get", {"taskId": task_id}))
+        if got["status"] != "working":
+            break
+        assert "result" not in got and "error" not in got
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    assert got["status"] == "completed" and got["result"]["structuredContent"]["customer_id"] == "C-1001"
+    assert RELATED_TASK not in (got["result"].get("_meta") or {})
+    # Cancel: an empty acknowledgement, also for a finished task; unknown ids are -32602.
+    ack = rpc_result(ext_post(http, url, token, "tasks/cancel", {"taskId": task_id}))
+    assert ack == {"resultType": "complete", "_meta": ack["_meta"]}
+    rpc_error(ext_post(http, url, token, "tasks/cancel", {"taskId": "00000000-0000-4000-8000-000000000000"}), 400, -32602)
+
+    running = rpc_result(ext_post(http, url, token, "tools/call", call, name="export_tickets"))["taskId"]
+    rpc_result(ext_post(http, url, token, "tasks/cancel", {"taskId": running}))
+    assert rpc_result(ext_post(http, url, token, "tasks/get", {"taskId": running}))["status"] == "cancelled"
+
+    failing = rpc_result(ext_post(http, url, token, "tools/call", {**call, "arguments": {"customer_id": "C-9999"}},
+                                  name="export_tickets"))["taskId"]
+    deadline = time.monotonic() + POLL_BOUND_S
+    while (got := rpc_result(ext_post(http, url, token, "tasks/get", {"taskId": failing})))["status"] == "working":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # A tool's own error is `completed` with `isError` in the extension (`failed` is reserved
+    # for platform failures).
+    assert got["status"] == "completed" and got["result"]["isError"] is True

@@ -15,7 +15,7 @@ use crate::catalog::RegisteredTool;
 use crate::error::Rejection;
 use crate::http::Response;
 use crate::protocol::jsonrpc::{RequestId, RpcRequest};
-use crate::protocol::version::Negotiated;
+use crate::protocol::version::{Era, Negotiated};
 use crate::store::now_ms;
 use crate::task::{
     Changed, META_IMMEDIATE_RESPONSE, META_RELATED_TASK, TaskHandle, TaskJob, TaskRecord,
@@ -47,6 +47,17 @@ impl Server {
         negotiated: &Negotiated,
         tool: &RegisteredTool,
     ) -> Result<Option<Option<u64>>, (Rejection, &'static str)> {
+        if negotiated.era == Era::Modern {
+            // The extension: the server decides; a client that opted in gets a task from a
+            // tool that allows one, a client that did not gets a plain call (or -32021).
+            let opted = self.catalog.has_tasks() && opted_in(rpc);
+            return match (opted, tool.task_support()) {
+                (_, TaskSupport::Forbidden) => Ok(None),
+                (true, _) => Ok(Some(None)),
+                (false, TaskSupport::Optional) => Ok(None),
+                (false, _) => Err((Rejection::MissingTasksCapability, "task_required")),
+            };
+        }
         let served = self.catalog.has_tasks() && negotiated.version == crate::task::TASKS_VERSION;
         let task = rpc.params.get("task").filter(|_| served);
         match (task, tool.task_support()) {
@@ -174,6 +185,15 @@ impl Server {
             return self.reject(Rejection::Unavailable { retry_after_s: 1 }, Some(&rpc.id));
         }
         self.write_audit(facts, CallStatus::TaskCreated, None);
+        if negotiated.era == Era::Modern {
+            let mut resp = self.ok(
+                &rpc.id,
+                record.to_extension_json(config.poll_interval, false),
+                negotiated.era,
+            );
+            set_result_type(&mut resp, "task");
+            return with_rate_limit(resp, admission.as_ref());
+        }
         let body = json!({
             "task": record.to_json(config.poll_interval),
             "_meta": {
@@ -208,7 +228,11 @@ impl Server {
         rpc: &RpcRequest,
         principal: &Principal,
         inv: &Invocation,
+        negotiated: &Negotiated,
     ) -> Response {
+        if negotiated.era == Era::Modern {
+            return self.extension_method(rpc, principal).await;
+        }
         let era = crate::protocol::version::Era::Legacy;
         if rpc.method == "tasks/list" {
             return self.tasks_list(rpc, principal).await;
@@ -598,6 +622,64 @@ impl Server {
             );
         }
         self.write_audit(&facts, audit_status, reason);
+    }
+}
+
+impl Server {
+    /// `tasks/get`, `tasks/update`, `tasks/cancel` of the 2026-07-28 extension.
+    async fn extension_method(&self, rpc: &RpcRequest, principal: &Principal) -> Response {
+        let era = Era::Modern;
+        if !opted_in(rpc) {
+            return self.reject(Rejection::MissingTasksCapability, Some(&rpc.id));
+        }
+        let Some(task_id) = rpc.params.get("taskId").and_then(Value::as_str) else {
+            return self.reject(
+                Rejection::InvalidParams("params.taskId must be a string".into()),
+                Some(&rpc.id),
+            );
+        };
+        let record = match self.visible_task(principal, task_id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => return self.reject(not_found(), Some(&rpc.id)),
+            Err(r) => return self.reject(r, Some(&rpc.id)),
+        };
+        let poll = self.config.tasks.poll_interval;
+        match rpc.method.as_str() {
+            "tasks/get" => self.ok(&rpc.id, record.to_extension_json(poll, true), era),
+            // No input is ever requested: an update changes nothing.
+            "tasks/update" => self.ok(&rpc.id, json!({}), era),
+            "tasks/cancel" => {
+                // An acknowledgement, also for a task already terminal (idempotent).
+                if !record.status.is_terminal()
+                    && let Err(e) = self
+                        .tasks
+                        .cancel(&principal.agent_id, &record.task_id)
+                        .await
+                {
+                    tracing::error!(error = %e, "task record unavailable");
+                    return self.reject(Rejection::Unavailable { retry_after_s: 1 }, Some(&rpc.id));
+                }
+                self.ok(&rpc.id, json!({}), era)
+            }
+            _ => self.reject(Rejection::MethodNotFound { http_404: true }, Some(&rpc.id)),
+        }
+    }
+}
+
+/// Whether a 2026-07-28 request opted into the tasks extension.
+pub(super) fn opted_in(rpc: &RpcRequest) -> bool {
+    rpc.meta()
+        .and_then(|m| m.get(crate::protocol::META_CLIENT_CAPABILITIES))
+        .and_then(|c| c.get("extensions"))
+        .and_then(|e| e.get(crate::task::TASKS_EXTENSION))
+        .is_some()
+}
+
+/// Sets `resultType` of a result response (the extension's `"task"`).
+fn set_result_type(resp: &mut Response, result_type: &str) {
+    if let Some(mut body) = resp.body_json() {
+        body["result"]["resultType"] = json!(result_type);
+        resp.body = Some(body.to_string());
     }
 }
 
