@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,41 @@ class RuntimeApi:
         self._server.server_close()
 
 
+@contextmanager
+def one_event(bin_path: Path, event: dict[str, Any], tmp_path: Path, function: str, **extra_env: str):
+    """Runs `bin_path` under a Runtime API serving `event` once, spans exported to an OTLP
+    receiver; yields (api, receiver) once the function polled for a second event."""
+    receiver = OtlpReceiver()
+    api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_", "EXPORT_"))}
+    env.update(
+        AWS_LAMBDA_RUNTIME_API=api.address,
+        AWS_LAMBDA_FUNCTION_NAME=function,
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="local",
+        AWS_SECRET_ACCESS_KEY="local",
+        AWS_EC2_METADATA_DISABLED="true",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        NO_PROXY="127.0.0.1,localhost",
+        **extra_env,
+    )
+    proc = subprocess.Popen([str(bin_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while api.second_poll_at is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert api.second_poll_at is not None, "the function never polled for a second event"
+        yield api, receiver
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        api.close()
+        receiver.close()
+
+
 def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path) -> None:
     assert FUNCTION_BIN.exists(), f"{FUNCTION_BIN} is missing: run `make build-debug`"
     trace_id = secrets.token_hex(16)
@@ -88,29 +124,10 @@ def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path)
     event["headers"].pop("authorization")  # a 401, answered without any AWS call
     event["headers"]["traceparent"] = f"00-{trace_id}-00f067aa0ba902b7-01"
     event["body"] = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
-    receiver = OtlpReceiver()
-    api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_"))}
-    env.update(
-        AWS_LAMBDA_RUNTIME_API=api.address,
-        AWS_LAMBDA_FUNCTION_NAME="lookup_customer",
-        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
-        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="local",
-        AWS_SECRET_ACCESS_KEY="local",
-        AWS_EC2_METADATA_DISABLED="true",
+    with one_event(
+        FUNCTION_BIN, event, tmp_path, "lookup_customer",
         TOLLGATE_RESOURCE_URL="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/mcp",  # the fixture's API
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    proc = subprocess.Popen([str(FUNCTION_BIN)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while api.second_poll_at is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert api.second_poll_at is not None, "the function never polled for a second event"
+    ) as (api, receiver):
         assert api.response is not None and api.response["statusCode"] == 401, api.response
         ours = [s for s in receiver.spans if s.trace_id == trace_id]
         assert sorted(s.name for s in ours) == ["authenticate", "tools/list"], ours
@@ -124,11 +141,6 @@ def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path)
         assert receiver.received_at and api.response_at is not None
         assert api.response_at <= receiver.received_at[0] <= api.second_poll_at, (
             api.response_at, receiver.received_at, api.second_poll_at)
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
-        api.close()
-        receiver.close()
 
 
 def test_a_task_run_event_runs_the_tool_in_the_creating_trace(tmp_path, processes) -> None:
@@ -174,32 +186,11 @@ def test_a_task_run_event_runs_the_tool_in_the_creating_trace(tmp_path, processe
         "trace": [["traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"]],
         "protocol_version": "2025-11-25",
     }}
-    receiver = OtlpReceiver()
-    api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_", "EXPORT_"))}
-    env.update(
-        AWS_LAMBDA_RUNTIME_API=api.address,
-        AWS_LAMBDA_FUNCTION_NAME="export_tickets",
-        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
-        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="local",
-        AWS_SECRET_ACCESS_KEY="local",
-        AWS_EC2_METADATA_DISABLED="true",
-        AWS_ENDPOINT_URL_DYNAMODB=ddb_url,
-        TOLLGATE_TABLE="tollgate-rt",
-        TOLLGATE_APP_TABLE="tollgate-rt-app",
+    with one_event(
+        bin_path, event, tmp_path, "export_tickets",
+        AWS_ENDPOINT_URL_DYNAMODB=ddb_url, TOLLGATE_TABLE="tollgate-rt", TOLLGATE_APP_TABLE="tollgate-rt-app",
         EXPORT_TICKETS_DURATION_MS="0",
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    proc = subprocess.Popen([str(bin_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while api.second_poll_at is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert api.second_poll_at is not None, "the function never polled for a second event"
+    ) as (api, receiver):
         assert api.response is None or api.response == {}, api.response  # `null` posted
         item = ddb.get_item(TableName="tollgate-rt", Key={"pk": {"S": "TASK#bot"}, "sk": {"S": task_id}})["Item"]
         assert item["state"]["S"] == "completed", item
@@ -208,8 +199,3 @@ def test_a_task_run_event_runs_the_tool_in_the_creating_trace(tmp_path, processe
         server = next(s for s in ours if s.name == "tools/call export_tickets")
         assert server.kind == "SERVER" and server.parent_span_id == "00f067aa0ba902b7", server
         assert any(s.name == "handler export_tickets" and s.parent_span_id == server.span_id for s in ours), ours
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
-        api.close()
-        receiver.close()

@@ -32,6 +32,19 @@ async fn invocations(
     }))
 }
 
+/// A Lambda client for the endpoint on loopback.
+fn lambda_client(endpoint: &str) -> aws_sdk_lambda::Client {
+    let config = aws_sdk_lambda::Config::builder()
+        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
+        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_lambda::Client::from_conf(config)
+}
+
 #[tokio::test]
 async fn invoke_carries_the_forwarded_trace_header() -> anyhow::Result<()> {
     let seen = Seen::default();
@@ -42,15 +55,7 @@ async fn invoke_carries_the_forwarded_trace_header() -> anyhow::Result<()> {
     let endpoint = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let config = aws_sdk_lambda::Config::builder()
-        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
-        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(&endpoint)
-        .build();
-    let invoker = LambdaInvoker::new(aws_sdk_lambda::Client::from_conf(config), "tollgate-dev-");
+    let invoker = LambdaInvoker::new(lambda_client(&endpoint), "tollgate-dev-");
     let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     let event = tollgate::http::event_from_parts(
         "POST",
@@ -114,18 +119,7 @@ async fn a_task_run_is_an_event_invoke_of_the_function_itself() -> anyhow::Resul
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let endpoint = format!("http://{}", listener.local_addr()?);
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
-    let config = aws_sdk_lambda::Config::builder()
-        .behavior_version(aws_sdk_lambda::config::BehaviorVersion::latest())
-        .region(aws_sdk_lambda::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_lambda::config::Credentials::new(
-            "test", "test", None, None, "test",
-        ))
-        .endpoint_url(&endpoint)
-        .build();
-    let starter = LambdaStarter::new(
-        aws_sdk_lambda::Client::from_conf(config),
-        "tollgate-dev-export_tickets",
-    );
+    let starter = LambdaStarter::new(lambda_client(&endpoint), "tollgate-dev-export_tickets");
     let header = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1";
     let principal: tollgate::Principal = serde_json::from_value(serde_json::json!({
         "agent_id": "bot", "scopes": ["tickets:read"], "method": "api_key",

@@ -237,16 +237,9 @@ impl Server {
         if rpc.method == "tasks/list" {
             return self.tasks_list(rpc, principal).await;
         }
-        let Some(task_id) = rpc.params.get("taskId").and_then(Value::as_str) else {
-            return self.reject(
-                Rejection::InvalidParams("params.taskId must be a string".into()),
-                Some(&rpc.id),
-            );
-        };
-        let record = match self.visible_task(principal, task_id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return self.reject(not_found(), Some(&rpc.id)),
-            Err(r) => return self.reject(r, Some(&rpc.id)),
+        let record = match self.requested_task(rpc, principal).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
         };
         let poll = self.config.tasks.poll_interval;
         match rpc.method.as_str() {
@@ -254,6 +247,25 @@ impl Server {
             "tasks/cancel" => self.tasks_cancel(&rpc.id, principal, record).await,
             "tasks/result" => self.tasks_result(&rpc.id, principal, record, inv).await,
             _ => self.reject(Rejection::MethodNotFound { http_404: false }, Some(&rpc.id)),
+        }
+    }
+
+    /// The task `params.taskId` names, if the caller may see it; else the error answer.
+    async fn requested_task(
+        &self,
+        rpc: &RpcRequest,
+        principal: &Principal,
+    ) -> Result<TaskRecord, Response> {
+        let Some(task_id) = rpc.params.get("taskId").and_then(Value::as_str) else {
+            return Err(self.reject(
+                Rejection::InvalidParams("params.taskId must be a string".into()),
+                Some(&rpc.id),
+            ));
+        };
+        match self.visible_task(principal, task_id).await {
+            Ok(Some(r)) => Ok(r),
+            Ok(None) => Err(self.reject(not_found(), Some(&rpc.id))),
+            Err(r) => Err(self.reject(r, Some(&rpc.id))),
         }
     }
 
@@ -632,16 +644,9 @@ impl Server {
         if !opted_in(rpc) {
             return self.reject(Rejection::MissingTasksCapability, Some(&rpc.id));
         }
-        let Some(task_id) = rpc.params.get("taskId").and_then(Value::as_str) else {
-            return self.reject(
-                Rejection::InvalidParams("params.taskId must be a string".into()),
-                Some(&rpc.id),
-            );
-        };
-        let record = match self.visible_task(principal, task_id).await {
-            Ok(Some(r)) => r,
-            Ok(None) => return self.reject(not_found(), Some(&rpc.id)),
-            Err(r) => return self.reject(r, Some(&rpc.id)),
+        let record = match self.requested_task(rpc, principal).await {
+            Ok(r) => r,
+            Err(resp) => return resp,
         };
         let poll = self.config.tasks.poll_interval;
         match rpc.method.as_str() {
