@@ -62,9 +62,11 @@ GENERATED_HEADER = (
 FUNCTION_CHECKOV_SKIPS = [
     (
         "CKV_AWS_116",
-        "No dead-letter queue: every invocation is synchronous (API Gateway proxy, the "
-        "gateway's RequestResponse Invoke), and DLQs only receive failed asynchronous events. "
-        "Failures are answered to the caller and counted (Errors metric, FunctionErrors alarm).",
+        "No dead-letter queue: calls are synchronous (API Gateway proxy, the gateway's "
+        "RequestResponse Invoke), and DLQs only receive failed asynchronous events. Failures "
+        "are answered to the caller and counted (Errors metric, FunctionErrors alarm). The "
+        "asynchronous task runs of task tools have an on-failure destination instead (an "
+        "encrypted queue with an alarm), which supersedes a DLQ.",
     ),
     (
         "CKV_AWS_117",
@@ -134,6 +136,14 @@ def discover_tools(functions_dir: Path = FUNCTIONS) -> list[str]:
     )
 
 
+def declares_tasks(tool: str, functions_dir: Path = FUNCTIONS) -> bool:
+    """Whether the tool's src/lib.rs lets it run as a task (`fn task_support` returning
+    `TaskSupport::Optional` or `Required`)."""
+    source = (functions_dir / tool / "src" / "lib.rs").read_text()
+    m = re.search(r"fn task_support\(&self\)[^{]*\{\s*TaskSupport::(\w+)", source)
+    return bool(m and m.group(1) in ("Optional", "Required"))
+
+
 def read_tool_spec(tool: str, functions_dir: Path = FUNCTIONS) -> tuple[str, str | None]:
     """(scope, default budget) from the tool's ToolSpec in src/lib.rs, and checks its binary."""
     folder = functions_dir / tool
@@ -181,7 +191,11 @@ KNOWN_KEYS = {
     "env",
     "parameters",
     "statements",
+    "tasks",
 }
+
+# Longest Lambda timeout (15 minutes): the bound of a task run.
+MAX_LAMBDA_TIMEOUT_S = 900
 
 
 def settings_for(manifest: dict[str, Any], name: str) -> dict[str, Any]:
@@ -194,6 +208,7 @@ def settings_for(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     merged.setdefault("env", {})
     merged.setdefault("parameters", {})
     merged.setdefault("statements", [])
+    merged.setdefault("tasks", False)
     for action in merged["app_table"]:
         if not re.fullmatch(r"dynamodb:[A-Z][A-Za-z]+", action):
             raise RenderError(f"infra/tools.toml [{name}].app_table: {action!r} is not one exact DynamoDB action")
@@ -219,9 +234,23 @@ def load_functions(functions_dir: Path = FUNCTIONS, manifest_path: Path = INFRA 
             raise RenderError(f"functions/{tool}: its CloudFormation id {logical_id(tool)} collides")
         seen.add(logical_id(tool))
         scope, budget = read_tool_spec(tool, functions_dir)
-        out.append(Function(tool, settings_for(manifest, tool), scope=scope, budget=budget))
+        settings = settings_for(manifest, tool)
+        if settings["tasks"] != declares_tasks(tool, functions_dir):
+            raise RenderError(
+                f"functions/{tool}: infra/tools.toml tasks = {str(settings['tasks']).lower()} but "
+                "its task_support() says otherwise; set both or neither"
+            )
+        out.append(Function(tool, settings, scope=scope, budget=budget))
+    if out[0].settings["tasks"]:
+        raise RenderError("infra/tools.toml [gateway]: tasks is a tool setting")
     gateway_timeout = out[0].settings["timeout_s"]
     for fn in out[1:]:
+        if fn.settings["tasks"]:
+            # Task runs use the whole timeout; its synchronous calls are capped under the
+            # gateway's (TOLLGATE_SYNC_TIMEOUT_MS) instead.
+            if fn.settings["timeout_s"] > MAX_LAMBDA_TIMEOUT_S:
+                raise RenderError(f"{fn.name}: timeout above Lambda's {MAX_LAMBDA_TIMEOUT_S} s")
+            continue
         if fn.settings["timeout_s"] + 2 > gateway_timeout:
             raise RenderError(
                 f"{fn.name}: timeout {fn.settings['timeout_s']} s must be at least 2 s under the "
@@ -232,6 +261,7 @@ def load_functions(functions_dir: Path = FUNCTIONS, manifest_path: Path = INFRA 
     manifest_shared = manifest["shared"]["tollgate_table_actions"]
     for fn in out:
         fn.settings["tollgate_table_actions"] = list(manifest_shared)
+        fn.settings["gateway_timeout_s"] = gateway_timeout
     return out
 
 
@@ -342,12 +372,15 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
     providers = declared_providers(fn)
     leading = lambda *keys: {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(keys)}}  # noqa: E731
     # Reads anywhere on the tollgate table (keys, agents, policies); updates only on the items
-    # the run time updates: budget buckets, idempotency records and, for a function that
-    # declares a provider, its connections. Never agents, keys or policies.
+    # the run time updates: budget buckets, idempotency records, task records (a function that
+    # runs tasks, and the gateway when any tool does) and, for a function that declares a
+    # provider, its connections. Never agents, keys or policies.
     table_actions = [a for a in s["tollgate_table_actions"] if a != "dynamodb:UpdateItem"]
     statements.append(statement("TollgateTable", table_actions, {"Fn::GetAtt": ["TollgateTable", "Arn"]}))
     if "dynamodb:UpdateItem" in s["tollgate_table_actions"]:
-        update_keys = ["BUCKET#*", "IDEM#*"] + (["CONN#*"] if providers else [])
+        runs_tasks = fn.settings["tasks"] or (not fn.is_tool and any(t.settings["tasks"] for t in tools))
+        update_keys = (["BUCKET#*", "IDEM#*"] + (["TASK#*"] if runs_tasks else [])
+                       + (["CONN#*"] if providers else []))
         statements.append(statement("UpdateBudgetsRetriesAndConnections", ["dynamodb:UpdateItem"],
                                     {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading(*update_keys)))
     if s["app_table"]:
@@ -392,6 +425,25 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
             {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"}}},
         )
     )
+    if fn.settings["tasks"] or (not fn.is_tool and any(t.settings["tasks"] for t in tools)):
+        # tasks/list reads the caller's task partition (TASK#<agent>) only.
+        statements.append(statement("ListOwnTasks", ["dynamodb:Query"],
+                                    {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading("TASK#*")))
+    if fn.settings["tasks"]:
+        # A task run is an asynchronous (Event) invoke of the function itself; its failures go
+        # to the function's own queue.
+        statements.append(statement("StartOwnTaskRuns", ["lambda:InvokeFunction"], {"Fn::Sub": (
+            f"arn:${{AWS::Partition}}:lambda:${{AWS::Region}}:${{AWS::AccountId}}:function:${{AWS::StackName}}-{fn.name}")}))
+        statements.append(statement("TaskRunFailures", ["sqs:SendMessage"],
+                                    {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "Arn"]}))
+        statements.append(
+            statement(
+                "TaskRunFailuresKeyViaSqs",
+                ["kms:GenerateDataKey", "kms:Decrypt"],
+                {"Fn::GetAtt": ["TollgateKey", "Arn"]},
+                {"StringEquals": {"kms:ViaService": {"Fn::Sub": "sqs.${AWS::Region}.${AWS::URLSuffix}"}}},
+            )
+        )
     if not fn.is_tool:
         statements.append(
             statement(
@@ -502,6 +554,11 @@ def environment(fn: Function) -> dict[str, Any]:
         env["TOLLGATE_FUNCTION_PREFIX"] = {"Fn::Sub": "${AWS::StackName}-"}
     if s["app_table"]:
         env["TOLLGATE_APP_TABLE"] = {"Ref": "AppTable"}
+    if s["tasks"]:
+        # Runs may use the whole timeout; calls that are not tasks still answer inside the
+        # gateway's (and API Gateway's) limit.
+        env["TOLLGATE_TASK_MAX_RUN_SECS"] = str(s["timeout_s"])
+        env["TOLLGATE_SYNC_TIMEOUT_MS"] = str((s["gateway_timeout_s"] - 2) * 1000)
     for key, value in s["env"].items():
         if key in env:
             raise RenderError(f"infra/tools.toml [{fn.name}].env: {key} is set by the template")
@@ -548,6 +605,51 @@ def function(fn: Function) -> dict[str, Any]:
                 "LogGroup": {"Ref": f"{fn.logical}LogGroup"},
             },
             "Environment": {"Variables": environment(fn)},
+            **({"EventInvokeConfig": task_invoke_config(fn)} if s["tasks"] else {}),
+        },
+    }
+
+
+def task_invoke_config(fn: Function) -> dict[str, Any]:
+    """Asynchronous invocations (task runs): retried twice (a redelivered run finds its task
+    started and does nothing), dropped after 15 minutes in the queue, failures to the queue."""
+    return {
+        "MaximumRetryAttempts": 2,
+        "MaximumEventAgeInSeconds": 900,
+        "DestinationConfig": {
+            "OnFailure": {"Type": "SQS", "Destination": {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "Arn"]}}
+        },
+    }
+
+
+def task_resources(fn: Function) -> dict[str, Any]:
+    """The on-failure destination of a task tool's runs and its alarm."""
+    return {
+        f"{fn.logical}TaskFailures": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}-task-failures"},
+                "KmsMasterKeyId": {"Ref": "TollgateKey"},
+                # The failed event holds the run's arguments: kept 4 days for the operator,
+                # encrypted with the stack key, then gone.
+                "MessageRetentionPeriod": 345600,
+            },
+        },
+        f"{fn.logical}TaskFailuresAlarm": {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}-task-failures"},
+                "AlarmDescription": f"A task run of {fn.name} failed as a Lambda invocation (crashed, timed out or was throttled past its retries): its record ends failed once overdue; the event is in the {fn.name}-task-failures queue.",
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "QueueName"]}}],
+                "Statistic": "Maximum",
+                "Period": 300,
+                "EvaluationPeriods": 1,
+                "Threshold": 1,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "TreatMissingData": "notBreaching",
+            },
         },
     }
 
@@ -902,6 +1004,10 @@ def render_template(
         generated[f"{fn.logical}Function"] = function(fn)
         generated.update(permissions(fn))
         fn_alarms = alarms(fn)
+        if fn.settings["tasks"]:
+            extra = task_resources(fn)
+            generated.update(extra)
+            fn_alarms[f"{fn.logical}TaskFailuresAlarm"] = extra[f"{fn.logical}TaskFailuresAlarm"]
         generated.update(fn_alarms)
         children.extend(fn_alarms)
     generated["IncidentAlarm"] = composite_alarm(children)

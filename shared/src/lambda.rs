@@ -59,18 +59,35 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
         let clients = Arc::new(build_clients(&sdk, config.clone())?);
         let function = config.function_name.clone();
         let dispatch = dispatch.unwrap_or(Dispatch::Local);
-        let server = Arc::new(build_server(
-            catalog,
-            dispatch,
-            clients,
-            Arc::new(StdoutSink),
-            &function,
-        ));
-        let handler = service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+        let runs_tasks = matches!(dispatch, Dispatch::Local) && catalog.has_tasks();
+        let mut server = build_server(catalog, dispatch, clients, Arc::new(StdoutSink), &function);
+        if runs_tasks {
+            // A tool function runs its own tasks: an `Event` invoke of itself.
+            let starter =
+                crate::task::LambdaStarter::new(aws_sdk_lambda::Client::new(&sdk), &function);
+            server = server.with_task_starter(Arc::new(starter));
+        }
+        let server = Arc::new(server);
+        let sync_cap = sync_timeout()?;
+        let handler = service_fn(move |event: LambdaEvent<Incoming>| {
             let server = server.clone();
             async move {
-                let inv = invocation_of(&event.context);
-                Ok::<_, lambda_runtime::Error>(Box::pin(server.handle(event.payload, inv)).await)
+                let mut inv = invocation_of(&event.context);
+                if let (Some(cap), Incoming::Http(_)) = (sync_cap, &event.payload) {
+                    // A function whose timeout covers task runs still answers calls in time.
+                    inv.deadline = inv.deadline.min(Instant::now() + cap);
+                }
+                let out = match event.payload {
+                    Incoming::Task(task) => {
+                        Box::pin(server.run_task(task.tollgate_task, inv)).await;
+                        serde_json::Value::Null
+                    }
+                    Incoming::Http(event) => {
+                        let resp = Box::pin(server.handle(*event, inv)).await;
+                        serde_json::to_value(resp)?
+                    }
+                };
+                Ok::<_, lambda_runtime::Error>(out)
             }
         });
         lambda_runtime::Runtime::new(handler)
@@ -79,6 +96,33 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
             .run()
             .await
     })
+}
+
+/// `TOLLGATE_SYNC_TIMEOUT_MS`: the longest an API Gateway event (a call, not a task run) may
+/// take, for functions whose Lambda timeout is longer to cover task runs.
+fn sync_timeout() -> Result<Option<Duration>, crate::config::ConfigError> {
+    match std::env::var("TOLLGATE_SYNC_TIMEOUT_MS") {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(
+                |e: std::num::ParseIntError| crate::config::ConfigError::Invalid {
+                    name: "TOLLGATE_SYNC_TIMEOUT_MS",
+                    reason: e.to_string(),
+                },
+            ),
+    }
+}
+
+/// What a function is invoked with: an API Gateway event, or (tool functions) a task run
+/// started by an asynchronous `Invoke` of itself.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Incoming {
+    Task(Box<crate::task::TaskEvent>),
+    Http(Box<ApiGatewayV2httpRequest>),
 }
 
 /// Exports the invocation's spans once its response has been posted to the Runtime API and

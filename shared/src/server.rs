@@ -10,6 +10,9 @@
 //! 6. budgets, argument validation
 //! 7. the tool run under a deadline, panics caught; its outcome stored for replays when keyed
 //! 8. one audit record per tool call ([`crate::audit`])
+//!
+//! A task-augmented `tools/call` runs steps 1 to 6, records the task and starts the run
+//! asynchronously; `tasks/*` are served from the record ([`crate::task`], `server/tasks.rs`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -96,6 +99,8 @@ pub struct Server {
     budgets: Option<Arc<Budgets>>,
     ledger: Ledger,
     connections: Option<Arc<crate::connect::Connections>>,
+    tasks: crate::task::TaskStore,
+    task_starter: Option<Arc<dyn crate::task::TaskStarter>>,
     /// `WWW-Authenticate` `resource_metadata` URL, from the configured resource URL.
     metadata_url: Option<String>,
     served_any: AtomicBool,
@@ -122,6 +127,8 @@ struct CallFacts<'a> {
     budget_note: Option<&'static str>,
     /// The call's idempotency key as the audit record shows it (hashed, or summarised).
     idempotency_key: Option<Value>,
+    /// The task the call created or ran.
+    task_id: Option<String>,
 }
 
 impl Server {
@@ -146,10 +153,14 @@ impl Server {
             clients.config.idempotency_ttl,
             clients.config.idempotency_max_outcome_bytes,
         );
+        let tasks =
+            crate::task::TaskStore::new(clients.dynamodb.clone(), clients.config.table.clone());
         Self {
             catalog,
             dispatch,
             auth,
+            tasks,
+            task_starter: None,
             metadata_url,
             config: clients.config.clone(),
             clients,
@@ -178,6 +189,12 @@ impl Server {
     /// The budgets this server enforces, if any.
     pub fn budgets(&self) -> Option<&Arc<Budgets>> {
         self.budgets.as_ref()
+    }
+
+    /// Starts task runs with `starter` (tool functions whose tools allow tasks).
+    pub fn with_task_starter(mut self, starter: Arc<dyn crate::task::TaskStarter>) -> Self {
+        self.task_starter = Some(starter);
+        self
     }
 
     /// Serves tools that act on third-party accounts (the connection vault).
@@ -385,7 +402,22 @@ impl Server {
             Err(r) => return self.reject(r, Some(&rpc.id)),
         };
         tracing::Span::current().record("mcp.protocol.version", negotiated.version.as_str());
-        if !is_known_method(negotiated.era, &rpc.method) {
+        let tasks_served = self.catalog.has_tasks()
+            && match negotiated.era {
+                Era::Legacy => {
+                    negotiated.version == crate::task::TASKS_VERSION
+                        && matches!(
+                            rpc.method.as_str(),
+                            "tasks/get" | "tasks/result" | "tasks/list" | "tasks/cancel"
+                        )
+                }
+                Era::Modern => matches!(
+                    rpc.method.as_str(),
+                    "tasks/get" | "tasks/update" | "tasks/cancel"
+                ),
+            };
+        let known = is_known_method(negotiated.era, &rpc.method) || tasks_served;
+        if !known {
             let http_404 = negotiated.era == Era::Modern;
             return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
         }
@@ -399,11 +431,14 @@ impl Server {
             Err(d) => return self.deny(req, d.error.into(), Some(&rpc.id)),
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
+        if tasks_served {
+            return self.tasks_method(rpc, &principal, inv, &negotiated).await;
+        }
         let result = match rpc.method.as_str() {
             "initialize" => self.initialize_result(&negotiated.version),
             "ping" => json!({}),
             "server/discover" => self.discover_result(),
-            "tools/list" => self.tools_list_result(&principal, negotiated.era),
+            "tools/list" => self.tools_list_result(&principal, &negotiated),
             _ => return self.reject(Rejection::MethodNotFound { http_404: true }, Some(&rpc.id)),
         };
         self.ok(&rpc.id, result, negotiated.era)
@@ -535,9 +570,17 @@ impl Server {
     }
 
     fn initialize_result(&self, version: &str) -> Value {
+        let mut capabilities = json!({"tools": {}});
+        if self.catalog.has_tasks() && version == crate::task::TASKS_VERSION {
+            capabilities["tasks"] = json!({
+                "list": {},
+                "cancel": {},
+                "requests": {"tools": {"call": {}}},
+            });
+        }
         json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {}},
+            "capabilities": capabilities,
             "serverInfo": {"name": self.identity.name, "version": self.identity.version},
             "instructions": INSTRUCTIONS,
         })
@@ -545,9 +588,13 @@ impl Server {
 
     fn discover_result(&self) -> Value {
         let server_info = json!({"name": self.identity.name, "version": self.identity.version});
+        let mut capabilities = json!({"tools": {}});
+        if self.catalog.has_tasks() {
+            capabilities["extensions"] = json!({ crate::task::TASKS_EXTENSION: {} });
+        }
         json!({
             "supportedVersions": SUPPORTED_VERSIONS,
-            "capabilities": {"tools": {}},
+            "capabilities": capabilities,
             "serverInfo": server_info,
             "instructions": INSTRUCTIONS,
             "ttlMs": DISCOVER_TTL_MS,
@@ -555,15 +602,23 @@ impl Server {
         })
     }
 
-    fn tools_list_result(&self, principal: &Principal, era: Era) -> Value {
+    fn tools_list_result(&self, principal: &Principal, negotiated: &Negotiated) -> Value {
+        let tasks = negotiated.version == crate::task::TASKS_VERSION;
         let tools: Vec<Value> = self
             .catalog
             .iter()
             .filter(|t| principal.has_scope(t.spec().scope))
-            .filter_map(|t| serde_json::to_value(t.descriptor()).ok())
+            .filter_map(|t| {
+                let mut v = serde_json::to_value(t.descriptor()).ok()?;
+                // `execution.taskSupport` exists in 2025-11-25; absent means "forbidden".
+                if tasks && t.task_support() != crate::task::TaskSupport::Forbidden {
+                    v["execution"] = json!({"taskSupport": t.task_support().as_str()});
+                }
+                Some(v)
+            })
             .collect();
         let mut result = json!({"tools": tools});
-        if era == Era::Modern {
+        if negotiated.era == Era::Modern {
             result["ttlMs"] = json!(TOOLS_LIST_TTL_MS);
             // The list depends on the caller's scopes: never share it across callers.
             result["cacheScope"] = json!("private");
@@ -599,6 +654,7 @@ impl Server {
             budget_layer: None,
             budget_note: None,
             idempotency_key: None,
+            task_id: None,
         };
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
@@ -641,6 +697,15 @@ impl Server {
                 Some(&rpc.id),
             );
         }
+        // The tool's task support is checked where the capability was declared: the gateway
+        // refuses a task call of a tool without it before forwarding.
+        let task = match self.task_mode(rpc, negotiated, tool) {
+            Ok(task) => task,
+            Err((rejection, reason)) => {
+                self.write_audit(&facts, CallStatus::InvalidInput, Some(reason));
+                return self.reject(rejection, Some(&rpc.id));
+            }
+        };
         if let Dispatch::Forward(invoker) = &self.dispatch {
             let span = telemetry::invoke_span(tool.spec().name);
             let forwarded = async {
@@ -663,6 +728,13 @@ impl Server {
                     self.reject(Rejection::Unavailable { retry_after_s: 1 }, Some(&rpc.id))
                 }
             };
+        }
+        if let Some(ttl) = task {
+            return self
+                .create_task(
+                    rpc, negotiated, trace, &principal, tool, args, ttl, &mut facts,
+                )
+                .await;
         }
         let claim = match self
             .idempotency_step(req, rpc, &principal, tool, args, negotiated, &mut facts)
@@ -890,6 +962,7 @@ impl Server {
             clients: self.clients.clone(),
             trace: trace.clone(),
             provider_token: None,
+            task: None,
         };
         if let Some(provider) = tool.provider() {
             let token = match &self.connections {
@@ -915,10 +988,38 @@ impl Server {
                 }
             }
         }
+        let (status, reason, result) = self.execute(tool, ctx, args, deadline, inv).await;
+        self.write_audit(facts, status, reason);
+        if status != CallStatus::Success {
+            // MCP semantic conventions: a result with `isError` is a `tool_error`.
+            telemetry::record_error(
+                reason.unwrap_or("tool_error"),
+                status == CallStatus::SystemError,
+            );
+        }
+        if status == CallStatus::SystemError {
+            // Nothing a retry must not repeat: the record is released.
+            return Ran::Answer(with_rate_limit(
+                self.call_result(&rpc.id, &result, negotiated.era),
+                admission.as_ref(),
+            ));
+        }
+        Ran::Outcome { result, admission }
+    }
+
+    /// Runs the tool's handler until `deadline`, panics caught: the audit status, the reason
+    /// of a system error, and the result the agent sees.
+    async fn execute(
+        &self,
+        tool: &RegisteredTool,
+        ctx: ToolContext,
+        args: &Value,
+        deadline: Instant,
+        inv: &Invocation,
+    ) -> (CallStatus, Option<&'static str>, CallToolResult) {
         let handler = telemetry::handler_span(tool.spec().name);
         let run = AssertUnwindSafe(tool.call(ctx, args.clone()).instrument(handler)).catch_unwind();
-        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
-        let (status, reason, result) = match outcome {
+        match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(Ok(Ok(result))) => (CallStatus::Success, None, result),
             Ok(Ok(Err(ToolError::Business(message)))) => (
                 CallStatus::BusinessError,
@@ -949,23 +1050,7 @@ impl Server {
                     self.system_error_result(inv),
                 )
             }
-        };
-        self.write_audit(facts, status, reason);
-        if status != CallStatus::Success {
-            // MCP semantic conventions: a result with `isError` is a `tool_error`.
-            telemetry::record_error(
-                reason.unwrap_or("tool_error"),
-                status == CallStatus::SystemError,
-            );
         }
-        if status == CallStatus::SystemError {
-            // Nothing a retry must not repeat: the record is released.
-            return Ran::Answer(with_rate_limit(
-                self.call_result(&rpc.id, &result, negotiated.era),
-                admission.as_ref(),
-            ));
-        }
-        Ran::Outcome { result, admission }
     }
 
     /// The budget step: `Ok(None)` when this server enforces no budgets.
@@ -1153,6 +1238,7 @@ impl Server {
             reason: reason.or(facts.budget_note).map(str::to_owned),
             budget_layer: facts.budget_layer.map(str::to_owned),
             idempotency_key: facts.idempotency_key.clone(),
+            task_id: facts.task_id.clone(),
             arguments: facts.principal.map(|_| {
                 redact_arguments(
                     facts.tool,
@@ -1270,7 +1356,8 @@ fn is_known_method(era: Era, method: &str) -> bool {
 /// never becomes a span name).
 fn span_method(method: &str) -> &str {
     match method {
-        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover" => method,
+        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover" | "tasks/get"
+        | "tasks/result" | "tasks/list" | "tasks/cancel" | "tasks/update" => method,
         _ => "_OTHER",
     }
 }
@@ -1287,5 +1374,6 @@ const INSTRUCTIONS: &str = "Tools served by tollgate. Every call is authenticate
 and audited. A result with isError explains what to change; HTTP 429 means wait for Retry-After; \
 HTTP 403 with a permanently-denied code means do not retry.";
 
+mod tasks;
 #[cfg(test)]
 mod tests;

@@ -181,6 +181,9 @@ fn outer() -> anyhow::Result<()> {
         .env(DYNAMODB_URL, format!("http://127.0.0.1:{port}"))
         .env("TRACK_SHIPMENT_API_URL", &carrier_url)
         .env("TOLLGATE_APP_TABLE", APP_TABLE)
+        // A task run started by a fixture outlives the test: no end record lands in another
+        // fixture's audit slice.
+        .env("EXPORT_TICKETS_DURATION_MS", "600000")
         .stdin(Stdio::null())
         .output()
         .context("re-run the test with the tools' environment")?;
@@ -263,11 +266,13 @@ async fn deployment(
         )
     };
     let mut tools = HashMap::new();
+    let starter = tollgate::task::InProcessStarter::new(Duration::from_secs(900));
     for tool in catalog.iter() {
         let name = tool.spec().name;
         let own = catalog
             .only(name)
             .context("tool vanished from the catalog")?;
+        let runs_tasks = tool.task_support() != tollgate::task::TaskSupport::Forbidden;
         // As `tollgate::lambda::build_server`: tool functions enforce the budgets (here on
         // in-memory buckets and a fixed clock), the gateway leaves them to the tools.
         let defaults = AgentDefaults {
@@ -300,8 +305,14 @@ async fn deployment(
             Some(c) => server.with_connections(Arc::new(c)),
             None => server,
         };
+        let server = if runs_tasks {
+            server.with_task_starter(starter.clone())
+        } else {
+            server
+        };
         tools.insert(name.to_owned(), Arc::new(server));
     }
+    starter.set_servers(&tools);
     let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
     let gateway = Server::new(
         catalog.clone(),
@@ -787,6 +798,12 @@ fn normalise(value: Value) -> Value {
                     } else if k == "completedAtMs" {
                         // A replay's original completion time (wall clock).
                         json!("[completed-at-ms]")
+                    } else if matches!(k.as_str(), "taskId" | "task_id") && v.is_string() {
+                        json!("[task-id]")
+                    } else if matches!(k.as_str(), "createdAt" | "lastUpdatedAt") {
+                        json!("[timestamp]")
+                    } else if k == tollgate::task::META_IMMEDIATE_RESPONSE {
+                        json!("[immediate response naming the task]")
                     } else if matches!(
                         k.as_str(),
                         "serverInfo" | "io.modelcontextprotocol/serverInfo"
@@ -959,6 +976,21 @@ const EXPECTED: &[(&str, u16, Want)] = &[
     ),
     ("track_shipment.call-carrier-error", 200, ToolError),
     ("track_shipment.call-unknown-tool", 200, Err_(Some(-32602))),
+    // Tasks (2025-11-25): a task-augmented call answered at once with the task; the refusals.
+    ("export_tickets.call-task-created", 200, Ok_),
+    (
+        "export_tickets.call-task-invalid-arguments",
+        400,
+        Err_(Some(-32602)),
+    ),
+    ("export_tickets.tasks-get-unknown", 400, Err_(Some(-32602))),
+    (
+        "gateway.call-lookup_customer-task-forbidden",
+        200,
+        Err_(Some(-32601)),
+    ),
+    ("gateway.tasks-cancel-unknown", 400, Err_(Some(-32602))),
+    ("gateway.tasks-list-2025-11-25", 200, Ok_),
 ];
 
 /// Fixtures whose response breaks the contract today. They are reported and not snapshotted

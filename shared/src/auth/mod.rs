@@ -25,7 +25,7 @@ use cache::BoundedCache;
 use oauth::OAuthVerifier;
 
 /// How a principal proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AuthMethod {
@@ -48,8 +48,9 @@ impl AuthMethod {
     }
 }
 
-/// The authenticated caller. Produced once per request by [`Authenticator::authenticate`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// The authenticated caller. Produced once per request by [`Authenticator::authenticate`]
+/// (and carried to a task's asynchronous run, see [`crate::task`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     /// The agent's id.
     pub agent_id: String,
