@@ -136,6 +136,7 @@ impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for Flu
 where
     S: lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation, Response = ()>,
     S::Future: Send + 'static,
+    S::Error: Send,
 {
     type Response = ();
     type Error = S::Error;

@@ -503,6 +503,25 @@ pub fn continue_trace(span: &tracing::Span, trace: &TraceContext) {
     PINNED.with(|p| p.set((None, None)));
 }
 
+tokio::task_local! {
+    /// The trace context of the invocation this task is serving.
+    static INVOCATION_TRACE: TraceContext;
+}
+
+/// Runs `fut` (one invocation's work) with `trace` as its trace context: AWS SDK calls made
+/// inside it carry headers naming this invocation when no span is exported. Task-local, never
+/// process-global: on Lambda Managed Instances many invocations share the process (and the
+/// runtime does not set `_X_AMZN_TRACE_ID`, which the SDK would otherwise read).
+pub async fn with_invocation_trace<F: std::future::Future>(trace: TraceContext, fut: F) -> F::Output {
+    INVOCATION_TRACE.scope(trace, fut).await
+}
+
+/// The headers an outgoing call names the current invocation with, when inside
+/// [`with_invocation_trace`].
+fn invocation_headers() -> Option<Vec<(&'static str, String)>> {
+    INVOCATION_TRACE.try_with(TraceContext::outgoing_headers).ok()
+}
+
 /// The current span's (trace id, span id, sampled), when spans are exported and one is open.
 pub fn current_span() -> Option<(String, String, bool)> {
     let cx = tracing::Span::current().context();
@@ -637,7 +656,8 @@ pub fn record_error(kind: &str, server_fault: bool) {
 /// An AWS SDK interceptor: one CLIENT span per operation (`DynamoDB.UpdateItem`, …) under
 /// the current span, and `X-Amzn-Trace-Id` and `traceparent` naming that span on the request
 /// (added after signing: SigV4 leaves `X-Amzn-Trace-Id` out, and unsigned headers are
-/// allowed). Inside no traced request it does nothing.
+/// allowed). With no span exported, the headers name the invocation of
+/// [`with_invocation_trace`] instead; outside any invocation it does nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AwsSdkSpans;
 
@@ -696,6 +716,14 @@ impl Intercept for AwsSdkSpans {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let Some(span) = cfg.load::<SdkSpan>().and_then(SdkSpan::span) else {
+            // No span exported: the invocation's own context, replacing whatever the SDK's
+            // recursion detection copied from the process environment.
+            if let Some(headers) = invocation_headers() {
+                let request = context.request_mut().headers_mut();
+                for (name, value) in headers {
+                    request.insert(name, value);
+                }
+            }
             return Ok(());
         };
         let cx = span.context();
