@@ -111,7 +111,8 @@ impl Mode {
     /// From the variable's value; unset, unparsable, 0 or 1 is sequential, as the runtime
     /// reads it.
     pub fn parse(value: Option<&str>) -> Self {
-        match value.and_then(|v| v.trim().parse::<u32>().ok()) {
+        // Exactly the runtime's reading (no trimming): the two must agree on the mode.
+        match value.and_then(|v| v.parse::<u32>().ok()) {
             Some(n) if n > 1 => Self::Concurrent(n),
             _ => Self::Sequential,
         }
@@ -329,4 +330,19 @@ pub fn install_panic_hook() {
 /// `RUST_LOG`, default `info`; no span export ([`crate::telemetry::install`] adds it).
 pub fn init_logging() {
     crate::telemetry::install(&crate::telemetry::TelemetryConfig::off(), "tollgate");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mode;
+
+    #[test]
+    fn concurrency_mode_reads_the_variable_as_the_runtime_does() {
+        assert_eq!(Mode::parse(None), Mode::Sequential);
+        for one_at_a_time in ["", "0", "1", "-4", "many", "4.5", " 64 "] {
+            assert_eq!(Mode::parse(Some(one_at_a_time)), Mode::Sequential, "{one_at_a_time}");
+        }
+        assert_eq!(Mode::parse(Some("2")), Mode::Concurrent(2));
+        assert_eq!(Mode::parse(Some("64")), Mode::Concurrent(64));
+    }
 }
