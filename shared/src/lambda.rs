@@ -124,9 +124,9 @@ impl Mode {
 /// - Sequential (classic Lambda): awaited before the next event is polled, so the environment
 ///   is not frozen with spans still buffered; the response never waits on the exporters.
 /// - Concurrent (Managed Instances, never frozen): started and not awaited, so this worker
-///   polls `/next` at once, and no in-flight invocation waits on another's export. Flushes
-///   coalesce ([`crate::telemetry::flush`]): one export covers every response posted before it
-///   began.
+///   polls `/next` at once, and no in-flight invocation waits on another's export. One export
+///   runs at a time ([`crate::telemetry::flush_in_background`]), covering every response posted
+///   before it began.
 #[derive(Clone)]
 struct FlushAfterResponse<S> {
     inner: S,
@@ -141,8 +141,7 @@ where
 {
     type Response = ();
     type Error = S::Error;
-    type Future =
-        std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), S::Error>> + Send>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), S::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
@@ -158,9 +157,7 @@ where
             let result = served.await;
             match mode {
                 Mode::Sequential => crate::telemetry::flush().await,
-                Mode::Concurrent(_) => {
-                    tokio::spawn(crate::telemetry::flush());
-                }
+                Mode::Concurrent(_) => crate::telemetry::flush_in_background(),
             }
             result
         })
@@ -340,7 +337,11 @@ mod tests {
     fn concurrency_mode_reads_the_variable_as_the_runtime_does() {
         assert_eq!(Mode::parse(None), Mode::Sequential);
         for one_at_a_time in ["", "0", "1", "-4", "many", "4.5", " 64 "] {
-            assert_eq!(Mode::parse(Some(one_at_a_time)), Mode::Sequential, "{one_at_a_time}");
+            assert_eq!(
+                Mode::parse(Some(one_at_a_time)),
+                Mode::Sequential,
+                "{one_at_a_time}"
+            );
         }
         assert_eq!(Mode::parse(Some("2")), Mode::Concurrent(2));
         assert_eq!(Mode::parse(Some("64")), Mode::Concurrent(64));

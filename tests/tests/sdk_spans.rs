@@ -145,11 +145,9 @@ async fn dynamodb_by_table(
         .ok()
         .and_then(|v| v["TableName"].as_str().map(str::to_owned))
         .unwrap_or_default();
-    seen.lock().expect("lock").push((
-        table,
-        header("x-amzn-trace-id"),
-        header("traceparent"),
-    ));
+    seen.lock()
+        .expect("lock")
+        .push((table, header("x-amzn-trace-id"), header("traceparent")));
     ([("content-type", "application/x-amz-json-1.0")], "{}")
 }
 
