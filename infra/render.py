@@ -95,6 +95,13 @@ MANAGED_CHECKOV_SKIPS = [
         "ManagedInstancesSecurityGroupIds); Lambda refuses a VpcConfig on the function itself.",
     )
     for i, c in FUNCTION_CHECKOV_SKIPS
+] + [
+    (
+        "CKV_AWS_115",
+        "Reserved concurrency does not apply to a function on a capacity provider; its concurrency "
+        "is bounded by FunctionScalingConfig.MaxExecutionEnvironments x "
+        "PerExecutionEnvironmentMaxConcurrency, and the provider's by ManagedInstancesMaxVCpus.",
+    )
 ]
 # Memory per vCPU of a managed execution environment: 2 GiB, the smallest ratio (the functions
 # wait on I/O; CPU, not memory, is what concurrent calls use up).
