@@ -123,12 +123,17 @@ class FeedingRuntimeApi:
         self._server.server_close()
 
 
-def event(token: str) -> bytes:
+def event(token: str | None) -> bytes:
+    """`tools/call lookup_customer` as API Gateway sends it; without a token it is answered 401
+    without any store request."""
     body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": stackrun.CALL_BODY})
+    headers = {k.lower(): v for k, v in stackrun.headers(token or "").items()}
+    if token is None:
+        headers.pop("authorization")
     return json.dumps({
         "version": "2.0", "routeKey": "POST /tools/lookup_customer/mcp", "rawPath": "/tools/lookup_customer/mcp",
         "rawQueryString": "", "isBase64Encoded": False, "body": body,
-        "headers": {**{k.lower(): v for k, v in stackrun.headers(token).items()}, "host": "127.0.0.1"},
+        "headers": {**headers, "host": "127.0.0.1"},
         "requestContext": {"http": {"method": "POST", "path": "/tools/lookup_customer/mcp", "protocol": "HTTP/1.1",
                                     "sourceIp": "127.0.0.1", "userAgent": "bench"},
                            "requestId": "bench", "routeKey": "POST /tools/lookup_customer/mcp", "stage": "$default",
@@ -141,7 +146,7 @@ def cpu_ticks(pid: int) -> int:
     return int(fields[11]) + int(fields[12])
 
 
-def measure(stack: stackrun.Stack, level: int, calls: int) -> dict[str, float]:
+def measure(stack: stackrun.Stack, level: int, calls: int, authenticated: bool = True) -> dict[str, float]:
     api = FeedingRuntimeApi()
     env = dict(stack.env)
     env.update(
@@ -154,17 +159,18 @@ def measure(stack: stackrun.Stack, level: int, calls: int) -> dict[str, float]:
         proc = subprocess.Popen([str(FUNCTION_BIN)], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, cwd=stack.workdir)
     try:
-        body = event(stack.token)
+        body = event(stack.token if authenticated else None)
+        expect = 200 if authenticated else 401
         alive = lambda: proc.poll() is None  # noqa: E731
         api.run([f"warm-{i}" for i in range(WARM)], body, alive)
         ids = [f"call-{i}" for i in range(calls)]
         ticks0, t0 = cpu_ticks(proc.pid), time.monotonic()
         api.run(ids, body, alive)
         wall, ticks = time.monotonic() - t0, cpu_ticks(proc.pid) - ticks0
-        bad = [i for i in ids if api.answered[i][1] != 200]
+        bad = [i for i in ids if api.answered[i][1] != expect]
         if bad:
             statuses = sorted({api.answered[i][1] for i in bad})
-            raise RuntimeError(f"level {level}: {len(bad)} calls answered {statuses}, not 200 (log: {log}; "
+            raise RuntimeError(f"level {level}: {len(bad)} calls answered {statuses}, not {expect} (log: {log}; "
                                "BENCH_KEEP=1 keeps it)")
         durations = [(api.answered[i][0] - api.handed[i]) * 1000 for i in ids]
         return {
@@ -244,6 +250,9 @@ def main() -> None:
     env = {**stackrun.lease_env("leases"), "TOLLGATE_BUDGET_TIMEOUT_MS": "10000"}
     with stackrun.Stack(instances=1, proxy=True, env_extra=env) as stack:
         results = [measure(stack, level, args.calls) for level in levels]
+        # The same process path without the store: answered 401 before any store request. What
+        # the runtime and the pipeline do at each level when moto's queue is out of the way.
+        no_store = [measure(stack, level, args.calls, authenticated=False) for level in levels]
     table = costs(results, prices, [float(x) for x in args.loads.split(",")], [float(x) for x in args.waits.split(",")])
     print(f"## One function process, concurrent invocations (`make bench`, {time.strftime('%Y-%m-%d')})\n")
     try:
@@ -275,8 +284,14 @@ def main() -> None:
     for c in table:
         print(f"| {c['duration_ms']:.0f} ms | {c['load_calls_per_s']:.0f} calls/s | ${c['classic_usd']:.2f} "
               f"| ${c['managed_usd']:.2f} | {c['managed_instances']} |")
+    print("\nWithout the store (the same call without a token, answered 401 before any store request):\n")
+    print("| concurrent invocations | calls/s | CPU per call | duration p50 |")
+    print("|---:|---:|---:|---:|")
+    for r in no_store:
+        print(f"| {r['level']} | {r['calls_per_s']:.0f} | {r['cpu_us_per_call']:.0f} us (+-{r['resolution_us']:.0f}) "
+              f"| {r['duration_ms_p50']:.1f} ms |")
     if args.json:
-        args.json.write_text(json.dumps({"levels": results, "cost": table}, indent=2))
+        args.json.write_text(json.dumps({"levels": results, "no_store": no_store, "cost": table}, indent=2))
 
 
 if __name__ == "__main__":
