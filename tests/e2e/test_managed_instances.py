@@ -82,6 +82,10 @@ def test_32_concurrent_invocations_in_one_process_keep_their_own_principal_and_t
         TOLLGATE_RESOURCE_URL=FIXTURE_API,
         OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
         _X_AMZN_TRACE_ID=STALE_ENV_TRACE,
+        # 32 new agents' first calls all go to the store at once, and moto answers them one at
+        # a time: on a busy machine its queue can pass the default 800 ms budget timeout (a 503
+        # that says nothing about concurrency in the function). Not what this test is about.
+        TOLLGATE_BUDGET_TIMEOUT_MS="30000",
     )
     stdout = tmp_path / "function.stdout"
     with stdout.open("wb") as out:
@@ -97,7 +101,8 @@ def test_32_concurrent_invocations_in_one_process_keep_their_own_principal_and_t
         # Every response is its own call's: its JSON-RPC id and its customer, nobody else's.
         for inv, (agent, rpc_id, (_, customer_id, name), _) in zip(api.invocations, calls):
             assert inv.error is None, inv.error
-            assert inv.response is not None and inv.response["statusCode"] == 200, (inv.request_id, inv.response)
+            assert inv.response is not None and inv.response["statusCode"] == 200, (
+                inv.request_id, inv.response, [line for line in log.splitlines() if inv.request_id in line][:3])
             body = json.loads(inv.response["body"])
             assert body["id"] == rpc_id, body
             result = body["result"]
