@@ -18,6 +18,10 @@ Outputs (committed, never edited by hand):
   infra/openapi.yaml       the OpenAPI 3 description of the deployed API.
   infra/template.yaml      the SAM template; its HTTP API DefinitionBody is openapi.yaml plus one
                            Lambda proxy integration (payload 2.0) per operation.
+  infra/template.managed.yaml
+                           the same stack on Lambda Managed Instances: a capacity provider (and
+                           its parameters) that every function runs on, many calls per
+                           execution environment. A stage picks it in infra/samconfig.toml.
 
 Standard library plus PyYAML only, so it runs offline in any venv that has cfn-lint or SAM.
 """
@@ -81,6 +85,29 @@ FUNCTION_CHECKOV_SKIPS = [
         "key. Lambda encrypts environment variables at rest with its service key.",
     ),
 ]
+
+# The managed-instances form: the functions run on EC2 instances of the stack's capacity
+# provider, inside the VPC its parameters name (the function itself takes no VpcConfig).
+MANAGED_CHECKOV_SKIPS = [
+    (i, c)
+    if i != "CKV_AWS_117"
+    else (
+        i,
+        "Runs in a VPC through its capacity provider (ManagedInstancesSubnetIds and "
+        "ManagedInstancesSecurityGroupIds); Lambda refuses a VpcConfig on the function itself.",
+    )
+    for i, c in FUNCTION_CHECKOV_SKIPS
+] + [
+    (
+        "CKV_AWS_115",
+        "Reserved concurrency does not apply to a function on a capacity provider; its concurrency "
+        "is bounded by FunctionScalingConfig.MaxExecutionEnvironments x "
+        "PerExecutionEnvironmentMaxConcurrency, and the provider's by ManagedInstancesMaxVCpus.",
+    )
+]
+# Memory per vCPU of a managed execution environment: 2 GiB, the smallest ratio (the functions
+# wait on I/O; CPU, not memory, is what concurrent calls use up).
+MANAGED_GIB_PER_VCPU = 2
 
 RESOURCE_URL = {
     "Fn::If": [
@@ -185,6 +212,10 @@ KNOWN_KEYS = {
     "memory_mb",
     "timeout_s",
     "reserved_concurrency",
+    "managed_memory_mb",
+    "managed_max_concurrency",
+    "managed_min_environments",
+    "managed_max_environments",
     "p99_latency_ms",
     "budget_refusals_alarm",
     "app_table",
@@ -566,19 +597,27 @@ def environment(fn: Function) -> dict[str, Any]:
     return env
 
 
-def function(fn: Function) -> dict[str, Any]:
+# The capacity provider's ARN (a GetAtt on it is not in cfn-lint's attribute list yet; the
+# resource's Ref is its name).
+CAPACITY_PROVIDER_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:capacity-provider:${CapacityProvider}"
+}
+
+
+def function(fn: Function, managed: bool = False) -> dict[str, Any]:
     s = fn.settings
     description = f"tollgate {fn.name}"
     if fn.is_tool:
         description += f": tool, scope {fn.scope}" + (f", default budget {fn.budget}" if fn.budget else "")
     else:
         description += ": aggregating MCP endpoint (POST /mcp), forwards tools/call to the tool functions"
-    return {
+    skips = MANAGED_CHECKOV_SKIPS if managed else FUNCTION_CHECKOV_SKIPS
+    rendered = {
         "Type": "AWS::Serverless::Function",
         "Metadata": {
             "BuildMethod": "rust-cargolambda",
             "BuildProperties": {"Binary": fn.name},
-            "checkov": {"skip": [{"id": i, "comment": c} for i, c in FUNCTION_CHECKOV_SKIPS]},
+            "checkov": {"skip": [{"id": i, "comment": c} for i, c in skips]},
         },
         "Properties": {
             "FunctionName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}"},
@@ -652,6 +691,23 @@ def task_resources(fn: Function) -> dict[str, Any]:
             },
         },
     }
+    if managed:
+        props = rendered["Properties"]
+        # Lambda Managed Instances: the function runs on the stack's capacity provider, many
+        # invocations per execution environment (AWS_LAMBDA_MAX_CONCURRENCY). Reserved
+        # concurrency does not apply; the environments' count is the function's own scaling.
+        del props["ReservedConcurrentExecutions"]
+        props["MemorySize"] = s["managed_memory_mb"]
+        props["CapacityProviderConfig"] = {
+            "Arn": CAPACITY_PROVIDER_ARN,
+            "PerExecutionEnvironmentMaxConcurrency": s["managed_max_concurrency"],
+            "ExecutionEnvironmentMemoryGiBPerVCpu": MANAGED_GIB_PER_VCPU,
+        }
+        props["FunctionScalingConfig"] = {
+            "MinExecutionEnvironments": s["managed_min_environments"],
+            "MaxExecutionEnvironments": s["managed_max_environments"],
+        }
+    return rendered
 
 
 def permission_source(path: str) -> str:
@@ -985,9 +1041,16 @@ def _lambda_widget(fn: Function, x: int, y: int, w: int = 6) -> dict[str, Any]:
 
 
 def render_template(
-    functions: list[Function], openapi: dict[str, Any], base_path: Path = INFRA / "template.base.yaml"
+    functions: list[Function],
+    openapi: dict[str, Any],
+    base_path: Path = INFRA / "template.base.yaml",
+    managed: bool = False,
 ) -> dict[str, Any]:
+    """The classic template, or with `managed` the Lambda Managed Instances form: the same
+    stack plus a capacity provider (and its parameters) every function runs on."""
     template = yaml.safe_load(base_path.read_text())
+    if managed:
+        add_capacity_provider(template)
     tools = [f for f in functions if f.is_tool]
     resources = template["Resources"]
     for fn in functions:
@@ -1001,7 +1064,7 @@ def render_template(
     for fn in functions:
         generated[f"{fn.logical}LogGroup"] = log_group(fn)
         generated[f"{fn.logical}Role"] = role(fn, tools)
-        generated[f"{fn.logical}Function"] = function(fn)
+        generated[f"{fn.logical}Function"] = function(fn, managed)
         generated.update(permissions(fn))
         fn_alarms = alarms(fn)
         if fn.settings["tasks"]:
@@ -1022,6 +1085,77 @@ def render_template(
             "Value": {"Ref": f"{fn.logical}Function"},
         }
     return template
+
+
+MANAGED_PARAMETERS: dict[str, Any] = {
+    "ManagedInstancesSubnetIds": {
+        "Type": "List<AWS::EC2::Subnet::Id>",
+        "Description": "Subnets of the capacity provider's instances (one per Availability Zone, at least two). "
+        "They need a route to DynamoDB, Secrets Manager, KMS, X-Ray and CloudWatch Logs (VPC endpoints or NAT).",
+    },
+    "ManagedInstancesSecurityGroupIds": {
+        "Type": "List<AWS::EC2::SecurityGroup::Id>",
+        "Description": "Security groups of the capacity provider's instances: outbound HTTPS only; nothing inbound.",
+    },
+    "ManagedInstancesInstanceTypes": {
+        "Type": "CommaDelimitedList",
+        "Description": "EC2 instance types the capacity provider may launch (arm64, Graviton).",
+        "Default": "c7g.large,c7g.xlarge,m7g.large",
+    },
+    "ManagedInstancesMaxVCpus": {
+        "Type": "Number",
+        "Description": "Ceiling on the vCPUs the capacity provider runs at once (the cost ceiling).",
+        "MinValue": 2,
+        "Default": 64,
+    },
+    "ManagedInstancesTargetCpu": {
+        "Type": "Number",
+        "Description": "Average CPU utilisation (%) the capacity provider scales to; lower leaves headroom for bursts.",
+        "MinValue": 10,
+        "MaxValue": 90,
+        "Default": 50,
+    },
+}
+
+
+def add_capacity_provider(template: dict[str, Any]) -> None:
+    """The Lambda Managed Instances capacity provider and its parameters (README, "Lambda
+    Managed Instances")."""
+    # Reserved concurrency does not apply to functions on a capacity provider.
+    del template["Parameters"]["ReserveConcurrency"]
+    del template["Conditions"]["ReserveConcurrencyOn"]
+    for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]:
+        group["Parameters"] = [p for p in group["Parameters"] if p != "ReserveConcurrency"]
+    for key, value in MANAGED_PARAMETERS.items():
+        if key in template["Parameters"]:
+            raise RenderError(f"template.base.yaml already defines parameter {key}")
+        template["Parameters"][key] = value
+    template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"].append(
+        {"Label": {"default": "Lambda Managed Instances"}, "Parameters": list(MANAGED_PARAMETERS)}
+    )
+    template["Resources"]["CapacityProvider"] = {
+        "Type": "AWS::Serverless::CapacityProvider",
+        "Properties": {
+            "CapacityProviderName": {"Fn::Sub": "${AWS::StackName}"},
+            "VpcConfig": {
+                "SubnetIds": {"Ref": "ManagedInstancesSubnetIds"},
+                "SecurityGroupIds": {"Ref": "ManagedInstancesSecurityGroupIds"},
+            },
+            "InstanceRequirements": {
+                "Architectures": ["arm64"],
+                "AllowedTypes": {"Ref": "ManagedInstancesInstanceTypes"},
+            },
+            "ScalingConfig": {
+                "MaxVCpuCount": {"Ref": "ManagedInstancesMaxVCpus"},
+                "AverageCPUUtilization": {"Ref": "ManagedInstancesTargetCpu"},
+            },
+            "Tags": {"project": "tollgate", "stage": {"Ref": "Stage"}},
+        },
+    }
+    template["Outputs"]["CapacityProviderArn"] = {
+        "Description": "Lambda Managed Instances capacity provider every function runs on",
+        "Value": CAPACITY_PROVIDER_ARN,
+    }
 
 
 # ------------------------------------------------------------------------------------ output
@@ -1050,12 +1184,11 @@ def dump(doc: dict[str, Any], sources: str) -> str:
 def render_all() -> dict[Path, str]:
     functions = load_functions()
     openapi = render_openapi(functions)
-    template = render_template(functions, openapi)
+    sources = "infra/template.base.yaml, infra/openapi.yaml, infra/tools.toml and the tool folders"
     return {
         INFRA / "openapi.yaml": dump(openapi, "infra/openapi.base.yaml and the tool folders"),
-        INFRA / "template.yaml": dump(
-            template, "infra/template.base.yaml, infra/openapi.yaml, infra/tools.toml and the tool folders"
-        ),
+        INFRA / "template.yaml": dump(render_template(functions, openapi), sources),
+        INFRA / "template.managed.yaml": dump(render_template(functions, openapi, managed=True), sources),
     }
 
 

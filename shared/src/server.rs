@@ -382,9 +382,8 @@ impl Server {
             &span_request_id(&rpc.id),
             &trace,
         );
-        self.serve(&req, event, &rpc, &trace, inv, started)
-            .instrument(span)
-            .await
+        let served = self.serve(&req, event, &rpc, &trace, inv, started);
+        telemetry::with_invocation_trace(trace.clone(), served.instrument(span)).await
     }
 
     /// A parsed JSON-RPC request, inside its server span.
