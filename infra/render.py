@@ -647,6 +647,23 @@ def function(fn: Function, managed: bool = False) -> dict[str, Any]:
             **({"EventInvokeConfig": task_invoke_config(fn)} if s["tasks"] else {}),
         },
     }
+    if managed:
+        props = rendered["Properties"]
+        # Lambda Managed Instances: the function runs on the stack's capacity provider, many
+        # invocations per execution environment (AWS_LAMBDA_MAX_CONCURRENCY). Reserved
+        # concurrency does not apply; the environments' count is the function's own scaling.
+        del props["ReservedConcurrentExecutions"]
+        props["MemorySize"] = s["managed_memory_mb"]
+        props["CapacityProviderConfig"] = {
+            "Arn": CAPACITY_PROVIDER_ARN,
+            "PerExecutionEnvironmentMaxConcurrency": s["managed_max_concurrency"],
+            "ExecutionEnvironmentMemoryGiBPerVCpu": MANAGED_GIB_PER_VCPU,
+        }
+        props["FunctionScalingConfig"] = {
+            "MinExecutionEnvironments": s["managed_min_environments"],
+            "MaxExecutionEnvironments": s["managed_max_environments"],
+        }
+    return rendered
 
 
 def task_invoke_config(fn: Function) -> dict[str, Any]:
@@ -691,23 +708,6 @@ def task_resources(fn: Function) -> dict[str, Any]:
             },
         },
     }
-    if managed:
-        props = rendered["Properties"]
-        # Lambda Managed Instances: the function runs on the stack's capacity provider, many
-        # invocations per execution environment (AWS_LAMBDA_MAX_CONCURRENCY). Reserved
-        # concurrency does not apply; the environments' count is the function's own scaling.
-        del props["ReservedConcurrentExecutions"]
-        props["MemorySize"] = s["managed_memory_mb"]
-        props["CapacityProviderConfig"] = {
-            "Arn": CAPACITY_PROVIDER_ARN,
-            "PerExecutionEnvironmentMaxConcurrency": s["managed_max_concurrency"],
-            "ExecutionEnvironmentMemoryGiBPerVCpu": MANAGED_GIB_PER_VCPU,
-        }
-        props["FunctionScalingConfig"] = {
-            "MinExecutionEnvironments": s["managed_min_environments"],
-            "MaxExecutionEnvironments": s["managed_max_environments"],
-        }
-    return rendered
 
 
 def permission_source(path: str) -> str:
