@@ -32,7 +32,7 @@ test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the of
 test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
 	tests/conformance/run.sh
 
-bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget figures, span cost, CPU per call, cost per million calls (release)
+bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget figures, span cost, CPU per call, cost per million calls, managed-instances concurrency (release)
 	@# The functions alone, as `make build` builds each one: no feature of the test or admin crates unified in.
 	$(CARGO) build --release $(addprefix -p ,$(TOOLS))
 	$(CARGO) build --release --bin tollgate-dev --bin tollgate
@@ -41,15 +41,16 @@ bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget 
 	$(CARGO) bench -p tollgate-tests --bench stack > target/bench/stack-logs.jsonl
 	$(PY) tests/benches/cpu.py --calls 300
 	$(PY) tests/benches/cost.py --calls 200 --json target/bench/cost.json | tee target/bench/cost.md
+	$(PY) tests/benches/concurrency.py --calls 1000 --json target/bench/concurrency.json | tee target/bench/concurrency.md
 
 load: $(VENV)/.stamp ## budgets under load, exact mode vs leases: 20 calls/s over 4 instances, shared tool bucket, 16/32/64 callers
 	$(CARGO) build --release --bin tollgate-dev --bin tollgate
 	@mkdir -p target/bench
 	$(PY) tests/benches/load.py --json target/bench/load.json | tee target/bench/load.md
 
-invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json
-	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>.json" >&2; exit 2; }
-	tests/stack/invoke.sh "$(FN)" "$(EVENT)"
+invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json [CONCURRENCY=32]
+	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>.json [CONCURRENCY=N]" >&2; exit 2; }
+	CONCURRENCY="$(CONCURRENCY)" tests/stack/invoke.sh "$(FN)" "$(EVENT)"
 
 STAGE ?=
 DESTROY_FLAGS ?=

@@ -3,7 +3,10 @@
 # (BuildMethod rust-cargolambda: cargo lambda build --release --arm64, one binary per function)
 # into .aws-sam/build, ready for `sam deploy`. Takes minutes on two cores: see infra/README.md.
 #
-#   infra/build.sh            (make build)
+#   infra/build.sh [STAGE]    (make build; deploy.sh passes the stage it deploys)
+#
+# The template is the stage's (infra/stage.sh STAGE template): classic Lambda unless the stage
+# picks the Lambda Managed Instances form. Without a stage: infra/template.yaml.
 #
 # Needs: cargo (rustup), the project venv (.venv: sam, cargo-lambda and the zig it links with;
 # `make tools`). No AWS credentials, no Docker.
@@ -30,6 +33,12 @@ if command -v rustup >/dev/null && ! rustup target list --installed | grep -qx a
   rustup target add aarch64-unknown-linux-gnu
 fi
 
+TEMPLATE=infra/template.yaml
+if [[ $# -gt 0 && "$1" != -* ]]; then
+  TEMPLATE=$(infra/stage.sh "$1" template)
+  shift
+fi
+
 start=$(date +%s)
-sam build --template-file infra/template.yaml --build-dir .aws-sam/build "$@"
-echo "build.sh: built every function in $(( $(date +%s) - start )) s into .aws-sam/build"
+sam build --template-file "$TEMPLATE" --build-dir .aws-sam/build "$@"
+echo "build.sh: built every function of $TEMPLATE in $(( $(date +%s) - start )) s into .aws-sam/build"

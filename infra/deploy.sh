@@ -32,7 +32,7 @@ if not session.region_name:
 print(f"== deploying to account {who['Account']}, region {session.region_name}, as {who['Arn']}")
 PY
 
-infra/build.sh
+infra/build.sh "$STAGE"
 
 echo "== sam deploy: stage $STAGE, stack $STACK"
 sam deploy \

@@ -18,6 +18,10 @@ Outputs (committed, never edited by hand):
   infra/openapi.yaml       the OpenAPI 3 description of the deployed API.
   infra/template.yaml      the SAM template; its HTTP API DefinitionBody is openapi.yaml plus one
                            Lambda proxy integration (payload 2.0) per operation.
+  infra/template.managed.yaml
+                           the same stack on Lambda Managed Instances: a capacity provider (and
+                           its parameters) that every function runs on, many calls per
+                           execution environment. A stage picks it in infra/samconfig.toml.
 
 Standard library plus PyYAML only, so it runs offline in any venv that has cfn-lint or SAM.
 """
@@ -62,9 +66,11 @@ GENERATED_HEADER = (
 FUNCTION_CHECKOV_SKIPS = [
     (
         "CKV_AWS_116",
-        "No dead-letter queue: every invocation is synchronous (API Gateway proxy, the "
-        "gateway's RequestResponse Invoke), and DLQs only receive failed asynchronous events. "
-        "Failures are answered to the caller and counted (Errors metric, FunctionErrors alarm).",
+        "No dead-letter queue: calls are synchronous (API Gateway proxy, the gateway's "
+        "RequestResponse Invoke), and DLQs only receive failed asynchronous events. Failures "
+        "are answered to the caller and counted (Errors metric, FunctionErrors alarm). The "
+        "asynchronous task runs of task tools have an on-failure destination instead (an "
+        "encrypted queue with an alarm), which supersedes a DLQ.",
     ),
     (
         "CKV_AWS_117",
@@ -79,6 +85,29 @@ FUNCTION_CHECKOV_SKIPS = [
         "key. Lambda encrypts environment variables at rest with its service key.",
     ),
 ]
+
+# The managed-instances form: the functions run on EC2 instances of the stack's capacity
+# provider, inside the VPC its parameters name (the function itself takes no VpcConfig).
+MANAGED_CHECKOV_SKIPS = [
+    (i, c)
+    if i != "CKV_AWS_117"
+    else (
+        i,
+        "Runs in a VPC through its capacity provider (ManagedInstancesSubnetIds and "
+        "ManagedInstancesSecurityGroupIds); Lambda refuses a VpcConfig on the function itself.",
+    )
+    for i, c in FUNCTION_CHECKOV_SKIPS
+] + [
+    (
+        "CKV_AWS_115",
+        "Reserved concurrency does not apply to a function on a capacity provider; its concurrency "
+        "is bounded by FunctionScalingConfig.MaxExecutionEnvironments x "
+        "PerExecutionEnvironmentMaxConcurrency, and the provider's by ManagedInstancesMaxVCpus.",
+    )
+]
+# Memory per vCPU of a managed execution environment: 2 GiB, the smallest ratio (the functions
+# wait on I/O; CPU, not memory, is what concurrent calls use up).
+MANAGED_GIB_PER_VCPU = 2
 
 RESOURCE_URL = {
     "Fn::If": [
@@ -134,6 +163,14 @@ def discover_tools(functions_dir: Path = FUNCTIONS) -> list[str]:
     )
 
 
+def declares_tasks(tool: str, functions_dir: Path = FUNCTIONS) -> bool:
+    """Whether the tool's src/lib.rs lets it run as a task (`fn task_support` returning
+    `TaskSupport::Optional` or `Required`)."""
+    source = (functions_dir / tool / "src" / "lib.rs").read_text()
+    m = re.search(r"fn task_support\(&self\)[^{]*\{\s*TaskSupport::(\w+)", source)
+    return bool(m and m.group(1) in ("Optional", "Required"))
+
+
 def read_tool_spec(tool: str, functions_dir: Path = FUNCTIONS) -> tuple[str, str | None]:
     """(scope, default budget) from the tool's ToolSpec in src/lib.rs, and checks its binary."""
     folder = functions_dir / tool
@@ -175,13 +212,21 @@ KNOWN_KEYS = {
     "memory_mb",
     "timeout_s",
     "reserved_concurrency",
+    "managed_memory_mb",
+    "managed_max_concurrency",
+    "managed_min_environments",
+    "managed_max_environments",
     "p99_latency_ms",
     "budget_refusals_alarm",
     "app_table",
     "env",
     "parameters",
     "statements",
+    "tasks",
 }
+
+# Longest Lambda timeout (15 minutes): the bound of a task run.
+MAX_LAMBDA_TIMEOUT_S = 900
 
 
 def settings_for(manifest: dict[str, Any], name: str) -> dict[str, Any]:
@@ -194,6 +239,7 @@ def settings_for(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     merged.setdefault("env", {})
     merged.setdefault("parameters", {})
     merged.setdefault("statements", [])
+    merged.setdefault("tasks", False)
     for action in merged["app_table"]:
         if not re.fullmatch(r"dynamodb:[A-Z][A-Za-z]+", action):
             raise RenderError(f"infra/tools.toml [{name}].app_table: {action!r} is not one exact DynamoDB action")
@@ -219,9 +265,23 @@ def load_functions(functions_dir: Path = FUNCTIONS, manifest_path: Path = INFRA 
             raise RenderError(f"functions/{tool}: its CloudFormation id {logical_id(tool)} collides")
         seen.add(logical_id(tool))
         scope, budget = read_tool_spec(tool, functions_dir)
-        out.append(Function(tool, settings_for(manifest, tool), scope=scope, budget=budget))
+        settings = settings_for(manifest, tool)
+        if settings["tasks"] != declares_tasks(tool, functions_dir):
+            raise RenderError(
+                f"functions/{tool}: infra/tools.toml tasks = {str(settings['tasks']).lower()} but "
+                "its task_support() says otherwise; set both or neither"
+            )
+        out.append(Function(tool, settings, scope=scope, budget=budget))
+    if out[0].settings["tasks"]:
+        raise RenderError("infra/tools.toml [gateway]: tasks is a tool setting")
     gateway_timeout = out[0].settings["timeout_s"]
     for fn in out[1:]:
+        if fn.settings["tasks"]:
+            # Task runs use the whole timeout; its synchronous calls are capped under the
+            # gateway's (TOLLGATE_SYNC_TIMEOUT_MS) instead.
+            if fn.settings["timeout_s"] > MAX_LAMBDA_TIMEOUT_S:
+                raise RenderError(f"{fn.name}: timeout above Lambda's {MAX_LAMBDA_TIMEOUT_S} s")
+            continue
         if fn.settings["timeout_s"] + 2 > gateway_timeout:
             raise RenderError(
                 f"{fn.name}: timeout {fn.settings['timeout_s']} s must be at least 2 s under the "
@@ -232,6 +292,7 @@ def load_functions(functions_dir: Path = FUNCTIONS, manifest_path: Path = INFRA 
     manifest_shared = manifest["shared"]["tollgate_table_actions"]
     for fn in out:
         fn.settings["tollgate_table_actions"] = list(manifest_shared)
+        fn.settings["gateway_timeout_s"] = gateway_timeout
     return out
 
 
@@ -342,12 +403,15 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
     providers = declared_providers(fn)
     leading = lambda *keys: {"ForAllValues:StringLike": {"dynamodb:LeadingKeys": list(keys)}}  # noqa: E731
     # Reads anywhere on the tollgate table (keys, agents, policies); updates only on the items
-    # the run time updates: budget buckets, idempotency records and, for a function that
-    # declares a provider, its connections. Never agents, keys or policies.
+    # the run time updates: budget buckets, idempotency records, task records (a function that
+    # runs tasks, and the gateway when any tool does) and, for a function that declares a
+    # provider, its connections. Never agents, keys or policies.
     table_actions = [a for a in s["tollgate_table_actions"] if a != "dynamodb:UpdateItem"]
     statements.append(statement("TollgateTable", table_actions, {"Fn::GetAtt": ["TollgateTable", "Arn"]}))
     if "dynamodb:UpdateItem" in s["tollgate_table_actions"]:
-        update_keys = ["BUCKET#*", "IDEM#*"] + (["CONN#*"] if providers else [])
+        runs_tasks = fn.settings["tasks"] or (not fn.is_tool and any(t.settings["tasks"] for t in tools))
+        update_keys = (["BUCKET#*", "IDEM#*"] + (["TASK#*"] if runs_tasks else [])
+                       + (["CONN#*"] if providers else []))
         statements.append(statement("UpdateBudgetsRetriesAndConnections", ["dynamodb:UpdateItem"],
                                     {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading(*update_keys)))
     if s["app_table"]:
@@ -392,6 +456,25 @@ def role(fn: Function, tools: list[Function]) -> dict[str, Any]:
             {"StringEquals": {"kms:ViaService": {"Fn::Sub": "secretsmanager.${AWS::Region}.${AWS::URLSuffix}"}}},
         )
     )
+    if fn.settings["tasks"] or (not fn.is_tool and any(t.settings["tasks"] for t in tools)):
+        # tasks/list reads the caller's task partition (TASK#<agent>) only.
+        statements.append(statement("ListOwnTasks", ["dynamodb:Query"],
+                                    {"Fn::GetAtt": ["TollgateTable", "Arn"]}, leading("TASK#*")))
+    if fn.settings["tasks"]:
+        # A task run is an asynchronous (Event) invoke of the function itself; its failures go
+        # to the function's own queue.
+        statements.append(statement("StartOwnTaskRuns", ["lambda:InvokeFunction"], {"Fn::Sub": (
+            f"arn:${{AWS::Partition}}:lambda:${{AWS::Region}}:${{AWS::AccountId}}:function:${{AWS::StackName}}-{fn.name}")}))
+        statements.append(statement("TaskRunFailures", ["sqs:SendMessage"],
+                                    {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "Arn"]}))
+        statements.append(
+            statement(
+                "TaskRunFailuresKeyViaSqs",
+                ["kms:GenerateDataKey", "kms:Decrypt"],
+                {"Fn::GetAtt": ["TollgateKey", "Arn"]},
+                {"StringEquals": {"kms:ViaService": {"Fn::Sub": "sqs.${AWS::Region}.${AWS::URLSuffix}"}}},
+            )
+        )
     if not fn.is_tool:
         statements.append(
             statement(
@@ -502,6 +585,11 @@ def environment(fn: Function) -> dict[str, Any]:
         env["TOLLGATE_FUNCTION_PREFIX"] = {"Fn::Sub": "${AWS::StackName}-"}
     if s["app_table"]:
         env["TOLLGATE_APP_TABLE"] = {"Ref": "AppTable"}
+    if s["tasks"]:
+        # Runs may use the whole timeout; calls that are not tasks still answer inside the
+        # gateway's (and API Gateway's) limit.
+        env["TOLLGATE_TASK_MAX_RUN_SECS"] = str(s["timeout_s"])
+        env["TOLLGATE_SYNC_TIMEOUT_MS"] = str((s["gateway_timeout_s"] - 2) * 1000)
     for key, value in s["env"].items():
         if key in env:
             raise RenderError(f"infra/tools.toml [{fn.name}].env: {key} is set by the template")
@@ -509,19 +597,27 @@ def environment(fn: Function) -> dict[str, Any]:
     return env
 
 
-def function(fn: Function) -> dict[str, Any]:
+# The capacity provider's ARN (a GetAtt on it is not in cfn-lint's attribute list yet; the
+# resource's Ref is its name).
+CAPACITY_PROVIDER_ARN = {
+    "Fn::Sub": "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:capacity-provider:${CapacityProvider}"
+}
+
+
+def function(fn: Function, managed: bool = False) -> dict[str, Any]:
     s = fn.settings
     description = f"tollgate {fn.name}"
     if fn.is_tool:
         description += f": tool, scope {fn.scope}" + (f", default budget {fn.budget}" if fn.budget else "")
     else:
         description += ": aggregating MCP endpoint (POST /mcp), forwards tools/call to the tool functions"
-    return {
+    skips = MANAGED_CHECKOV_SKIPS if managed else FUNCTION_CHECKOV_SKIPS
+    rendered = {
         "Type": "AWS::Serverless::Function",
         "Metadata": {
             "BuildMethod": "rust-cargolambda",
             "BuildProperties": {"Binary": fn.name},
-            "checkov": {"skip": [{"id": i, "comment": c} for i, c in FUNCTION_CHECKOV_SKIPS]},
+            "checkov": {"skip": [{"id": i, "comment": c} for i, c in skips]},
         },
         "Properties": {
             "FunctionName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}"},
@@ -548,6 +644,68 @@ def function(fn: Function) -> dict[str, Any]:
                 "LogGroup": {"Ref": f"{fn.logical}LogGroup"},
             },
             "Environment": {"Variables": environment(fn)},
+            **({"EventInvokeConfig": task_invoke_config(fn)} if s["tasks"] else {}),
+        },
+    }
+    if managed:
+        props = rendered["Properties"]
+        # Lambda Managed Instances: the function runs on the stack's capacity provider, many
+        # invocations per execution environment (AWS_LAMBDA_MAX_CONCURRENCY). Reserved
+        # concurrency does not apply; the environments' count is the function's own scaling.
+        del props["ReservedConcurrentExecutions"]
+        props["MemorySize"] = s["managed_memory_mb"]
+        props["CapacityProviderConfig"] = {
+            "Arn": CAPACITY_PROVIDER_ARN,
+            "PerExecutionEnvironmentMaxConcurrency": s["managed_max_concurrency"],
+            "ExecutionEnvironmentMemoryGiBPerVCpu": MANAGED_GIB_PER_VCPU,
+        }
+        props["FunctionScalingConfig"] = {
+            "MinExecutionEnvironments": s["managed_min_environments"],
+            "MaxExecutionEnvironments": s["managed_max_environments"],
+        }
+    return rendered
+
+
+def task_invoke_config(fn: Function) -> dict[str, Any]:
+    """Asynchronous invocations (task runs): retried twice (a redelivered run finds its task
+    started and does nothing), dropped after 15 minutes in the queue, failures to the queue."""
+    return {
+        "MaximumRetryAttempts": 2,
+        "MaximumEventAgeInSeconds": 900,
+        "DestinationConfig": {
+            "OnFailure": {"Type": "SQS", "Destination": {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "Arn"]}}
+        },
+    }
+
+
+def task_resources(fn: Function) -> dict[str, Any]:
+    """The on-failure destination of a task tool's runs and its alarm."""
+    return {
+        f"{fn.logical}TaskFailures": {
+            "Type": "AWS::SQS::Queue",
+            "Properties": {
+                "QueueName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}-task-failures"},
+                "KmsMasterKeyId": {"Ref": "TollgateKey"},
+                # The failed event holds the run's arguments: kept 4 days for the operator,
+                # encrypted with the stack key, then gone.
+                "MessageRetentionPeriod": 345600,
+            },
+        },
+        f"{fn.logical}TaskFailuresAlarm": {
+            "Type": "AWS::CloudWatch::Alarm",
+            "Properties": {
+                "AlarmName": {"Fn::Sub": f"${{AWS::StackName}}-{fn.name}-task-failures"},
+                "AlarmDescription": f"A task run of {fn.name} failed as a Lambda invocation (crashed, timed out or was throttled past its retries): its record ends failed once overdue; the event is in the {fn.name}-task-failures queue.",
+                "Namespace": "AWS/SQS",
+                "MetricName": "ApproximateNumberOfMessagesVisible",
+                "Dimensions": [{"Name": "QueueName", "Value": {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "QueueName"]}}],
+                "Statistic": "Maximum",
+                "Period": 300,
+                "EvaluationPeriods": 1,
+                "Threshold": 1,
+                "ComparisonOperator": "GreaterThanOrEqualToThreshold",
+                "TreatMissingData": "notBreaching",
+            },
         },
     }
 
@@ -883,9 +1041,16 @@ def _lambda_widget(fn: Function, x: int, y: int, w: int = 6) -> dict[str, Any]:
 
 
 def render_template(
-    functions: list[Function], openapi: dict[str, Any], base_path: Path = INFRA / "template.base.yaml"
+    functions: list[Function],
+    openapi: dict[str, Any],
+    base_path: Path = INFRA / "template.base.yaml",
+    managed: bool = False,
 ) -> dict[str, Any]:
+    """The classic template, or with `managed` the Lambda Managed Instances form: the same
+    stack plus a capacity provider (and its parameters) every function runs on."""
     template = yaml.safe_load(base_path.read_text())
+    if managed:
+        add_capacity_provider(template)
     tools = [f for f in functions if f.is_tool]
     resources = template["Resources"]
     for fn in functions:
@@ -899,9 +1064,13 @@ def render_template(
     for fn in functions:
         generated[f"{fn.logical}LogGroup"] = log_group(fn)
         generated[f"{fn.logical}Role"] = role(fn, tools)
-        generated[f"{fn.logical}Function"] = function(fn)
+        generated[f"{fn.logical}Function"] = function(fn, managed)
         generated.update(permissions(fn))
         fn_alarms = alarms(fn)
+        if fn.settings["tasks"]:
+            extra = task_resources(fn)
+            generated.update(extra)
+            fn_alarms[f"{fn.logical}TaskFailuresAlarm"] = extra[f"{fn.logical}TaskFailuresAlarm"]
         generated.update(fn_alarms)
         children.extend(fn_alarms)
     generated["IncidentAlarm"] = composite_alarm(children)
@@ -916,6 +1085,77 @@ def render_template(
             "Value": {"Ref": f"{fn.logical}Function"},
         }
     return template
+
+
+MANAGED_PARAMETERS: dict[str, Any] = {
+    "ManagedInstancesSubnetIds": {
+        "Type": "List<AWS::EC2::Subnet::Id>",
+        "Description": "Subnets of the capacity provider's instances (one per Availability Zone, at least two). "
+        "They need a route to DynamoDB, Secrets Manager, KMS, X-Ray and CloudWatch Logs (VPC endpoints or NAT).",
+    },
+    "ManagedInstancesSecurityGroupIds": {
+        "Type": "List<AWS::EC2::SecurityGroup::Id>",
+        "Description": "Security groups of the capacity provider's instances: outbound HTTPS only; nothing inbound.",
+    },
+    "ManagedInstancesInstanceTypes": {
+        "Type": "CommaDelimitedList",
+        "Description": "EC2 instance types the capacity provider may launch (arm64, Graviton).",
+        "Default": "c7g.large,c7g.xlarge,m7g.large",
+    },
+    "ManagedInstancesMaxVCpus": {
+        "Type": "Number",
+        "Description": "Ceiling on the vCPUs the capacity provider runs at once (the cost ceiling).",
+        "MinValue": 2,
+        "Default": 64,
+    },
+    "ManagedInstancesTargetCpu": {
+        "Type": "Number",
+        "Description": "Average CPU utilisation (%) the capacity provider scales to; lower leaves headroom for bursts.",
+        "MinValue": 10,
+        "MaxValue": 90,
+        "Default": 50,
+    },
+}
+
+
+def add_capacity_provider(template: dict[str, Any]) -> None:
+    """The Lambda Managed Instances capacity provider and its parameters (README, "Lambda
+    Managed Instances")."""
+    # Reserved concurrency does not apply to functions on a capacity provider.
+    del template["Parameters"]["ReserveConcurrency"]
+    del template["Conditions"]["ReserveConcurrencyOn"]
+    for group in template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]:
+        group["Parameters"] = [p for p in group["Parameters"] if p != "ReserveConcurrency"]
+    for key, value in MANAGED_PARAMETERS.items():
+        if key in template["Parameters"]:
+            raise RenderError(f"template.base.yaml already defines parameter {key}")
+        template["Parameters"][key] = value
+    template["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"].append(
+        {"Label": {"default": "Lambda Managed Instances"}, "Parameters": list(MANAGED_PARAMETERS)}
+    )
+    template["Resources"]["CapacityProvider"] = {
+        "Type": "AWS::Serverless::CapacityProvider",
+        "Properties": {
+            "CapacityProviderName": {"Fn::Sub": "${AWS::StackName}"},
+            "VpcConfig": {
+                "SubnetIds": {"Ref": "ManagedInstancesSubnetIds"},
+                "SecurityGroupIds": {"Ref": "ManagedInstancesSecurityGroupIds"},
+            },
+            "InstanceRequirements": {
+                "Architectures": ["arm64"],
+                "AllowedTypes": {"Ref": "ManagedInstancesInstanceTypes"},
+            },
+            "ScalingConfig": {
+                "MaxVCpuCount": {"Ref": "ManagedInstancesMaxVCpus"},
+                "AverageCPUUtilization": {"Ref": "ManagedInstancesTargetCpu"},
+            },
+            "Tags": {"project": "tollgate", "stage": {"Ref": "Stage"}},
+        },
+    }
+    template["Outputs"]["CapacityProviderArn"] = {
+        "Description": "Lambda Managed Instances capacity provider every function runs on",
+        "Value": CAPACITY_PROVIDER_ARN,
+    }
 
 
 # ------------------------------------------------------------------------------------ output
@@ -944,12 +1184,11 @@ def dump(doc: dict[str, Any], sources: str) -> str:
 def render_all() -> dict[Path, str]:
     functions = load_functions()
     openapi = render_openapi(functions)
-    template = render_template(functions, openapi)
+    sources = "infra/template.base.yaml, infra/openapi.yaml, infra/tools.toml and the tool folders"
     return {
         INFRA / "openapi.yaml": dump(openapi, "infra/openapi.base.yaml and the tool folders"),
-        INFRA / "template.yaml": dump(
-            template, "infra/template.base.yaml, infra/openapi.yaml, infra/tools.toml and the tool folders"
-        ),
+        INFRA / "template.yaml": dump(render_template(functions, openapi), sources),
+        INFRA / "template.managed.yaml": dump(render_template(functions, openapi, managed=True), sources),
     }
 
 

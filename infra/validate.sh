@@ -2,12 +2,14 @@
 # Every offline check of the infrastructure, in CI order (make validate; part of make test).
 # No AWS credentials, no network, no Docker.
 #
-#   1. render.py --check     infra/template.yaml and infra/openapi.yaml match the tool folders
-#   2. cfn-lint              the template (after the SAM transform)
+#   1. render.py --check     infra/template*.yaml and infra/openapi.yaml match the tool folders
+#   2. cfn-lint              each template (after the SAM transform)
 #   3. sam validate --lint   SAM's own validation (cfn-lint rules through the SAM CLI)
 #   4. checkov               no failed check; each skip carries its reason in the template
 #   5. pytest infra/tests    functions/routes/roles per tool folder, OpenAPI == template routes,
 #                            least-privilege policies, alarms, dashboard, SAM transform, scripts
+# Steps 2-5 cover both forms: classic Lambda (template.yaml) and Lambda Managed Instances
+# (template.managed.yaml).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -39,10 +41,12 @@ step() {
 }
 
 step "render --check" "$PY" infra/render.py --check
-step "cfn-lint" "$VENV/bin/cfn-lint" infra/template.yaml
-step "sam validate --lint" "$VENV/bin/sam" validate --lint --template infra/template.yaml
-step "checkov" "$VENV_INFRA/bin/checkov" --file infra/template.yaml --framework cloudformation \
-  --skip-download --compact --quiet
+step "cfn-lint" "$VENV/bin/cfn-lint" infra/template.yaml infra/template.managed.yaml
+for template in infra/template.yaml infra/template.managed.yaml; do
+  step "sam validate --lint $template" "$VENV/bin/sam" validate --lint --template "$template"
+  step "checkov $template" "$VENV_INFRA/bin/checkov" --file "$template" --framework cloudformation \
+    --skip-download --compact --quiet
+done
 step "pytest infra/tests" "$PY" -m pytest infra/tests -q -p no:cacheprovider
 
 echo "== infra validation passed in $(seconds "$total_start")"

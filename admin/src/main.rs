@@ -54,12 +54,13 @@ enum Command {
 enum ConnectionsCmd {
     /// List a user's connections: provider, status, version, access-token expiry.
     List {
-        /// The user (an OAuth subject, or the agent id for agents acting as themselves).
+        /// The user: `agent:<agent id>` (bearer keys, certificates) or
+        /// `oauth:<issuer>:<sub>` (OAuth end users).
         user: String,
     },
     /// Delete a user's connection: its tokens are gone and the next call gets a connect link.
     Revoke {
-        /// The user.
+        /// The user: `agent:<agent id>` or `oauth:<issuer>:<sub>`.
         user: String,
         /// The provider.
         provider: String,
@@ -177,6 +178,28 @@ enum AgentsCmd {
     UnbindCert {
         #[command(flatten)]
         cert: CertArgs,
+    },
+    /// Bind an OAuth client to a pre-created agent: tokens whose identity claim (e.g.
+    /// `client_id`) is CLIENT act as AGENT_ID. Without a binding a client gets its own
+    /// `oauth-…` agent, whatever its name.
+    BindOauth {
+        /// Agent id.
+        agent_id: String,
+        /// The identity claim's value in the client's tokens.
+        #[arg(long)]
+        client: String,
+        /// The issuer of the tokens.
+        #[arg(long, env = "TOLLGATE_OAUTH_ISSUER")]
+        issuer: String,
+    },
+    /// Remove an OAuth client binding.
+    UnbindOauth {
+        /// The identity claim's value in the client's tokens.
+        #[arg(long)]
+        client: String,
+        /// The issuer of the tokens.
+        #[arg(long, env = "TOLLGATE_OAUTH_ISSUER")]
+        issuer: String,
     },
 }
 
@@ -364,6 +387,26 @@ async fn run(cli: Cli) -> Result<(), admin::AdminError> {
                 out(serde_json::json!({"unbound": id}))
             } else {
                 println!("unbound {id}");
+            }
+        }
+        Command::Agents(AgentsCmd::BindOauth {
+            agent_id,
+            client,
+            issuer,
+        }) => {
+            let b = admin::bind_oauth(&store, &agent_id, &issuer, &client).await?;
+            if cli.json {
+                out(serde_json::json!({"binding": b.id, "agent_id": b.agent_id}))
+            } else {
+                println!("bound OAuth client {client} to agent {}", b.agent_id);
+            }
+        }
+        Command::Agents(AgentsCmd::UnbindOauth { client, issuer }) => {
+            let id = admin::unbind_oauth(&store, &issuer, &client).await?;
+            if cli.json {
+                out(serde_json::json!({"unbound": id}))
+            } else {
+                println!("unbound OAuth client {client}");
             }
         }
         Command::Agents(AgentsCmd::Enable { agent_id }) => {

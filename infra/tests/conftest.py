@@ -19,9 +19,14 @@ sys.path.insert(0, str(INFRA))
 import render  # noqa: E402  (infra/render.py)
 
 
-@pytest.fixture(scope="session")
-def template() -> dict[str, Any]:
-    return yaml.safe_load((INFRA / "template.yaml").read_text())
+TEMPLATES = ("template.yaml", "template.managed.yaml")
+
+
+@pytest.fixture(scope="session", params=TEMPLATES)
+def template(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """Each rendered form: classic Lambda, and Lambda Managed Instances. Every test that reads
+    the template runs on both."""
+    return yaml.safe_load((INFRA / request.param).read_text())
 
 
 @pytest.fixture(scope="session")

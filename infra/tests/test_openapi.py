@@ -46,6 +46,9 @@ def test_required_routes(openapi, tool_folders):
         ("GET", "/.well-known/oauth-protected-resource"),
         ("GET", "/.well-known/oauth-protected-resource/{proxy+}"),
         ("GET", "/connect/callback"),
+        ("GET", "/connect/start"),
+        ("POST", "/connect/start"),
+        ("GET", "/connect/login"),
     }
     for tool in tool_folders:
         expected |= {(m, f"/tools/{tool}/mcp") for m in ("POST", "GET", "DELETE")}
@@ -97,7 +100,7 @@ def test_post_declares_every_status_of_the_error_contract_with_its_headers(opena
 
 def test_get_and_delete_answer_405_with_allow(openapi):
     for path, item in openapi["paths"].items():
-        if path.startswith("/.well-known") or path == "/connect/callback":
+        if path.startswith("/.well-known") or path.startswith("/connect/"):
             continue
         for method in ("get", "delete"):
             (status,) = item[method]["responses"]

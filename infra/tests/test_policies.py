@@ -103,6 +103,13 @@ def test_each_tool_role_reaches_only_its_resources(resources, functions, manifes
         expected["dynamodb:PutItem"] = {"TollgateTable"}
         for action in fn.settings["app_table"]:
             expected.setdefault(action, set()).add("AppTable")
+        if fn.settings["tasks"]:
+            # tasks/list on the caller's TASK# partition (conditioned, checked below).
+            expected["dynamodb:Query"] = {"TollgateTable"}
+        for st in fn.settings["statements"]:
+            for action in as_list(st["Action"]):
+                if action.startswith("dynamodb:"):
+                    expected.setdefault(action, set()).update(as_list(st["Resource"]))
         dynamo = {a: r for a, r in g.items() if a.startswith("dynamodb:")}
         assert dynamo == expected, fn.name
         secrets = {
@@ -120,7 +127,9 @@ def test_each_tool_role_reaches_only_its_resources(resources, functions, manifes
         assert {a: r for a, r in g.items() if a.startswith("secretsmanager:")} == {
             "secretsmanager:GetSecretValue": secrets
         }
-        assert not [a for a in g if a.startswith("lambda:")], f"{fn.name} may invoke functions"
+        if not fn.settings["tasks"]:
+            # (A task tool invokes itself only: test_task_tools_invoke_only_themselves...)
+            assert not [a for a in g if a.startswith("lambda:")], f"{fn.name} may invoke functions"
         assert set(g) - set(expected) - {"secretsmanager:GetSecretValue"} <= XRAY_ACTIONS | {
             "logs:CreateLogStream",
             "logs:PutLogEvents",
@@ -128,7 +137,7 @@ def test_each_tool_role_reaches_only_its_resources(resources, functions, manifes
             "kms:DescribeKey",
             "kms:Encrypt",
             "kms:GenerateDataKey",
-        }, fn.name
+        } | ({"lambda:InvokeFunction", "sqs:SendMessage"} if fn.settings["tasks"] else set()), fn.name
 
 
 @pytest.mark.parametrize(
@@ -158,6 +167,11 @@ def test_kms_use_is_limited_to_the_stack_key_through_its_services(resources):
                 assert s["Condition"]["StringEquals"]["kms:EncryptionContext:tollgate:provider"], lid
                 continue
             via = s["Condition"]["StringEquals"]["kms:ViaService"]["Fn::Sub"]
+            if s.get("Sid") == "TaskRunFailuresKeyViaSqs":
+                # A task tool's failed runs land in its queue, encrypted with the stack key.
+                assert via == "sqs.${AWS::Region}.${AWS::URLSuffix}", lid
+                assert sorted(actions) == ["kms:Decrypt", "kms:GenerateDataKey"], lid
+                continue
             assert via in ("dynamodb.${AWS::Region}.${AWS::URLSuffix}", "secretsmanager.${AWS::Region}.${AWS::URLSuffix}")
 
 
@@ -205,6 +219,9 @@ def test_writes_outside_the_shared_actions_are_limited_to_key_prefixes(resources
             keys = s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
             if "dynamodb:DeleteItem" in extra:
                 assert fn_name == "gateway" and keys == ["CONNSTATE#*"], (fn_name, s)
+            elif "dynamodb:Query" in extra:
+                # tasks/list: the task partitions only.
+                assert extra == {"dynamodb:Query"} and keys == ["TASK#*"], (fn_name, s)
             else:
                 assert extra == {"dynamodb:PutItem"} and keys == ["AGENT#*", "CONNSTATE#*"], (fn_name, s)
 
@@ -233,8 +250,9 @@ def test_only_functions_that_declare_providers_use_the_vault_key_for_their_provi
 
 
 def test_updates_on_the_tollgate_table_are_limited_to_runtime_items(resources, functions):
-    """UpdateItem reaches budget buckets and idempotency records, plus connections for a
-    function that declares a provider: never agents, keys or tool policies."""
+    """UpdateItem reaches budget buckets and idempotency records, plus task records for a
+    function that runs tasks (and the gateway), and connections for a function that declares a
+    provider: never agents, keys or tool policies."""
     by_fn = roles(resources)
     for fn in functions:
         _, statements = by_fn[fn.name]
@@ -244,6 +262,31 @@ def test_updates_on_the_tollgate_table_are_limited_to_runtime_items(resources, f
             assert as_list(s["Action"]) == ["dynamodb:UpdateItem"], (fn.name, s)
             keys = s["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"]
             want = ["BUCKET#*", "IDEM#*"]
+            if fn.settings["tasks"] or (not fn.is_tool and any(f.settings["tasks"] for f in functions)):
+                want.append("TASK#*")
             if fn.settings.get("env", {}).get("TOLLGATE_PROVIDERS"):
                 want.append("CONN#*")
             assert keys == want, (fn.name, keys)
+
+
+def test_task_tools_invoke_only_themselves_and_queue_their_failures(resources, functions):
+    by_fn = roles(resources)
+    fns = serverless_functions(resources)
+    task_tools = [f for f in functions if f.settings["tasks"]]
+    assert task_tools, "export_tickets runs as a task"
+    for fn in functions:
+        g = grants(by_fn[fn.name][1])
+        if fn.settings["tasks"]:
+            own = "arn:${AWS::Partition}:lambda:${AWS::Region}:${AWS::AccountId}:function:${AWS::StackName}-" + fn.name
+            assert g["lambda:InvokeFunction"] == {own}, fn.name
+            assert g["sqs:SendMessage"] == {f"{fn.logical}TaskFailures"}, fn.name
+            config = fns[f"{fn.logical}Function"]["Properties"]["EventInvokeConfig"]
+            assert config["DestinationConfig"]["OnFailure"] == {
+                "Type": "SQS", "Destination": {"Fn::GetAtt": [f"{fn.logical}TaskFailures", "Arn"]}}
+            queue = resources[f"{fn.logical}TaskFailures"]["Properties"]
+            assert queue["KmsMasterKeyId"] == {"Ref": "TollgateKey"}
+            alarm = resources[f"{fn.logical}TaskFailuresAlarm"]["Properties"]
+            assert alarm["Namespace"] == "AWS/SQS" and alarm["Threshold"] == 1
+        elif fn.is_tool:
+            assert "lambda:InvokeFunction" not in g and "sqs:SendMessage" not in g, fn.name
+            assert "EventInvokeConfig" not in fns[f"{fn.logical}Function"]["Properties"], fn.name

@@ -58,6 +58,13 @@ pub async fn create_agent(
     scopes: &[String],
 ) -> Result<AgentRecord, AdminError> {
     validate_agent_id(agent_id).map_err(AdminError::Invalid)?;
+    if agent_id.starts_with("oauth-") {
+        return Err(AdminError::Invalid(format!(
+            "agent id {agent_id:?} is reserved: ids starting with oauth- are derived from OAuth \
+             clients; to give an OAuth client a pre-created agent, create it under another id \
+             and bind the client with `agents bind-oauth`"
+        )));
+    }
     let agent = AgentRecord {
         agent_id: agent_id.to_owned(),
         description: description.to_owned(),
@@ -250,6 +257,50 @@ pub async fn bind_cert(
 /// Removes a certificate binding; the certificate is refused within the cache TTL.
 pub async fn unbind_cert(store: &dyn Store, cert: &CertSelector) -> Result<String, AdminError> {
     let id = cert.binding_id()?;
+    store.unbind_cert(&id).await?;
+    Ok(id)
+}
+
+/// Binds an OAuth client (the value of its identity claim, e.g. `client_id`, in tokens of
+/// `issuer`) to a pre-created agent: its tokens then act as that agent, with its budgets and
+/// connections. Without a binding an OAuth client gets an agent of its own (`oauth-…`), even
+/// when its claim equals an existing agent id.
+pub async fn bind_oauth(
+    store: &dyn Store,
+    agent_id: &str,
+    issuer: &str,
+    claim: &str,
+) -> Result<crate::store::CertBinding, AdminError> {
+    let (issuer, claim) = (issuer.trim(), claim.trim());
+    if !(issuer.starts_with("https://") || issuer.starts_with("http://")) {
+        return Err(AdminError::Invalid(
+            "--issuer must be the authorization server's issuer URL (TOLLGATE_OAUTH_ISSUER)"
+                .to_owned(),
+        ));
+    }
+    if claim.is_empty() || claim.len() > 1024 || claim.chars().any(char::is_control) {
+        return Err(AdminError::Invalid(
+            "invalid client: give the identity claim's value, e.g. the client_id".to_owned(),
+        ));
+    }
+    let agent = existing_agent(store, agent_id).await?;
+    let binding = crate::store::CertBinding {
+        id: crate::auth::oauth::binding_id(issuer, claim),
+        agent_id: agent.agent_id,
+        created_at_ms: now_ms(),
+    };
+    store.bind_cert(&binding).await?;
+    Ok(binding)
+}
+
+/// Removes an OAuth client binding: the client's next tokens (after the cache TTL) act as its
+/// own derived agent again.
+pub async fn unbind_oauth(
+    store: &dyn Store,
+    issuer: &str,
+    claim: &str,
+) -> Result<String, AdminError> {
+    let id = crate::auth::oauth::binding_id(issuer.trim(), claim.trim());
     store.unbind_cert(&id).await?;
     Ok(id)
 }

@@ -40,6 +40,11 @@ pub enum CallStatus {
     /// Answered with the stored outcome of an earlier call with the same idempotency key:
     /// the tool did not run, no budget was spent.
     Replayed,
+    /// A task-augmented call was accepted: the tool runs asynchronously, and a second record
+    /// (same `task_id`) tells how the task ended.
+    TaskCreated,
+    /// The task was cancelled by its owner before the tool finished.
+    Cancelled,
 }
 
 impl CallStatus {
@@ -54,6 +59,8 @@ impl CallStatus {
             Self::RateLimited => "rate_limited",
             Self::InvalidInput => "invalid_input",
             Self::Replayed => "replayed",
+            Self::TaskCreated => "task_created",
+            Self::Cancelled => "cancelled",
         }
     }
 }
@@ -107,6 +114,9 @@ pub struct AuditRecord {
     /// summarised); never raw.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub idempotency_key: Option<serde_json::Value>,
+    /// The task a task-augmented call created, or whose end this record tells.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub task_id: Option<String>,
 }
 
 /// Where audit records go: stdout on Lambda (CloudWatch), a buffer in tests.

@@ -108,6 +108,8 @@ pub struct RegisteredTool {
     log_plan: BTreeMap<String, LogAs>,
     provider: Option<&'static str>,
     idempotency: crate::idempotency::Idempotency,
+    task_support: crate::task::TaskSupport,
+    task_time_limit: Option<std::time::Duration>,
     inner: Box<dyn ErasedTool>,
 }
 
@@ -180,6 +182,8 @@ impl RegisteredTool {
             validator: std::sync::OnceLock::new(),
             provider: tool.provider(),
             idempotency,
+            task_support: tool.task_support(),
+            task_time_limit: tool.task_time_limit(),
             inner: Box::new(Typed(tool)),
         })
     }
@@ -192,6 +196,16 @@ impl RegisteredTool {
     /// The third-party provider whose user access token the tool needs, if any.
     pub fn provider(&self) -> Option<&'static str> {
         self.provider
+    }
+
+    /// Whether the tool may or must be called as a task.
+    pub fn task_support(&self) -> crate::task::TaskSupport {
+        self.task_support
+    }
+
+    /// The tool's own limit on a task run, if it declares one.
+    pub fn task_time_limit(&self) -> Option<std::time::Duration> {
+        self.task_time_limit
     }
 
     /// Whether the tool takes an idempotency key.
@@ -344,6 +358,14 @@ impl Catalog {
     /// Whether the catalog is empty.
     pub fn is_empty(&self) -> bool {
         self.tools.is_empty()
+    }
+
+    /// Whether some tool may be called as a task (the server then declares the `tasks`
+    /// capability and serves the `tasks/*` methods).
+    pub fn has_tasks(&self) -> bool {
+        self.tools
+            .values()
+            .any(|t| t.task_support != crate::task::TaskSupport::Forbidden)
     }
 
     /// Every scope some tool requires, sorted and deduplicated.

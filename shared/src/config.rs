@@ -55,6 +55,8 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Third-party providers tools act on for users, and the vault's key.
     pub connect: crate::connect::ConnectConfig,
+    /// Task-augmented calls: TTLs, run limits, polling and progress rates (`TOLLGATE_TASK_*`).
+    pub tasks: crate::task::TaskConfig,
 }
 
 /// Accepted authentication methods (`TOLLGATE_AUTH_METHODS`, comma separated: `api_key`,
@@ -158,9 +160,11 @@ impl Config {
         }
         let auth = auth_config(&lookup, resource_url.as_deref())?;
         let connect = connect_config(&lookup)?;
+        let tasks = crate::task::TaskConfig::from_lookup(&lookup)?;
         Ok(Self {
             auth,
             connect,
+            tasks,
             table: lookup("TOLLGATE_TABLE").unwrap_or_else(|| "tollgate".to_owned()),
             allowed_origins: lookup("TOLLGATE_ALLOWED_ORIGINS")
                 .map(|v| {
@@ -381,6 +385,7 @@ fn connect_config(
             client_id: var("CLIENT_ID", true)?,
             client_secret: var("CLIENT_SECRET", true)?,
             scopes: var("SCOPES", false)?,
+            issuer: Some(var("ISSUER", false)?).filter(|v| !v.is_empty()),
         };
         for url in [&provider.authorize_url, &provider.token_url] {
             if !(url.starts_with("https://") || url.starts_with("http://")) {
@@ -399,6 +404,7 @@ fn connect_config(
         providers,
         kms_key,
         callback_url: lookup("TOLLGATE_CONNECT_CALLBACK_URL").filter(|v| !v.is_empty()),
+        login_client_id: lookup("TOLLGATE_CONNECT_LOGIN_CLIENT_ID").filter(|v| !v.is_empty()),
     })
 }
 
@@ -451,7 +457,7 @@ fn positive(v: u32, name: &'static str) -> Result<u32, ConfigError> {
     Ok(v)
 }
 
-fn parse_or<T: std::str::FromStr>(
+pub(crate) fn parse_or<T: std::str::FromStr>(
     lookup: &impl Fn(&str) -> Option<String>,
     name: &'static str,
     default: T,

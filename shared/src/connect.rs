@@ -30,6 +30,7 @@ use rand::RngCore as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::auth::Principal;
+use crate::auth::oauth::OAuthVerifier;
 use crate::store::now_ms;
 
 /// How long a connect link stays valid.
@@ -44,6 +45,82 @@ const PROVIDER_TIMEOUT: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
 /// The callback route.
 pub const CALLBACK_PATH: &str = "/connect/callback";
+/// The page a connect link opens: establishes who the browser's user is.
+pub const START_PATH: &str = "/connect/start";
+/// Back from signing in at tollgate's authorization server (OAuth users).
+pub const LOGIN_PATH: &str = "/connect/login";
+/// The cookie binding a browser to the link it opened (its SHA-256 is in the link's row).
+pub const COOKIE: &str = "tg_connect";
+
+const STAGE_ISSUED: &str = "issued";
+const STAGE_LOGIN: &str = "login";
+const STAGE_VERIFIED: &str = "verified";
+
+const MSG_INVALID: &str = "This link is not valid. Ask the agent for a new one.";
+const MSG_USED: &str = "This link was already used or is not valid. Ask the agent for a new one.";
+const MSG_EXPIRED: &str = "This link has expired. Ask the agent for a new one.";
+const MSG_UNAVAILABLE: &str = "Temporarily unavailable; try the link again shortly.";
+const MSG_OTHER_USER: &str = "This link was made for another user than the one who signed in. \
+    Nothing was connected, and the link is no longer valid. If you meant to connect your own \
+    account, ask your agent for a new link.";
+const MSG_OTHER_BROWSER: &str = "This authorization did not start in this browser as the user \
+    the link was made for. Nothing was connected; open the agent's link again.";
+const MSG_SIGN_IN_FAILED: &str = "The sign-in could not be verified. Nothing was connected.";
+const MSG_NO_LOGIN: &str =
+    "Signing in for connections is not available here. Nothing was connected.";
+
+/// What a browser gets from a connect page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Page {
+    /// Go on to `location` (303), setting the browser-binding cookie when given.
+    Redirect {
+        /// The next URL.
+        location: String,
+        /// A `Set-Cookie` value.
+        cookie: Option<String>,
+    },
+    /// An HTML page (the agent-key form).
+    Html(String),
+    /// A plain-text message for a person, with its status.
+    Message(u16, String),
+}
+
+impl Page {
+    fn message(status: u16, text: &str) -> Self {
+        Self::Message(status, text.to_owned())
+    }
+}
+
+/// Whether the browser's cookie is the one bound to the link (digests compared in constant
+/// time).
+fn browser_matches(item: &Item, cookie: Option<&str>) -> bool {
+    match (cookie, text(item, "browser")) {
+        (Some(c), Some(stored)) => crate::auth::keys::digest_matches(c, stored),
+        _ => false,
+    }
+}
+
+/// The sign-in form of an agent's link: the person who runs the agent proves it with one of
+/// the agent's bearer keys (posted to this origin only; never logged).
+fn key_form(handle: &str, provider: &str) -> String {
+    let esc = |v: &str| {
+        v.replace('&', "&amp;")
+            .replace('<', "&lt;")
+            .replace('>', "&gt;")
+            .replace('"', "&quot;")
+    };
+    format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Connect {p}</title></head>\
+         <body><h1>Connect {p}</h1><p>This link was made for an agent that signs in with a \
+         bearer key. To connect {p} for that agent, enter one of its keys.</p>\
+         <form method=\"post\" action=\"{START_PATH}\"><input type=\"hidden\" name=\"id\" \
+         value=\"{h}\"><label>Agent key <input type=\"password\" name=\"key\" \
+         autocomplete=\"off\" required></label> <button type=\"submit\">Continue</button>\
+         </form></body></html>",
+        p = esc(provider),
+        h = esc(handle),
+    )
+}
 
 /// A third-party provider, from `TOLLGATE_PROVIDER_<NAME>_*`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,6 +137,9 @@ pub struct ProviderConfig {
     pub client_secret: String,
     /// Scopes requested, space separated.
     pub scopes: String,
+    /// The provider's issuer identifier (`_ISSUER`): an RFC 9207 `iss` on the callback must
+    /// equal it.
+    pub issuer: Option<String>,
 }
 
 /// Connection settings (`TOLLGATE_PROVIDERS`, `TOLLGATE_VAULT_KMS_KEY`,
@@ -72,6 +152,9 @@ pub struct ConnectConfig {
     pub kms_key: Option<String>,
     /// Public URL of the callback route.
     pub callback_url: Option<String>,
+    /// OAuth client id (public client, PKCE) with which OAuth users sign in at tollgate's own
+    /// authorization server on the connect page (`TOLLGATE_CONNECT_LOGIN_CLIENT_ID`).
+    pub login_client_id: Option<String>,
 }
 
 /// An access token for a provider, ready for a downstream call. Its `Debug` never shows it.
@@ -109,12 +192,16 @@ pub enum ConnectError {
     NotConnected {
         /// Where the user authorizes the connection.
         connect_url: String,
+        /// The elicitation's id (URL-mode elicitation).
+        elicitation_id: String,
     },
     /// The provider refused the stored grant (revoked, expired): the user must consent again.
     #[error("consent required again")]
     Reconsent {
         /// Where the user authorizes the connection again.
         connect_url: String,
+        /// The elicitation's id (URL-mode elicitation).
+        elicitation_id: String,
     },
     /// The provider could not be reached or failed; nothing stored changed. Retry later.
     #[error("provider unavailable")]
@@ -135,11 +222,40 @@ impl ConnectError {
         }
     }
 
+    /// The connect link and its elicitation id, when the user must act.
+    pub fn link(&self) -> Option<(&str, &str)> {
+        match self {
+            Self::NotConnected {
+                connect_url,
+                elicitation_id,
+            }
+            | Self::Reconsent {
+                connect_url,
+                elicitation_id,
+            } => Some((connect_url, elicitation_id)),
+            _ => None,
+        }
+    }
+
+    /// The message shown to the user with a URL-mode elicitation.
+    pub fn elicitation_message(&self, provider: &str) -> String {
+        match self {
+            Self::Reconsent { .. } => format!(
+                "Your {provider} authorization was revoked or has expired. Open the link to \
+                 sign in and authorize {provider} again."
+            ),
+            _ => format!(
+                "This tool acts on your {provider} account. Open the link to sign in and \
+                 connect {provider}."
+            ),
+        }
+    }
+
     /// The result the agent gets: what happened, whether to retry, and the link when the user
     /// must act.
     pub fn to_result(&self, provider: &str) -> rmcp::model::CallToolResult {
         let (message, retry, url) = match self {
-            Self::NotConnected { connect_url } => (
+            Self::NotConnected { connect_url, .. } => (
                 format!(
                     "The user has not connected their {provider} account. Ask them to open this \
                      link, then call the tool again: {connect_url}"
@@ -147,7 +263,7 @@ impl ConnectError {
                 "after_user_connects",
                 Some(connect_url),
             ),
-            Self::Reconsent { connect_url } => (
+            Self::Reconsent { connect_url, .. } => (
                 format!(
                     "The user's {provider} authorization was revoked or has expired. Do not \
                      retry: ask them to authorize again at {connect_url}"
@@ -198,10 +314,10 @@ pub struct ConnectionInfo {
     pub updated_at_ms: u64,
 }
 
-/// The user a principal acts for: the OAuth subject when it names someone else than the agent,
-/// else the agent itself.
-pub fn user_of(principal: &Principal) -> &str {
-    principal.user.as_deref().unwrap_or(&principal.agent_id)
+/// The user a principal acts for, in its namespace (`agent:<id>` or `oauth:<issuer>:<sub>`):
+/// see [`Principal::user`].
+pub fn user_of(principal: &Principal) -> String {
+    principal.user()
 }
 
 type Item = HashMap<String, AttributeValue>;
@@ -231,7 +347,10 @@ pub struct Connections {
     http: reqwest::Client,
     config: ConnectConfig,
     callback_url: String,
+    /// Scheme and authority of the callback URL: the connect pages live there too.
+    origin: String,
     owner: String,
+    login_endpoints: tokio::sync::Mutex<Option<(String, String)>>,
     client_secrets: tokio::sync::Mutex<HashMap<String, (String, Instant)>>,
     tokens: Mutex<HashMap<(String, String), ProviderToken>>,
 }
@@ -325,7 +444,10 @@ impl Connections {
                 .and_then(crate::server::origin_of)
                 .map(|o| format!("{o}{CALLBACK_PATH}"))
         })?;
+        let origin = crate::server::origin_of(&callback_url)?;
         Some(Self {
+            origin,
+            login_endpoints: tokio::sync::Mutex::new(None),
             db: clients.dynamodb.clone(),
             table: clients.config.table.clone(),
             kms,
@@ -337,6 +459,11 @@ impl Connections {
             client_secrets: tokio::sync::Mutex::new(HashMap::new()),
             tokens: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The callback URL (its origin serves the connect pages).
+    pub fn callback_url(&self) -> String {
+        self.callback_url.clone()
     }
 
     fn provider(&self, name: &str) -> Result<&ProviderConfig, ConnectError> {
@@ -367,7 +494,8 @@ impl Connections {
         deadline: Instant,
     ) -> Result<ProviderToken, ConnectError> {
         let p = self.provider(provider)?;
-        let user = user_of(principal);
+        let user_id = user_of(principal);
+        let user = user_id.as_str();
         let key = (user.to_owned(), provider.to_owned());
         let fresh = |t: &ProviderToken| {
             t.expires_at_ms > now_ms() + u64::try_from(REFRESH_SKEW.as_millis()).unwrap_or(0)
@@ -378,13 +506,17 @@ impl Connections {
         loop {
             let item = self.get(user, provider).await?;
             let Some(item) = item else {
+                let (connect_url, elicitation_id) = self.connect_link(principal, p).await?;
                 return Err(ConnectError::NotConnected {
-                    connect_url: self.connect_link(principal, p).await?,
+                    connect_url,
+                    elicitation_id,
                 });
             };
             if text(&item, "status") != Some("active") {
+                let (connect_url, elicitation_id) = self.connect_link(principal, p).await?;
                 return Err(ConnectError::Reconsent {
-                    connect_url: self.connect_link(principal, p).await?,
+                    connect_url,
+                    elicitation_id,
                 });
             }
             let version = num(&item, "version").unwrap_or(0);
@@ -408,8 +540,10 @@ impl Connections {
                     }
                     Refreshed::InvalidGrant => {
                         self.lock_tokens().remove(&key);
+                        let (connect_url, elicitation_id) = self.connect_link(principal, p).await?;
                         Err(ConnectError::Reconsent {
-                            connect_url: self.connect_link(principal, p).await?,
+                            connect_url,
+                            elicitation_id,
                         })
                     }
                 };
@@ -759,37 +893,52 @@ impl Connections {
         Ok(secret)
     }
 
-    /// A new single-use connect link for `principal`'s user.
+    /// A new single-use connect link for `principal`'s user, and its elicitation id. The link
+    /// is a page of ours ([`START_PATH`]), never the provider directly: it carries only a
+    /// random handle (nothing about the user, nothing that signs anyone in), and the page
+    /// establishes who opened it before sending the browser to the provider. The handle's
+    /// SHA-256 keys a row with the user, the agent, the provider and the PKCE verifier.
     async fn connect_link(
         &self,
         principal: &Principal,
         p: &ProviderConfig,
-    ) -> Result<String, ConnectError> {
-        let state = random_b64(32);
+    ) -> Result<(String, String), ConnectError> {
+        let handle = random_b64(32);
         let verifier = random_b64(32);
-        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .encode(Sha256::digest(verifier.as_bytes()));
+        let elicitation_id = uuid::Uuid::new_v4().to_string();
         let expires_s = (now_ms() + u64::try_from(STATE_TTL.as_millis()).unwrap_or(0)) / 1000;
         self.db
             .put_item()
             .table_name(&self.table)
-            .item("pk", state_key(&state))
+            .item("pk", state_key(&handle))
             .item("sk", s("STATE"))
             .item("kind", s("connect_state"))
             .item("user", s(user_of(principal)))
             .item("agent_id", s(&principal.agent_id))
             .item("provider", s(&p.name))
             .item("verifier", s(&verifier))
+            .item("stage", s(STAGE_ISSUED))
+            .item("elicitation_id", s(&elicitation_id))
             .item(crate::store::TTL_ATTRIBUTE, n(expires_s))
             .send()
             .await
             .map_err(|e| store_error("PutItem", e.code()))?;
+        Ok((
+            format!("{}{START_PATH}?id={handle}", self.origin),
+            elicitation_id,
+        ))
+    }
+
+    /// The provider's authorization URL for a verified link (`state` is the link's handle).
+    fn provider_url(&self, p: &ProviderConfig, handle: &str, verifier: &str) -> String {
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(verifier.as_bytes()));
         let sep = if p.authorize_url.contains('?') {
             '&'
         } else {
             '?'
         };
-        Ok(format!(
+        format!(
             "{}{sep}{}",
             p.authorize_url,
             form_encode(&[
@@ -797,16 +946,349 @@ impl Connections {
                 ("client_id", &p.client_id),
                 ("redirect_uri", &self.callback_url),
                 ("scope", &p.scopes),
-                ("state", &state),
+                ("state", handle),
                 ("code_challenge", &challenge),
                 ("code_challenge_method", "S256"),
             ])
-        ))
+        )
     }
 
-    /// The callback: redeems `state` (once), exchanges `code`, stores the grant. The error is
-    /// the message shown to the user's browser.
-    pub async fn callback(&self, state: &str, code: &str) -> Result<String, &'static str> {
+    /// The `Set-Cookie` value binding this browser to a link (`Secure` unless the public URL
+    /// is plain http, i.e. the local stack).
+    fn browser_cookie(&self, value: &str) -> String {
+        let secure = if self.origin.starts_with("https://") {
+            "; Secure"
+        } else {
+            ""
+        };
+        format!(
+            "{COOKIE}={value}; Path=/connect; HttpOnly; SameSite=Lax; Max-Age={}{secure}",
+            STATE_TTL.as_secs()
+        )
+    }
+
+    /// The unexpired row of a link, without redeeming it.
+    async fn pending(&self, handle: &str) -> Result<Item, Page> {
+        if handle.is_empty() || handle.len() > 128 {
+            return Err(Page::message(400, MSG_INVALID));
+        }
+        let out = self
+            .db
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", state_key(handle))
+            .key("sk", s("STATE"))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| {
+                store_error("GetItem", e.code());
+                Page::message(503, MSG_UNAVAILABLE)
+            })?;
+        let item = out.item.ok_or_else(|| Page::message(400, MSG_USED))?;
+        if num(&item, crate::store::TTL_ATTRIBUTE).is_none_or(|t| t * 1000 < now_ms()) {
+            return Err(Page::message(400, MSG_EXPIRED));
+        }
+        Ok(item)
+    }
+
+    /// Binds the link to this browser (a new cookie) and moves it to `stage`; refused once
+    /// the link was verified (another browser cannot take it over then).
+    async fn bind_browser(
+        &self,
+        handle: &str,
+        stage: &str,
+        login_verifier: Option<&str>,
+    ) -> Result<String, Page> {
+        let nonce = random_b64(32);
+        let mut update = self
+            .db
+            .update_item()
+            .table_name(&self.table)
+            .key("pk", state_key(handle))
+            .key("sk", s("STATE"))
+            .condition_expression("attribute_exists(pk) AND #stage <> :verified")
+            .expression_attribute_names("#stage", "stage")
+            .expression_attribute_values(":verified", s(STAGE_VERIFIED))
+            .expression_attribute_values(":stage", s(stage))
+            .expression_attribute_values(":b", s(hex::encode(Sha256::digest(nonce.as_bytes()))));
+        update = match login_verifier {
+            Some(v) => update
+                .update_expression("SET #stage = :stage, browser = :b, login_verifier = :lv")
+                .expression_attribute_values(":lv", s(v)),
+            None => update.update_expression("SET #stage = :stage, browser = :b"),
+        };
+        match update.send().await {
+            Ok(_) => Ok(nonce),
+            Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
+                Err(Page::message(400, MSG_USED))
+            }
+            Err(e) => {
+                store_error("UpdateItem", e.code());
+                Err(Page::message(503, MSG_UNAVAILABLE))
+            }
+        }
+    }
+
+    async fn forget(&self, handle: &str) {
+        if let Err(e) = self
+            .db
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", state_key(handle))
+            .key("sk", s("STATE"))
+            .send()
+            .await
+        {
+            store_error("DeleteItem", e.code());
+        }
+    }
+
+    /// `GET /connect/start?id=…`: the page the link opens. An agent's link shows a form
+    /// asking for a bearer key of that agent; an OAuth user's link sends the browser to
+    /// tollgate's authorization server to sign in (authorization code + PKCE), bound to this
+    /// browser by a cookie. Nothing goes to the provider before the user is established.
+    pub async fn start(&self, handle: &str, oauth: Option<&OAuthVerifier>) -> Page {
+        let item = match self.pending(handle).await {
+            Ok(i) => i,
+            Err(page) => return page,
+        };
+        let user = text(&item, "user").unwrap_or_default();
+        let provider = text(&item, "provider").unwrap_or_default();
+        if user.starts_with("agent:") {
+            return Page::Html(key_form(handle, provider));
+        }
+        let (Some(client_id), Some(oauth)) = (self.config.login_client_id.as_deref(), oauth) else {
+            tracing::error!(
+                "an OAuth user's connect link was opened, but TOLLGATE_CONNECT_LOGIN_CLIENT_ID is not set"
+            );
+            return Page::message(503, MSG_NO_LOGIN);
+        };
+        let Some(resource) = oauth.config().audiences.first() else {
+            return Page::message(503, MSG_NO_LOGIN);
+        };
+        let (authorize, _) = match self.login_endpoints(oauth).await {
+            Ok(e) => e,
+            Err(page) => return page,
+        };
+        let login_verifier = random_b64(32);
+        let nonce = match self
+            .bind_browser(handle, STAGE_LOGIN, Some(&login_verifier))
+            .await
+        {
+            Ok(n) => n,
+            Err(page) => return page,
+        };
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(Sha256::digest(login_verifier.as_bytes()));
+        let sep = if authorize.contains('?') { '&' } else { '?' };
+        Page::Redirect {
+            location: format!(
+                "{authorize}{sep}{}",
+                form_encode(&[
+                    ("response_type", "code"),
+                    ("client_id", client_id),
+                    ("redirect_uri", &format!("{}{LOGIN_PATH}", self.origin)),
+                    ("scope", "openid"),
+                    ("state", handle),
+                    ("code_challenge", &challenge),
+                    ("code_challenge_method", "S256"),
+                    ("resource", resource),
+                ])
+            ),
+            cookie: Some(self.browser_cookie(&nonce)),
+        }
+    }
+
+    /// `POST /connect/start` (form `id`, `key`): an agent's link, completed by presenting a
+    /// bearer key of the same agent. Another agent's key stores nothing and kills the link.
+    pub async fn start_with_key(
+        &self,
+        handle: &str,
+        key: &str,
+        auth: &crate::auth::Authenticator,
+    ) -> Page {
+        let item = match self.pending(handle).await {
+            Ok(i) => i,
+            Err(page) => return page,
+        };
+        let user = text(&item, "user").unwrap_or_default();
+        if !user.starts_with("agent:") {
+            return Page::message(400, MSG_INVALID);
+        }
+        let presented = match auth.authenticate_key(key.trim()).await {
+            Ok(p) => p,
+            Err(d) if d.error.is_unavailable() => return Page::message(503, MSG_UNAVAILABLE),
+            Err(_) => {
+                return Page::message(
+                    403,
+                    "That key was not accepted (unknown, revoked, expired or disabled). Nothing \
+                     was connected.",
+                );
+            }
+        };
+        if presented.user() != user {
+            tracing::warn!(agent_id = %presented.agent_id, "connect link opened with another agent's key: refused");
+            self.forget(handle).await;
+            return Page::message(403, MSG_OTHER_USER);
+        }
+        self.verified_redirect(handle, &item).await
+    }
+
+    async fn verified_redirect(&self, handle: &str, item: &Item) -> Page {
+        let (Some(provider), Some(verifier)) = (text(item, "provider"), text(item, "verifier"))
+        else {
+            return Page::message(400, MSG_INVALID);
+        };
+        let Ok(p) = self.provider(provider) else {
+            return Page::message(400, "This provider is not configured.");
+        };
+        match self.bind_browser(handle, STAGE_VERIFIED, None).await {
+            Ok(nonce) => Page::Redirect {
+                location: self.provider_url(p, handle, verifier),
+                cookie: Some(self.browser_cookie(&nonce)),
+            },
+            Err(page) => page,
+        }
+    }
+
+    /// `GET /connect/login?code=…&state=…`: back from signing in at tollgate's authorization
+    /// server. The sign-in must have started in this browser (cookie), and the signed-in
+    /// subject must be the link's user; then the browser goes on to the provider. Another
+    /// user stores nothing and kills the link.
+    pub async fn login(
+        &self,
+        handle: &str,
+        code: &str,
+        cookie: Option<&str>,
+        oauth: Option<&OAuthVerifier>,
+    ) -> Page {
+        let item = match self.pending(handle).await {
+            Ok(i) => i,
+            Err(page) => return page,
+        };
+        if text(&item, "stage") != Some(STAGE_LOGIN) || !browser_matches(&item, cookie) {
+            return Page::message(403, MSG_OTHER_BROWSER);
+        }
+        let (Some(client_id), Some(oauth), Some(login_verifier)) = (
+            self.config.login_client_id.as_deref(),
+            oauth,
+            text(&item, "login_verifier"),
+        ) else {
+            return Page::message(503, MSG_NO_LOGIN);
+        };
+        let (_, token_url) = match self.login_endpoints(oauth).await {
+            Ok(e) => e,
+            Err(page) => return page,
+        };
+        let resource = oauth
+            .config()
+            .audiences
+            .first()
+            .cloned()
+            .unwrap_or_default();
+        let resp = self
+            .http
+            .post(&token_url)
+            .header(
+                http::header::CONTENT_TYPE,
+                "application/x-www-form-urlencoded",
+            )
+            .header(http::header::ACCEPT, "application/json")
+            .body(form_encode(&[
+                ("grant_type", "authorization_code"),
+                ("code", code),
+                ("redirect_uri", &format!("{}{LOGIN_PATH}", self.origin)),
+                ("client_id", client_id),
+                ("code_verifier", login_verifier),
+                ("resource", &resource),
+            ]))
+            .timeout(PROVIDER_TIMEOUT)
+            .send()
+            .await;
+        let token = match resp {
+            Ok(r) if r.status().is_success() => r
+                .json::<serde_json::Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("access_token")?.as_str().map(str::to_owned)),
+            Ok(r) => {
+                tracing::warn!(
+                    status = r.status().as_u16(),
+                    "sign-in code exchange refused"
+                );
+                None
+            }
+            Err(_) => {
+                tracing::warn!("sign-in code exchange failed");
+                None
+            }
+        };
+        let Some(token) = token else {
+            return Page::message(403, MSG_SIGN_IN_FAILED);
+        };
+        let signed_in = match oauth.verify(&token, None).await {
+            Ok(id) => id
+                .user
+                .map(|sub| crate::auth::oauth::user_for(&oauth.config().issuer, &sub)),
+            Err(e) => {
+                tracing::warn!(reason = e.reason(), "sign-in token refused");
+                return Page::message(403, MSG_SIGN_IN_FAILED);
+            }
+        };
+        if signed_in.as_deref() != text(&item, "user") {
+            tracing::warn!("connect link opened by another user: refused");
+            self.forget(handle).await;
+            return Page::message(403, MSG_OTHER_USER);
+        }
+        self.verified_redirect(handle, &item).await
+    }
+
+    /// The authorization and token endpoints of tollgate's own authorization server (RFC 8414
+    /// metadata, else OpenID configuration; its `issuer` must match), cached per instance.
+    async fn login_endpoints(&self, oauth: &OAuthVerifier) -> Result<(String, String), Page> {
+        if let Some(hit) = self.login_endpoints.lock().await.clone() {
+            return Ok(hit);
+        }
+        let issuer = oauth.config().issuer.trim_end_matches('/').to_owned();
+        let origin = crate::server::origin_of(&issuer).unwrap_or_default();
+        let path = issuer.strip_prefix(&origin).unwrap_or("");
+        for url in [
+            format!("{origin}/.well-known/oauth-authorization-server{path}"),
+            format!("{issuer}/.well-known/openid-configuration"),
+        ] {
+            let Ok(resp) = self.http.get(&url).timeout(PROVIDER_TIMEOUT).send().await else {
+                continue;
+            };
+            let Ok(doc) = resp.json::<serde_json::Value>().await else {
+                continue;
+            };
+            if doc["issuer"].as_str().map(|i| i.trim_end_matches('/')) != Some(issuer.as_str()) {
+                continue;
+            }
+            if let (Some(a), Some(t)) = (
+                doc["authorization_endpoint"].as_str(),
+                doc["token_endpoint"].as_str(),
+            ) {
+                let found = (a.to_owned(), t.to_owned());
+                *self.login_endpoints.lock().await = Some(found.clone());
+                return Ok(found);
+            }
+        }
+        tracing::warn!("authorization server metadata unavailable for the connect sign-in");
+        Err(Page::message(503, MSG_UNAVAILABLE))
+    }
+
+    /// The callback: redeems `state` (once) and, only if this browser is the one that proved
+    /// the link's user (its cookie) and the RFC 9207 `iss`, when sent, is the provider's,
+    /// exchanges `code` and stores the grant. The error is the message shown to the browser.
+    pub async fn callback(
+        &self,
+        state: &str,
+        code: &str,
+        iss: Option<&str>,
+        cookie: Option<&str>,
+    ) -> Result<String, &'static str> {
         let out = self
             .db
             .delete_item()
@@ -820,31 +1302,51 @@ impl Connections {
         let item = match out {
             Ok(o) => o.attributes.unwrap_or_default(),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
-                return Err(
-                    "This link was already used or is not valid. Ask the agent for a new one.",
-                );
+                return Err(MSG_USED);
             }
             Err(e) => {
                 tracing::warn!(
                     code = e.code().unwrap_or("request failed"),
                     "connect state lookup failed"
                 );
-                return Err("Temporarily unavailable; try the link again shortly.");
+                return Err(MSG_UNAVAILABLE);
             }
         };
         if num(&item, crate::store::TTL_ATTRIBUTE).is_none_or(|t| t * 1000 < now_ms()) {
-            return Err("This link has expired. Ask the agent for a new one.");
+            return Err(MSG_EXPIRED);
+        }
+        if text(&item, "stage") != Some(STAGE_VERIFIED) || !browser_matches(&item, cookie) {
+            tracing::warn!(
+                "connect callback in a browser that did not open the link as its user: nothing stored"
+            );
+            return Err(MSG_OTHER_BROWSER);
         }
         let (Some(user), Some(provider), Some(verifier)) = (
             text(&item, "user"),
             text(&item, "provider"),
             text(&item, "verifier"),
         ) else {
-            return Err("This link is not valid. Ask the agent for a new one.");
+            return Err(MSG_INVALID);
         };
         let Ok(p) = self.provider(provider) else {
             return Err("This provider is not configured.");
         };
+        if let Some(iss) = iss {
+            // RFC 9207: the response names its issuer; it must be the provider we sent the
+            // user to (a mix-up attack otherwise). Without a configured issuer it cannot be
+            // checked, so it is refused.
+            if p.issuer.as_deref().map(|i| i.trim_end_matches('/'))
+                != Some(iss.trim_end_matches('/'))
+            {
+                tracing::warn!(
+                    provider,
+                    "callback iss is not the provider's issuer: nothing stored"
+                );
+                return Err(
+                    "The authorization came from an unexpected issuer. Nothing was connected; ask the agent for a new link.",
+                );
+            }
+        }
         let secret = self
             .client_secret(p)
             .await
@@ -1021,6 +1523,7 @@ mod tests {
     fn results_say_what_to_do() {
         let r = ConnectError::Reconsent {
             connect_url: "https://as/authorize?x".into(),
+            elicitation_id: "e".into(),
         }
         .to_result("demo");
         assert_eq!(r.is_error, Some(true));

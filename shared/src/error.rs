@@ -87,6 +87,9 @@ pub enum Rejection {
     /// The idempotency key was used before with other arguments.
     #[error("idempotency key reused")]
     IdempotencyKeyReused,
+    /// MCP 2026-07-28: the request needs the tasks extension and did not declare it.
+    #[error("missing required client capability")]
+    MissingTasksCapability,
     /// A dependency is unavailable; retry later.
     #[error("unavailable")]
     Unavailable {
@@ -158,6 +161,7 @@ impl Rejection {
             Self::RateLimited(_) => 429,
             Self::IdempotencyInProgress { .. } => 409,
             Self::IdempotencyKeyReused => 422,
+            Self::MissingTasksCapability => 400,
             Self::Auth(_) => 401,
             Self::Internal => 500,
         }
@@ -185,6 +189,7 @@ impl Rejection {
             Self::BudgetDenied { .. } => "budget_zero",
             Self::IdempotencyInProgress { .. } => "idempotency_in_progress",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::MissingTasksCapability => "missing_required_client_capability",
             Self::Unavailable { .. } => "unavailable",
             Self::Internal => "internal_error",
         }
@@ -287,6 +292,13 @@ impl Rejection {
                  with the original arguments, or use a new key for a new operation"
                     .into(),
             ),
+            Self::MissingTasksCapability => (
+                crate::task::MISSING_REQUIRED_CLIENT_CAPABILITY,
+                "Missing required client capability: this request needs the \
+                 io.modelcontextprotocol/tasks extension in \
+                 _meta[\"io.modelcontextprotocol/clientCapabilities\"].extensions"
+                    .into(),
+            ),
             Self::Internal => (codes::INTERNAL_ERROR, "Internal error".into()),
         }
     }
@@ -305,6 +317,10 @@ impl Rejection {
                 data["requested"] = json!(requested);
             }
             Self::InsufficientScope { scope } => data["required_scope"] = json!(scope),
+            Self::MissingTasksCapability => {
+                data["requiredCapabilities"] =
+                    json!({"extensions": {crate::task::TASKS_EXTENSION: {}}});
+            }
             Self::PayloadTooLarge { limit } => data["limit_bytes"] = json!(limit),
             Self::IdempotencyInProgress { retry_after_s } => {
                 data["retry_after_ms"] = json!(retry_after_s.saturating_mul(1000));

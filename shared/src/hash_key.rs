@@ -32,6 +32,11 @@ pub struct HashKeys {
     ttl: Duration,
     cached: RwLock<Option<(HashKey, Instant)>>,
     refreshing: AtomicBool,
+    /// One cold fetch at a time: concurrent first calls (Lambda Managed Instances) wait for it
+    /// rather than each asking Secrets Manager.
+    cold_fetch: tokio::sync::Mutex<()>,
+    /// Fetches that completed, either way.
+    fetches: AtomicU64,
     /// Fetches that failed (the condition is logged and counted).
     pub failures: AtomicU64,
 }
@@ -51,6 +56,8 @@ impl HashKeys {
             ttl,
             cached: RwLock::new(key.map(|k| (k, Instant::now()))),
             refreshing: AtomicBool::new(false),
+            cold_fetch: tokio::sync::Mutex::new(()),
+            fetches: AtomicU64::new(0),
             failures: AtomicU64::new(0),
         }
     }
@@ -105,7 +112,16 @@ impl HashKeys {
             return;
         }
         if self.current().is_none() {
-            let _ = tokio::time::timeout(COLD_FETCH_TIMEOUT, self.refresh()).await;
+            // Single flight: whoever waited for the lock while a fetch ran takes its outcome
+            // (the key, or none this time) instead of fetching again.
+            let attempts = self.attempts();
+            let _ = tokio::time::timeout(COLD_FETCH_TIMEOUT, async {
+                let _one = self.cold_fetch.lock().await;
+                if self.current().is_none() && self.attempts() == attempts {
+                    self.refresh().await;
+                }
+            })
+            .await;
             return;
         }
         if !self.refreshing.swap(true, Ordering::AcqRel) {
@@ -117,12 +133,18 @@ impl HashKeys {
         }
     }
 
+    fn attempts(&self) -> u64 {
+        self.fetches.load(Ordering::Acquire)
+    }
+
     /// Fetches the key now; on failure keeps what is cached.
     pub async fn refresh(&self) {
         let Source::SecretsManager { client, secret_id } = &self.source else {
             return;
         };
-        match fetch(client, secret_id).await {
+        let fetched = fetch(client, secret_id).await;
+        self.fetches.fetch_add(1, Ordering::AcqRel);
+        match fetched {
             Ok(key) => {
                 *self
                     .cached

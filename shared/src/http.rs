@@ -78,6 +78,35 @@ impl<'a> Request<'a> {
             .and_then(|(_, v)| percent_decode(v))
     }
 
+    /// The value of cookie `name`: from the event's `cookies` (API Gateway v2 moves the
+    /// `Cookie` header there), else from a `Cookie` header.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let from_header = self.header("cookie").map(|h| {
+            h.split(';')
+                .map(|c| c.trim().to_owned())
+                .collect::<Vec<_>>()
+        });
+        self.event
+            .cookies
+            .clone()
+            .or(from_header)?
+            .iter()
+            .filter_map(|c| c.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_owned())
+    }
+
+    /// The value of field `name` of an `application/x-www-form-urlencoded` body.
+    pub fn form(&self, name: &str) -> Option<String> {
+        let body = self.body().ok()?;
+        std::str::from_utf8(&body)
+            .ok()?
+            .split('&')
+            .filter_map(|pair| pair.split_once('=').or(Some((pair, ""))))
+            .find(|(k, _)| percent_decode(k).as_deref() == Some(name))
+            .and_then(|(_, v)| percent_decode(v))
+    }
+
     /// The underlying event.
     pub fn event(&self) -> &'a ApiGatewayV2httpRequest {
         self.event
@@ -203,8 +232,14 @@ pub fn event_from_parts<'h>(
     source_ip: &str,
 ) -> ApiGatewayV2httpRequest {
     let mut header_map = serde_json::Map::new();
+    let mut cookies = Vec::new();
     for (name, value) in headers {
         let name = name.to_ascii_lowercase();
+        if name == "cookie" {
+            // API Gateway v2 passes cookies apart from the headers.
+            cookies.extend(value.split(';').map(|c| c.trim().to_owned()));
+            continue;
+        }
         // API Gateway joins repeated headers with commas.
         let joined = match header_map.get(&name).and_then(|v| v.as_str()) {
             Some(prev) => format!("{prev},{value}"),
@@ -250,6 +285,45 @@ pub fn event_from_parts<'h>(
         },
         "body": body,
         "isBase64Encoded": is_base64,
+        "cookies": if cookies.is_empty() { serde_json::Value::Null } else { serde_json::json!(cookies) },
     });
     serde_json::from_value(event).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookies_come_from_the_event_as_api_gateway_passes_them() {
+        let ev = event_from_parts(
+            "GET",
+            "/connect/login?state=s",
+            [("Cookie", "a=1; tg_connect=abc=="), ("host", "x")],
+            None,
+            "r",
+            "127.0.0.1",
+        );
+        assert!(ev.headers.get("cookie").is_none(), "moved to `cookies`");
+        let req = Request::new(&ev);
+        assert_eq!(req.cookie("tg_connect").as_deref(), Some("abc=="));
+        assert_eq!(req.cookie("a").as_deref(), Some("1"));
+        assert_eq!(req.cookie("tg"), None);
+    }
+
+    #[test]
+    fn form_fields_are_decoded() {
+        let ev = event_from_parts(
+            "POST",
+            "/connect/start",
+            [("content-type", "application/x-www-form-urlencoded")],
+            Some(b"id=h%2Fx&key=tg_a+b"),
+            "r",
+            "127.0.0.1",
+        );
+        let req = Request::new(&ev);
+        assert_eq!(req.form("id").as_deref(), Some("h/x"));
+        assert_eq!(req.form("key").as_deref(), Some("tg_a b"));
+        assert_eq!(req.form("nope"), None);
+    }
 }

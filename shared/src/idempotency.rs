@@ -142,6 +142,21 @@ fn validate(key: &str) -> Result<(), String> {
     }
 }
 
+/// The item a conditional `UpdateItem` found when its condition failed (`ALL_OLD`; `None` when
+/// the server returned none), or `Err` for any other failure.
+pub(crate) fn condition_failed_item(
+    e: &aws_sdk_dynamodb::error::SdkError<UpdateItemError>,
+) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
+    match e.as_service_error() {
+        Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(c.item().cloned()),
+        _ if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
+        _ => Err(unavailable(
+            "UpdateItem",
+            &aws_sdk_dynamodb::error::DisplayErrorContext(e),
+        )),
+    }
+}
+
 /// SHA-256 (hex) of the arguments' canonical JSON (object keys sorted, no whitespace).
 pub fn arguments_hash(args: &Value) -> String {
     let mut text = String::new();
@@ -318,22 +333,10 @@ impl Ledger {
                     owner: owner.to_owned(),
                 }));
             }
-            Err(e) => {
-                let old = match e.as_service_error() {
-                    Some(UpdateItemError::ConditionalCheckFailedException(c)) => c.item().cloned(),
-                    _ if e.code() == Some("ConditionalCheckFailedException") => None,
-                    _ => {
-                        return Err(unavailable(
-                            "UpdateItem",
-                            &aws_sdk_dynamodb::error::DisplayErrorContext(&e),
-                        ));
-                    }
-                };
-                match old {
-                    Some(item) => item,
-                    None => self.read(&pk).await?.unwrap_or_default(),
-                }
-            }
+            Err(e) => match condition_failed_item(&e)? {
+                Some(item) => item,
+                None => self.read(&pk).await?.unwrap_or_default(),
+            },
         };
         Ok(classify(&existing, args_hash, now))
     }

@@ -59,54 +59,150 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
         let clients = Arc::new(build_clients(&sdk, config.clone())?);
         let function = config.function_name.clone();
         let dispatch = dispatch.unwrap_or(Dispatch::Local);
-        let server = Arc::new(build_server(
-            catalog,
-            dispatch,
-            clients,
-            Arc::new(StdoutSink),
-            &function,
-        ));
-        let handler = service_fn(move |event: LambdaEvent<ApiGatewayV2httpRequest>| {
+        let runs_tasks = matches!(dispatch, Dispatch::Local) && catalog.has_tasks();
+        let mut server = build_server(catalog, dispatch, clients, Arc::new(StdoutSink), &function);
+        if runs_tasks {
+            // A tool function runs its own tasks: an `Event` invoke of itself.
+            let starter =
+                crate::task::LambdaStarter::new(aws_sdk_lambda::Client::new(&sdk), &function);
+            server = server.with_task_starter(Arc::new(starter));
+        }
+        let server = Arc::new(server);
+        let sync_cap = sync_timeout()?;
+        let handler = service_fn(move |event: LambdaEvent<Incoming>| {
             let server = server.clone();
             async move {
-                let inv = invocation_of(&event.context);
-                Ok::<_, lambda_runtime::Error>(Box::pin(server.handle(event.payload, inv)).await)
+                let mut inv = invocation_of(&event.context);
+                if let (Some(cap), Incoming::Http(_)) = (sync_cap, &event.payload) {
+                    // A function whose timeout covers task runs still answers calls in time.
+                    inv.deadline = inv.deadline.min(Instant::now() + cap);
+                }
+                let out = match event.payload {
+                    Incoming::Task(task) => {
+                        Box::pin(server.run_task(task.tollgate_task, inv)).await;
+                        serde_json::Value::Null
+                    }
+                    Incoming::Http(event) => {
+                        let resp = Box::pin(server.handle(*event, inv)).await;
+                        serde_json::to_value(resp)?
+                    }
+                };
+                Ok::<_, lambda_runtime::Error>(out)
             }
         });
+        let mode = Mode::from_env();
+        if let Mode::Concurrent(n) = mode {
+            tracing::info!(
+                max_concurrency = n,
+                "managed instances: serving concurrent invocations"
+            );
+        }
         lambda_runtime::Runtime::new(handler)
             .layer(lambda_runtime::layers::TracingLayer::new())
-            .layer(lambda_runtime::tower::layer::layer_fn(FlushAfterResponse))
-            .run()
+            .layer(lambda_runtime::tower::layer::layer_fn(move |inner| {
+                FlushAfterResponse { inner, mode }
+            }))
+            // One invocation at a time unless `AWS_LAMBDA_MAX_CONCURRENCY` > 1 (Lambda Managed
+            // Instances): then that many workers, each polling `/next` on its own.
+            .run_concurrent()
             .await
     })
 }
 
-/// Exports the invocation's spans once its response has been posted to the Runtime API and
-/// before the next event is polled: the response never waits on the span exporters, and the
-/// environment is not frozen with spans still buffered.
-struct FlushAfterResponse<S>(S);
+/// `TOLLGATE_SYNC_TIMEOUT_MS`: the longest an API Gateway event (a call, not a task run) may
+/// take, for functions whose Lambda timeout is longer to cover task runs.
+fn sync_timeout() -> Result<Option<Duration>, crate::config::ConfigError> {
+    match std::env::var("TOLLGATE_SYNC_TIMEOUT_MS") {
+        Err(_) => Ok(None),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(
+                |e: std::num::ParseIntError| crate::config::ConfigError::Invalid {
+                    name: "TOLLGATE_SYNC_TIMEOUT_MS",
+                    reason: e.to_string(),
+                },
+            ),
+    }
+}
+
+/// What a function is invoked with: an API Gateway event, or (tool functions) a task run
+/// started by an asynchronous `Invoke` of itself.
+#[derive(Debug, serde::Deserialize)]
+#[serde(untagged)]
+enum Incoming {
+    Task(Box<crate::task::TaskEvent>),
+    Http(Box<ApiGatewayV2httpRequest>),
+}
+
+/// How this execution environment is served, from `AWS_LAMBDA_MAX_CONCURRENCY` (Lambda sets
+/// it on Managed Instances; `lambda_runtime` reads the same variable to size its workers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Classic Lambda: one invocation at a time, the environment frozen between them.
+    Sequential,
+    /// Lambda Managed Instances: up to this many invocations at once, never frozen.
+    Concurrent(u32),
+}
+
+impl Mode {
+    /// From the process environment.
+    pub fn from_env() -> Self {
+        Self::parse(std::env::var("AWS_LAMBDA_MAX_CONCURRENCY").ok().as_deref())
+    }
+
+    /// From the variable's value; unset, unparsable, 0 or 1 is sequential, as the runtime
+    /// reads it.
+    pub fn parse(value: Option<&str>) -> Self {
+        // Exactly the runtime's reading (no trimming): the two must agree on the mode.
+        match value.and_then(|v| v.parse::<u32>().ok()) {
+            Some(n) if n > 1 => Self::Concurrent(n),
+            _ => Self::Sequential,
+        }
+    }
+}
+
+/// Exports the invocation's spans once its response has been posted to the Runtime API.
+///
+/// - Sequential (classic Lambda): awaited before the next event is polled, so the environment
+///   is not frozen with spans still buffered; the response never waits on the exporters.
+/// - Concurrent (Managed Instances, never frozen): started and not awaited, so this worker
+///   polls `/next` at once, and no in-flight invocation waits on another's export. One export
+///   runs at a time ([`crate::telemetry::flush_in_background`]), covering every response posted
+///   before it began.
+#[derive(Clone)]
+struct FlushAfterResponse<S> {
+    inner: S,
+    mode: Mode,
+}
 
 impl<S> lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation> for FlushAfterResponse<S>
 where
     S: lambda_runtime::tower::Service<lambda_runtime::LambdaInvocation, Response = ()>,
-    S::Future: 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
 {
     type Response = ();
     type Error = S::Error;
-    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), S::Error>>>>;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), S::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, invocation: lambda_runtime::LambdaInvocation) -> Self::Future {
-        let served = self.0.call(invocation);
+        let served = self.inner.call(invocation);
+        let mode = self.mode;
         Box::pin(async move {
             let result = served.await;
-            crate::telemetry::flush().await;
+            match mode {
+                Mode::Sequential => crate::telemetry::flush().await,
+                Mode::Concurrent(_) => crate::telemetry::flush_in_background(),
+            }
             result
         })
     }
@@ -288,4 +384,23 @@ pub fn install_panic_hook() {
 /// `RUST_LOG`, default `info`; no span export ([`crate::telemetry::install`] adds it).
 pub fn init_logging() {
     crate::telemetry::install(&crate::telemetry::TelemetryConfig::off(), "tollgate");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Mode;
+
+    #[test]
+    fn concurrency_mode_reads_the_variable_as_the_runtime_does() {
+        assert_eq!(Mode::parse(None), Mode::Sequential);
+        for one_at_a_time in ["", "0", "1", "-4", "many", "4.5", " 64 "] {
+            assert_eq!(
+                Mode::parse(Some(one_at_a_time)),
+                Mode::Sequential,
+                "{one_at_a_time}"
+            );
+        }
+        assert_eq!(Mode::parse(Some("2")), Mode::Concurrent(2));
+        assert_eq!(Mode::parse(Some("64")), Mode::Concurrent(64));
+    }
 }

@@ -23,6 +23,7 @@ pub mod metrics;
 pub mod protocol;
 pub mod server;
 pub mod store;
+pub mod task;
 pub mod telemetry;
 pub mod tls;
 pub mod tool;

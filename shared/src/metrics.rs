@@ -52,7 +52,13 @@ pub fn emf(record: &AuditRecord, timestamp_ms: u64) -> Value {
     if let Some(trace) = &record.trace_id {
         doc["trace_id"] = json!(trace);
     }
-    if !matches!(record.status, CallStatus::Success | CallStatus::Replayed) {
+    if !matches!(
+        record.status,
+        CallStatus::Success
+            | CallStatus::Replayed
+            | CallStatus::TaskCreated
+            | CallStatus::Cancelled
+    ) {
         directives.push(directive(
             json!([["Service", "Status"], ["Service", "Tool", "Status"]]),
             &[("Errors", "Count")],
@@ -115,6 +121,7 @@ mod tests {
             budget_layer: layer.map(str::to_owned),
             arguments: None,
             idempotency_key: None,
+            task_id: None,
         }
     }
 

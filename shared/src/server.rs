@@ -10,6 +10,9 @@
 //! 6. budgets, argument validation
 //! 7. the tool run under a deadline, panics caught; its outcome stored for replays when keyed
 //! 8. one audit record per tool call ([`crate::audit`])
+//!
+//! A task-augmented `tools/call` runs steps 1 to 6, records the task and starts the run
+//! asynchronously; `tasks/*` are served from the record ([`crate::task`], `server/tasks.rs`).
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -96,6 +99,8 @@ pub struct Server {
     budgets: Option<Arc<Budgets>>,
     ledger: Ledger,
     connections: Option<Arc<crate::connect::Connections>>,
+    tasks: crate::task::TaskStore,
+    task_starter: Option<Arc<dyn crate::task::TaskStarter>>,
     /// `WWW-Authenticate` `resource_metadata` URL, from the configured resource URL.
     metadata_url: Option<String>,
     served_any: AtomicBool,
@@ -122,6 +127,8 @@ struct CallFacts<'a> {
     budget_note: Option<&'static str>,
     /// The call's idempotency key as the audit record shows it (hashed, or summarised).
     idempotency_key: Option<Value>,
+    /// The task the call created or ran.
+    task_id: Option<String>,
 }
 
 impl Server {
@@ -146,10 +153,14 @@ impl Server {
             clients.config.idempotency_ttl,
             clients.config.idempotency_max_outcome_bytes,
         );
+        let tasks =
+            crate::task::TaskStore::new(clients.dynamodb.clone(), clients.config.table.clone());
         Self {
             catalog,
             dispatch,
             auth,
+            tasks,
+            task_starter: None,
             metadata_url,
             config: clients.config.clone(),
             clients,
@@ -180,44 +191,131 @@ impl Server {
         self.budgets.as_ref()
     }
 
+    /// Starts task runs with `starter` (tool functions whose tools allow tasks).
+    pub fn with_task_starter(mut self, starter: Arc<dyn crate::task::TaskStarter>) -> Self {
+        self.task_starter = Some(starter);
+        self
+    }
+
     /// Serves tools that act on third-party accounts (the connection vault).
     pub fn with_connections(mut self, connections: Arc<crate::connect::Connections>) -> Self {
         self.connections = Some(connections);
         self
     }
 
-    /// `GET /connect/callback?state=…&code=…`: the user's browser returning from the
-    /// provider. Plain text for a person; nothing internal in it.
-    async fn connect_callback(&self, req: &Request<'_>) -> Response {
+    /// The connect pages (`/connect/start`, `/connect/login`) and `GET /connect/callback`:
+    /// the user's browser establishing who it is, then returning from the provider. Plain text
+    /// or a small form for a person; nothing internal in it.
+    async fn connect_page(&self, req: &Request<'_>) -> Response {
+        use crate::connect::{CALLBACK_PATH, LOGIN_PATH, Page, START_PATH};
         let text = |status: u16, message: &str| {
             let mut r = Response::empty(status);
             r.body = Some(message.to_owned());
             r.with_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")
                 .with_header(http::header::CACHE_CONTROL, "no-store")
         };
-        if req.method() != http::Method::GET {
-            return Response::empty(405).with_header(http::header::ALLOW, "GET");
+        let post_ok = req.path() == START_PATH;
+        let method = req.method();
+        if !(method == http::Method::GET || (post_ok && method == http::Method::POST)) {
+            let allow = if post_ok { "GET, POST" } else { "GET" };
+            return Response::empty(405).with_header(http::header::ALLOW, allow);
         }
         let Some(connections) = &self.connections else {
             return text(404, "Not found.");
         };
-        if let Some(error) = req.query("error") {
-            let shown = if error == "access_denied" {
-                "The authorization was declined. Nothing was connected."
-            } else {
-                "The provider did not authorize the connection. Nothing was connected."
-            };
-            return text(400, shown);
-        }
-        let (Some(state), Some(code)) = (req.query("state"), req.query("code")) else {
-            return text(400, "This link is incomplete. Ask the agent for a new one.");
+        let oauth = self.auth.oauth().map(AsRef::as_ref);
+        let page = match req.path() {
+            START_PATH if method == http::Method::POST => {
+                // A form post from this origin only: a cross-site page must not be able to
+                // sign a victim's browser in with the attacker's key.
+                let own = crate::server::origin_of(&connections.callback_url());
+                if req.header("origin").map(str::to_owned) != own {
+                    return text(403, "This form must be sent from this site.");
+                }
+                let (Some(id), Some(key)) = (req.form("id"), req.form("key")) else {
+                    return text(400, "This form is incomplete.");
+                };
+                connections.start_with_key(&id, &key, &self.auth).await
+            }
+            START_PATH => match req.query("id") {
+                Some(id) => connections.start(&id, oauth).await,
+                None => Page::Message(
+                    400,
+                    "This link is incomplete. Ask the agent for a new one.".to_owned(),
+                ),
+            },
+            LOGIN_PATH => {
+                if req.query("error").is_some() {
+                    return text(400, "The sign-in was not completed. Nothing was connected.");
+                }
+                match (req.query("state"), req.query("code")) {
+                    (Some(state), Some(code)) if code.len() <= 2048 => {
+                        let cookie = req.cookie(crate::connect::COOKIE);
+                        connections
+                            .login(&state, &code, cookie.as_deref(), oauth)
+                            .await
+                    }
+                    _ => Page::Message(
+                        400,
+                        "This sign-in is incomplete. Nothing was connected.".to_owned(),
+                    ),
+                }
+            }
+            CALLBACK_PATH => {
+                if let Some(error) = req.query("error") {
+                    let shown = if error == "access_denied" {
+                        "The authorization was declined. Nothing was connected."
+                    } else {
+                        "The provider did not authorize the connection. Nothing was connected."
+                    };
+                    return text(400, shown);
+                }
+                let (Some(state), Some(code)) = (req.query("state"), req.query("code")) else {
+                    return text(400, "This link is incomplete. Ask the agent for a new one.");
+                };
+                let iss = req.query("iss");
+                if state.len() > 128
+                    || code.len() > 2048
+                    || iss.as_ref().is_some_and(|i| i.len() > 2048)
+                {
+                    return text(400, "This link is not valid. Ask the agent for a new one.");
+                }
+                let cookie = req.cookie(crate::connect::COOKIE);
+                match connections
+                    .callback(&state, &code, iss.as_deref(), cookie.as_deref())
+                    .await
+                {
+                    Ok(message) => Page::Message(200, message),
+                    Err(message) => Page::Message(400, message.to_owned()),
+                }
+            }
+            _ => Page::Message(404, "Not found.".to_owned()),
         };
-        if state.len() > 128 || code.len() > 2048 {
-            return text(400, "This link is not valid. Ask the agent for a new one.");
-        }
-        match connections.callback(&state, &code).await {
-            Ok(message) => text(200, &message),
-            Err(message) => text(400, message),
+        match page {
+            Page::Redirect { location, cookie } => {
+                let mut r = Response::empty(303)
+                    .with_header(http::header::LOCATION, &location)
+                    .with_header(http::header::CACHE_CONTROL, "no-store");
+                if let Some(c) = cookie {
+                    r = r.with_header(http::header::SET_COOKIE, &c);
+                }
+                r
+            }
+            Page::Html(body) => {
+                let mut r = Response::empty(200);
+                r.body = Some(body);
+                r.with_header(http::header::CONTENT_TYPE, "text/html; charset=utf-8")
+                    .with_header(http::header::CACHE_CONTROL, "no-store")
+                    // No `form-action`: browsers apply it to the redirect after the post (to
+                    // the provider). `same-origin`, not `no-referrer`: the latter makes the
+                    // form's own post carry `Origin: null`, which the post check refuses.
+                    .with_header(
+                        http::header::CONTENT_SECURITY_POLICY,
+                        "default-src 'none'; frame-ancestors 'none'",
+                    )
+                    .with_header(http::header::REFERRER_POLICY, "same-origin")
+            }
+            Page::Message(status, message) => text(status, &message),
         }
     }
 
@@ -242,8 +340,14 @@ impl Server {
         if let Some(suffix) = req.path().strip_prefix(WELL_KNOWN_PRM) {
             return self.protected_resource_metadata(&req, suffix);
         }
-        if req.path() == crate::connect::CALLBACK_PATH {
-            return self.connect_callback(&req).await;
+        if [
+            crate::connect::CALLBACK_PATH,
+            crate::connect::START_PATH,
+            crate::connect::LOGIN_PATH,
+        ]
+        .contains(&req.path())
+        {
+            return self.connect_page(&req).await;
         }
         if let Err(r) = transport::check(&req, &self.config) {
             let id = match r {
@@ -278,9 +382,8 @@ impl Server {
             &span_request_id(&rpc.id),
             &trace,
         );
-        self.serve(&req, event, &rpc, &trace, inv, started)
-            .instrument(span)
-            .await
+        let served = self.serve(&req, event, &rpc, &trace, inv, started);
+        telemetry::with_invocation_trace(trace.clone(), served.instrument(span)).await
     }
 
     /// A parsed JSON-RPC request, inside its server span.
@@ -298,7 +401,22 @@ impl Server {
             Err(r) => return self.reject(r, Some(&rpc.id)),
         };
         tracing::Span::current().record("mcp.protocol.version", negotiated.version.as_str());
-        if !is_known_method(negotiated.era, &rpc.method) {
+        let tasks_served = self.catalog.has_tasks()
+            && match negotiated.era {
+                Era::Legacy => {
+                    negotiated.version == crate::task::TASKS_VERSION
+                        && matches!(
+                            rpc.method.as_str(),
+                            "tasks/get" | "tasks/result" | "tasks/list" | "tasks/cancel"
+                        )
+                }
+                Era::Modern => matches!(
+                    rpc.method.as_str(),
+                    "tasks/get" | "tasks/update" | "tasks/cancel"
+                ),
+            };
+        let known = is_known_method(negotiated.era, &rpc.method) || tasks_served;
+        if !known {
             let http_404 = negotiated.era == Era::Modern;
             return self.reject(Rejection::MethodNotFound { http_404 }, Some(&rpc.id));
         }
@@ -312,11 +430,14 @@ impl Server {
             Err(d) => return self.deny(req, d.error.into(), Some(&rpc.id)),
         };
         tracing::Span::current().record("enduser.id", principal.agent_id.as_str());
+        if tasks_served {
+            return self.tasks_method(rpc, &principal, inv, &negotiated).await;
+        }
         let result = match rpc.method.as_str() {
             "initialize" => self.initialize_result(&negotiated.version),
             "ping" => json!({}),
             "server/discover" => self.discover_result(),
-            "tools/list" => self.tools_list_result(&principal, negotiated.era),
+            "tools/list" => self.tools_list_result(&principal, &negotiated),
             _ => return self.reject(Rejection::MethodNotFound { http_404: true }, Some(&rpc.id)),
         };
         self.ok(&rpc.id, result, negotiated.era)
@@ -448,9 +569,17 @@ impl Server {
     }
 
     fn initialize_result(&self, version: &str) -> Value {
+        let mut capabilities = json!({"tools": {}});
+        if self.catalog.has_tasks() && version == crate::task::TASKS_VERSION {
+            capabilities["tasks"] = json!({
+                "list": {},
+                "cancel": {},
+                "requests": {"tools": {"call": {}}},
+            });
+        }
         json!({
             "protocolVersion": version,
-            "capabilities": {"tools": {}},
+            "capabilities": capabilities,
             "serverInfo": {"name": self.identity.name, "version": self.identity.version},
             "instructions": INSTRUCTIONS,
         })
@@ -458,9 +587,13 @@ impl Server {
 
     fn discover_result(&self) -> Value {
         let server_info = json!({"name": self.identity.name, "version": self.identity.version});
+        let mut capabilities = json!({"tools": {}});
+        if self.catalog.has_tasks() {
+            capabilities["extensions"] = json!({ crate::task::TASKS_EXTENSION: {} });
+        }
         json!({
             "supportedVersions": SUPPORTED_VERSIONS,
-            "capabilities": {"tools": {}},
+            "capabilities": capabilities,
             "serverInfo": server_info,
             "instructions": INSTRUCTIONS,
             "ttlMs": DISCOVER_TTL_MS,
@@ -468,15 +601,23 @@ impl Server {
         })
     }
 
-    fn tools_list_result(&self, principal: &Principal, era: Era) -> Value {
+    fn tools_list_result(&self, principal: &Principal, negotiated: &Negotiated) -> Value {
+        let tasks = negotiated.version == crate::task::TASKS_VERSION;
         let tools: Vec<Value> = self
             .catalog
             .iter()
             .filter(|t| principal.has_scope(t.spec().scope))
-            .filter_map(|t| serde_json::to_value(t.descriptor()).ok())
+            .filter_map(|t| {
+                let mut v = serde_json::to_value(t.descriptor()).ok()?;
+                // `execution.taskSupport` exists in 2025-11-25; absent means "forbidden".
+                if tasks && t.task_support() != crate::task::TaskSupport::Forbidden {
+                    v["execution"] = json!({"taskSupport": t.task_support().as_str()});
+                }
+                Some(v)
+            })
             .collect();
         let mut result = json!({"tools": tools});
-        if era == Era::Modern {
+        if negotiated.era == Era::Modern {
             result["ttlMs"] = json!(TOOLS_LIST_TTL_MS);
             // The list depends on the caller's scopes: never share it across callers.
             result["cacheScope"] = json!("private");
@@ -512,6 +653,7 @@ impl Server {
             budget_layer: None,
             budget_note: None,
             idempotency_key: None,
+            task_id: None,
         };
         let principal = match self.auth.authenticate(req).await {
             Ok(p) => p,
@@ -554,6 +696,15 @@ impl Server {
                 Some(&rpc.id),
             );
         }
+        // The tool's task support is checked where the capability was declared: the gateway
+        // refuses a task call of a tool without it before forwarding.
+        let task = match self.task_mode(rpc, negotiated, tool) {
+            Ok(task) => task,
+            Err((rejection, reason)) => {
+                self.write_audit(&facts, CallStatus::InvalidInput, Some(reason));
+                return self.reject(rejection, Some(&rpc.id));
+            }
+        };
         if let Dispatch::Forward(invoker) = &self.dispatch {
             let span = telemetry::invoke_span(tool.spec().name);
             let forwarded = async {
@@ -576,6 +727,13 @@ impl Server {
                     self.reject(Rejection::Unavailable { retry_after_s: 1 }, Some(&rpc.id))
                 }
             };
+        }
+        if let Some(ttl) = task {
+            return self
+                .create_task(
+                    rpc, negotiated, trace, &principal, tool, args, ttl, &mut facts,
+                )
+                .await;
         }
         let claim = match self
             .idempotency_step(req, rpc, &principal, tool, args, negotiated, &mut facts)
@@ -803,6 +961,7 @@ impl Server {
             clients: self.clients.clone(),
             trace: trace.clone(),
             provider_token: None,
+            task: None,
         };
         if let Some(provider) = tool.provider() {
             let token = match &self.connections {
@@ -822,16 +981,44 @@ impl Server {
                     self.write_audit(facts, status, Some(e.reason()));
                     telemetry::record_error(e.reason(), status == CallStatus::SystemError);
                     return Ran::Answer(with_rate_limit(
-                        self.call_result(&rpc.id, &e.to_result(provider), negotiated.era),
+                        self.connect_answer(rpc, negotiated, provider, &e),
                         admission.as_ref(),
                     ));
                 }
             }
         }
+        let (status, reason, result) = self.execute(tool, ctx, args, deadline, inv).await;
+        self.write_audit(facts, status, reason);
+        if status != CallStatus::Success {
+            // MCP semantic conventions: a result with `isError` is a `tool_error`.
+            telemetry::record_error(
+                reason.unwrap_or("tool_error"),
+                status == CallStatus::SystemError,
+            );
+        }
+        if status == CallStatus::SystemError {
+            // Nothing a retry must not repeat: the record is released.
+            return Ran::Answer(with_rate_limit(
+                self.call_result(&rpc.id, &result, negotiated.era),
+                admission.as_ref(),
+            ));
+        }
+        Ran::Outcome { result, admission }
+    }
+
+    /// Runs the tool's handler until `deadline`, panics caught: the audit status, the reason
+    /// of a system error, and the result the agent sees.
+    async fn execute(
+        &self,
+        tool: &RegisteredTool,
+        ctx: ToolContext,
+        args: &Value,
+        deadline: Instant,
+        inv: &Invocation,
+    ) -> (CallStatus, Option<&'static str>, CallToolResult) {
         let handler = telemetry::handler_span(tool.spec().name);
         let run = AssertUnwindSafe(tool.call(ctx, args.clone()).instrument(handler)).catch_unwind();
-        let outcome = tokio::time::timeout_at(deadline.into(), run).await;
-        let (status, reason, result) = match outcome {
+        match tokio::time::timeout_at(deadline.into(), run).await {
             Ok(Ok(Ok(result))) => (CallStatus::Success, None, result),
             Ok(Ok(Err(ToolError::Business(message)))) => (
                 CallStatus::BusinessError,
@@ -862,23 +1049,7 @@ impl Server {
                     self.system_error_result(inv),
                 )
             }
-        };
-        self.write_audit(facts, status, reason);
-        if status != CallStatus::Success {
-            // MCP semantic conventions: a result with `isError` is a `tool_error`.
-            telemetry::record_error(
-                reason.unwrap_or("tool_error"),
-                status == CallStatus::SystemError,
-            );
         }
-        if status == CallStatus::SystemError {
-            // Nothing a retry must not repeat: the record is released.
-            return Ran::Answer(with_rate_limit(
-                self.call_result(&rpc.id, &result, negotiated.era),
-                admission.as_ref(),
-            ));
-        }
-        Ran::Outcome { result, admission }
     }
 
     /// The budget step: `Ok(None)` when this server enforces no budgets.
@@ -959,6 +1130,81 @@ impl Server {
         ))])
     }
 
+    /// The answer when the user must connect (or reconnect) a provider, in the form the
+    /// caller's protocol version defines for URL-mode elicitation when the request itself
+    /// declares the capability (`params._meta["io.modelcontextprotocol/clientCapabilities"]
+    /// .elicitation.url`): 2026-07-28 gets an `InputRequiredResult` with an
+    /// `elicitation/create` request (`mode: "url"`); 2025-11-25 gets the
+    /// `URLElicitationRequiredError` (-32042). Every other request (no declaration on it, a
+    /// version without URL mode, or a retry whose user declined or cancelled) gets the
+    /// `isError` result with `connect_url`. A stateless server cannot know what a legacy
+    /// `initialize` declared, and the spec forbids elicitations of modes the client did not
+    /// declare, so the declaration must come with the request.
+    fn connect_answer(
+        &self,
+        rpc: &RpcRequest,
+        negotiated: &Negotiated,
+        provider: &str,
+        e: &crate::connect::ConnectError,
+    ) -> Response {
+        let fallback = || self.call_result(&rpc.id, &e.to_result(provider), negotiated.era);
+        let Some((url, elicitation_id)) = e.link() else {
+            return fallback();
+        };
+        let declared = rpc
+            .params
+            .get("_meta")
+            .and_then(|m| m.get(crate::protocol::META_CLIENT_CAPABILITIES))
+            .and_then(|c| c.get("elicitation"))
+            .and_then(|c| c.get("url"))
+            .is_some_and(Value::is_object);
+        let key = format!("connect_{provider}");
+        let declined = rpc
+            .params
+            .get("inputResponses")
+            .and_then(|r| r.get(&key))
+            .and_then(|r| r.get("action"))
+            .and_then(Value::as_str)
+            .is_some_and(|a| a == "decline" || a == "cancel");
+        let message = e.elicitation_message(provider);
+        match negotiated.era {
+            Era::Modern if declared && !declined => {
+                let result = json!({
+                    "resultType": "input_required",
+                    "inputRequests": {
+                        key: {
+                            "method": "elicitation/create",
+                            "params": {"mode": "url", "url": url, "message": message},
+                        },
+                    },
+                    "_meta": {
+                        META_SERVER_INFO: {"name": self.identity.name, "version": self.identity.version},
+                    },
+                });
+                Response::json(200, &jsonrpc::result_body(&rpc.id, result))
+            }
+            Era::Legacy if declared && negotiated.version == URL_ELICITATION_LEGACY_VERSION => {
+                let body = jsonrpc::error_body(
+                    Some(&rpc.id),
+                    URL_ELICITATION_REQUIRED,
+                    "This request requires the user to connect an account first.",
+                    Some(json!({
+                        "reason": e.reason(),
+                        "retry": "after_user_connects",
+                        "elicitations": [{
+                            "mode": "url",
+                            "elicitationId": elicitation_id,
+                            "url": url,
+                            "message": message,
+                        }],
+                    })),
+                );
+                Response::json(200, &body)
+            }
+            _ => fallback(),
+        }
+    }
+
     fn call_result(&self, id: &RequestId, result: &CallToolResult, era: Era) -> Response {
         let value = serde_json::to_value(result)
             .unwrap_or_else(|_| json!({"content": [], "isError": true}));
@@ -991,6 +1237,7 @@ impl Server {
             reason: reason.or(facts.budget_note).map(str::to_owned),
             budget_layer: facts.budget_layer.map(str::to_owned),
             idempotency_key: facts.idempotency_key.clone(),
+            task_id: facts.task_id.clone(),
             arguments: facts.principal.map(|_| {
                 redact_arguments(
                     facts.tool,
@@ -1050,6 +1297,11 @@ fn record_rejection(r: &Rejection) {
     telemetry::record_error(r.reason(), server_fault);
 }
 
+/// JSON-RPC code of 2025-11-25's `URLElicitationRequiredError`.
+pub const URL_ELICITATION_REQUIRED: i32 = -32042;
+/// The one legacy version with URL-mode elicitation.
+const URL_ELICITATION_LEGACY_VERSION: &str = "2025-11-25";
+
 /// The RFC 9728 well-known prefix.
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
 
@@ -1103,7 +1355,8 @@ fn is_known_method(era: Era, method: &str) -> bool {
 /// never becomes a span name).
 fn span_method(method: &str) -> &str {
     match method {
-        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover" => method,
+        "initialize" | "ping" | "tools/list" | "tools/call" | "server/discover" | "tasks/get"
+        | "tasks/result" | "tasks/list" | "tasks/cancel" | "tasks/update" => method,
         _ => "_OTHER",
     }
 }
@@ -1120,5 +1373,6 @@ const INSTRUCTIONS: &str = "Tools served by tollgate. Every call is authenticate
 and audited. A result with isError explains what to change; HTTP 429 means wait for Retry-After; \
 HTTP 403 with a permanently-denied code means do not retry.";
 
+mod tasks;
 #[cfg(test)]
 mod tests;

@@ -15,8 +15,9 @@
 //! - **Flush.** Batch processors (export on their own thread); [`flush`] runs after the
 //!   response is handed back: on Lambda by a runtime layer after the response was posted to
 //!   the Runtime API (before the next event is polled, so the environment is not frozen with
-//!   spans in the buffer), in the local stack after each response. The response path itself
-//!   never waits on the network for spans.
+//!   spans in the buffer), in the local stack after each response. On Lambda Managed Instances
+//!   (concurrent invocations, never frozen) [`flush_in_background`] instead: not awaited, one
+//!   export at a time. The response path itself never waits on the network for spans.
 //! - **Sampling.** `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`, default
 //!   `parentbased_always_on`: a caller's sampled flag is followed, also when the caller named
 //!   no parent span (an X-Ray header with only `Root` and `Sampled=0`).
@@ -443,6 +444,40 @@ pub async fn flush() {
     .await;
 }
 
+static BACKGROUND_RUNNING: AtomicBool = AtomicBool::new(false);
+static BACKGROUND_AGAIN: AtomicBool = AtomicBool::new(false);
+
+/// Exports every span finished so far, in the background, without waiting (Lambda Managed
+/// Instances: the environment is never frozen, and no invocation should wait on another's
+/// export). At most one export runs at a time: calls made while one runs are served by one
+/// more export after it, so under load the exports batch many responses each instead of one
+/// export per response.
+pub fn flush_in_background() {
+    let Some(provider) = PROVIDER.get() else {
+        return;
+    };
+    BACKGROUND_AGAIN.store(true, Ordering::Release);
+    if BACKGROUND_RUNNING.swap(true, Ordering::AcqRel) {
+        return; // the running export loop sees BACKGROUND_AGAIN
+    }
+    let provider = provider.clone();
+    tokio::task::spawn_blocking(move || {
+        loop {
+            while BACKGROUND_AGAIN.swap(false, Ordering::AcqRel) {
+                let _ = provider.force_flush();
+            }
+            BACKGROUND_RUNNING.store(false, Ordering::Release);
+            // A call may have set BACKGROUND_AGAIN after the last swap while this loop still
+            // counted as running: take it, unless a new loop already did.
+            if !BACKGROUND_AGAIN.load(Ordering::Acquire)
+                || BACKGROUND_RUNNING.swap(true, Ordering::AcqRel)
+            {
+                break;
+            }
+        }
+    });
+}
+
 /// Exports what is buffered and stops the exporters (process exit).
 pub fn shutdown() {
     if let Some(p) = PROVIDER.get() {
@@ -520,6 +555,30 @@ pub fn continue_trace(span: &tracing::Span, trace: &TraceContext) {
     // Starts the span now, while the ids are pinned on this thread.
     let _ = span.context();
     PINNED.with(|p| p.set((None, None)));
+}
+
+tokio::task_local! {
+    /// The trace context of the invocation this task is serving.
+    static INVOCATION_TRACE: TraceContext;
+}
+
+/// Runs `fut` (one invocation's work) with `trace` as its trace context: AWS SDK calls made
+/// inside it carry headers naming this invocation when no span is exported. Task-local, never
+/// process-global: on Lambda Managed Instances many invocations share the process (and the
+/// runtime does not set `_X_AMZN_TRACE_ID`, which the SDK would otherwise read).
+pub async fn with_invocation_trace<F: std::future::Future>(
+    trace: TraceContext,
+    fut: F,
+) -> F::Output {
+    INVOCATION_TRACE.scope(trace, fut).await
+}
+
+/// The headers an outgoing call names the current invocation with, when inside
+/// [`with_invocation_trace`].
+fn invocation_headers() -> Option<Vec<(&'static str, String)>> {
+    INVOCATION_TRACE
+        .try_with(TraceContext::outgoing_headers)
+        .ok()
 }
 
 /// The current span's (trace id, span id, sampled), when spans are exported and one is open.
@@ -656,7 +715,8 @@ pub fn record_error(kind: &str, server_fault: bool) {
 /// An AWS SDK interceptor: one CLIENT span per operation (`DynamoDB.UpdateItem`, …) under
 /// the current span, and `X-Amzn-Trace-Id` and `traceparent` naming that span on the request
 /// (added after signing: SigV4 leaves `X-Amzn-Trace-Id` out, and unsigned headers are
-/// allowed). Inside no traced request it does nothing.
+/// allowed). With no span exported, the headers name the invocation of
+/// [`with_invocation_trace`] instead; outside any invocation it does nothing.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct AwsSdkSpans;
 
@@ -715,6 +775,14 @@ impl Intercept for AwsSdkSpans {
         cfg: &mut ConfigBag,
     ) -> Result<(), BoxError> {
         let Some(span) = cfg.load::<SdkSpan>().and_then(SdkSpan::span) else {
+            // No span exported: the invocation's own context, replacing whatever the SDK's
+            // recursion detection copied from the process environment.
+            if let Some(headers) = invocation_headers() {
+                let request = context.request_mut().headers_mut();
+                for (name, value) in headers {
+                    request.insert(name, value);
+                }
+            }
             return Ok(());
         };
         let cx = span.context();

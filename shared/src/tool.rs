@@ -132,6 +132,8 @@ pub struct ToolContext {
     pub trace: crate::trace::TraceContext,
     /// The user's access token at the tool's provider, when the tool declares one.
     pub provider_token: Option<crate::connect::ProviderToken>,
+    /// The task this run belongs to, when the call was task-augmented (see [`crate::task`]).
+    pub task: Option<Arc<crate::task::TaskHandle>>,
 }
 
 impl ToolContext {
@@ -168,6 +170,29 @@ impl ToolContext {
     /// Time left before the deadline.
     pub fn remaining(&self) -> std::time::Duration {
         self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Reports progress (`progress` of `total`, and a status message the agent sees) on the
+    /// call's task; written at a bounded rate, a no-op for a call that is not a task.
+    pub async fn report_progress(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
+        if let Some(task) = &self.task {
+            task.report(progress, total, message).await;
+        }
+    }
+
+    /// Whether the call's task was cancelled: the handler should stop (the task stays
+    /// `cancelled` whatever it returns). Always `false` for a call that is not a task.
+    pub fn is_cancelled(&self) -> bool {
+        self.task.as_ref().is_some_and(|t| t.is_cancelled())
+    }
+
+    /// Resolves when the call's task is cancelled (never for a call that is not a task): a
+    /// handler may `select!` its work against it.
+    pub async fn cancelled(&self) {
+        match &self.task {
+            Some(t) => t.cancelled().await,
+            None => std::future::pending().await,
+        }
     }
 }
 
@@ -272,6 +297,20 @@ pub trait Tool: Send + Sync + 'static {
     /// Override to require one (payments, emails, deploys).
     fn idempotency(&self) -> crate::idempotency::Idempotency {
         crate::idempotency::Idempotency::from_annotations(&self.spec().annotations)
+    }
+
+    /// Whether the tool may or must be called as a task (`execution.taskSupport` in
+    /// `tools/list`); by default it may not. A tool that allows tasks gets a
+    /// [`ToolContext::task`] on task runs: progress reports and cancellation.
+    fn task_support(&self) -> crate::task::TaskSupport {
+        crate::task::TaskSupport::Forbidden
+    }
+
+    /// The longest a task run of this tool may take (capped by `TOLLGATE_TASK_MAX_RUN_SECS`
+    /// and, on Lambda, the function's timeout); `None` for the cap itself. Calls that are not
+    /// tasks keep the invocation's deadline.
+    fn task_time_limit(&self) -> Option<std::time::Duration> {
+        None
     }
 
     /// Runs the tool. Cancelled at `ctx.deadline`; a panic is caught and becomes a system error.

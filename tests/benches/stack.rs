@@ -273,6 +273,7 @@ fn audit_cost() -> anyhow::Result<()> {
             budget_layer: None,
             arguments: Some(redact_arguments(Some(&tool), &args, Some(&key), true)),
             idempotency_key: None,
+            task_id: None,
         };
         let line = serde_json::to_string(&record)?;
         let emf = serde_json::to_string(&tollgate::metrics::emf(&record, 1_795_676_400_000))?;

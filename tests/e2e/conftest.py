@@ -138,6 +138,17 @@ class _Endpoints:
         lines = text.split("\n")
         return [line for line in lines[:-1] if line.strip()]
 
+    def audit_since(self, offset: int) -> list[dict[str, Any]]:
+        records = []
+        for line in self.stdout_lines_since(offset):
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(rec, dict) and rec.get("kind") == "audit":
+                records.append(rec)
+        return records
+
 
 @dataclass
 class Stack(_Endpoints):
@@ -153,16 +164,6 @@ class Stack(_Endpoints):
     spans: SpanSinks | None = field(default=None, repr=False)
 
     # --- URLs -----------------------------------------------------------------------------
-    def audit_since(self, offset: int) -> list[dict[str, Any]]:
-        records = []
-        for line in self.stdout_lines_since(offset):
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict) and rec.get("kind") == "audit":
-                records.append(rec)
-        return records
 
     def audit_for(self, action: Callable[[], Any], expect: int = 1, settle: float = 0.3) -> tuple[Any, list[dict]]:
         """Runs `action`; returns its value and the audit records written while it ran.

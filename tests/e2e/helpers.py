@@ -29,8 +29,9 @@ TOOL_SCOPES = {
 }
 ALL_SCOPES = sorted(TOOL_SCOPES.values())
 # Every tool the gateway serves: the above, plus account_profile, which acts on a user's
-# third-party account and needs a configured provider (test_connections.py).
-CATALOG_SCOPES = {**TOOL_SCOPES, "account_profile": "account:read"}
+# third-party account and needs a configured provider (test_connections.py), and
+# export_tickets, the long-running tool called as a task (test_tasks.py).
+CATALOG_SCOPES = {**TOOL_SCOPES, "account_profile": "account:read", "export_tickets": "tickets:read"}
 
 
 

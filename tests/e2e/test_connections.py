@@ -99,24 +99,44 @@ def expire_access_token(stack, user: str) -> None:
         UpdateExpression="SET access_expires_at_ms = :zero", ExpressionAttributeValues={":zero": {"N": "0"}})
 
 
-def connect(http, result: dict, inst) -> httpx2.Response:
-    """Plays the user's browser: opens the connect link, lets the provider redirect back."""
+def connect(http, result: dict, inst, key: str) -> httpx2.Response:
+    """Plays the user's browser: opens the connect link (our page), proves to be the agent
+    with one of its keys, lets the provider redirect back."""
     structured = result["structuredContent"]
     assert result["isError"] is True and structured["error"] in ("connection_required", "reconsent_required"), result
-    link = structured["connect_url"]
-    q = parse_qs(urlparse(link).query)
-    assert q["code_challenge_method"] == ["S256"] and len(q["state"][0]) >= 43, q
-    assert q["redirect_uri"] == [f"{inst.base}/connect/callback"]
-    to_provider = http.get(link, follow_redirects=False)
-    assert to_provider.status_code == 302, to_provider.text
-    back = to_provider.headers["location"]
-    assert back.startswith(f"{inst.base}/connect/callback?")
-    return http.get(back)
+    return open_link(structured["connect_url"], inst, key)
+
+
+def open_link(link: str, inst, key: str, browser: httpx2.Client | None = None) -> httpx2.Response:
+    """A browser (its own cookie jar) opening an agent's connect link and completing it."""
+    assert link.startswith(f"{inst.base}/connect/start?id="), link
+    own = browser is None
+    browser = browser or httpx2.Client(trust_env=False, timeout=30)
+    try:
+        page = browser.get(link)
+        assert page.status_code == 200 and 'name="key"' in page.text, page.text
+        handle = parse_qs(urlparse(link).query)["id"][0]
+        to_provider = browser.post(f"{inst.base}/connect/start", data={"id": handle, "key": key},
+                                   headers={"Origin": inst.base}, follow_redirects=False)
+        assert to_provider.status_code == 303, to_provider.text
+        provider_link = to_provider.headers["location"]
+        q = parse_qs(urlparse(provider_link).query)
+        assert q["code_challenge_method"] == ["S256"] and q["state"] == [handle], q
+        assert q["redirect_uri"] == [f"{inst.base}/connect/callback"]
+        at_provider = browser.get(provider_link, follow_redirects=False)
+        assert at_provider.status_code == 302, at_provider.text
+        back = at_provider.headers["location"]
+        assert back.startswith(f"{inst.base}/connect/callback?")
+        return browser.get(back)
+    finally:
+        if own:
+            browser.close()
 
 
 def agent_token(stack) -> tuple[str, str]:
+    """A fresh agent with a key: (its vault user, `agent:<id>`, and the key)."""
     agent, key = stack.agent_with_key(["account:read"], prefix="conn")
-    return agent, key["token"]
+    return f"agent:{agent}", key["token"]
 
 
 def test_connect_use_and_single_use_state(stack, fleet, authz, http) -> None:  # noqa: F811
@@ -124,7 +144,7 @@ def test_connect_use_and_single_use_state(stack, fleet, authz, http) -> None:  #
     user, token = agent_token(stack)
     first = call(http, fleet[0], token)
     assert first["structuredContent"]["retry"] == "after_user_connects"
-    landed = connect(http, first, fleet[0])
+    landed = connect(http, first, fleet[0], token)
     assert landed.status_code == 200 and "connected" in landed.text, landed.text
     # The callback link is single use.
     again = http.get(str(landed.request.url))
@@ -145,7 +165,7 @@ def test_connect_use_and_single_use_state(stack, fleet, authz, http) -> None:  #
 def test_parallel_calls_with_an_expired_token_refresh_once(stack, fleet, authz, processes, http) -> None:  # noqa: F811
     provider(authz, down=False, slow_ms=0, access_ttl=1)  # the grant's first access token is already stale
     user, token = agent_token(stack)
-    connect(http, call(http, fleet[0], token), fleet[0])
+    connect(http, call(http, fleet[0], token), fleet[0], token)
     provider(authz, access_ttl=3600)
     before = authz.stats()["refreshes"]
     version = int(item(stack, user)["version"]["N"])
@@ -186,7 +206,7 @@ def test_parallel_calls_with_an_expired_token_refresh_once(stack, fleet, authz, 
 def test_provider_down_or_slow_is_retryable_and_loses_nothing(stack, fleet, authz, processes, http, failure) -> None:  # noqa: F811
     provider(authz, down=False, slow_ms=0, access_ttl=3600)
     user, token = agent_token(stack)
-    connect(http, call(http, fleet[0], token), fleet[0])
+    connect(http, call(http, fleet[0], token), fleet[0], token)
     expire_access_token(stack, user)
     kept = item(stack, user)
     provider(authz, **({"down": True} if failure == "down" else {"slow_ms": 7000}))
@@ -215,7 +235,7 @@ def test_provider_down_or_slow_is_retryable_and_loses_nothing(stack, fleet, auth
 def test_revoked_grant_asks_for_consent_again_without_retrying(stack, fleet, authz, processes, http) -> None:  # noqa: F811
     provider(authz, down=False, slow_ms=0, access_ttl=3600)
     user, token = agent_token(stack)
-    connect(http, call(http, fleet[0], token), fleet[0])
+    connect(http, call(http, fleet[0], token), fleet[0], token)
     assert authz._post("/_test/revoke", {"refresh": stored_refresh(stack, user)})["revoked"]
     expire_access_token(stack, user)
     inst = processes.extra_instance(stack, **overrides(stack, authz))
@@ -229,14 +249,14 @@ def test_revoked_grant_asks_for_consent_again_without_retrying(stack, fleet, aut
     assert again["structuredContent"]["error"] == "reconsent_required"
     assert authz.stats()["refreshes"] - before == 1, "no retry against the provider"
     # Consenting again restores the connection.
-    assert connect(http, again, inst).status_code == 200
+    assert connect(http, again, inst, token).status_code == 200
     assert call(http, inst, token)["isError"] is False
 
 
 def test_admin_revoke_removes_the_connection(stack, fleet, authz, http) -> None:  # noqa: F811
     provider(authz, down=False, slow_ms=0, access_ttl=3600)
     user, token = agent_token(stack)
-    connect(http, call(http, fleet[0], token), fleet[0])
+    connect(http, call(http, fleet[0], token), fleet[0], token)
     assert stack.cli("connections", "revoke", user, PROVIDER).json() == {"revoked": {"user": user, "provider": PROVIDER}}
     assert stack.cli("connections", "list", user).json() == []
     assert stack.cli("connections", "revoke", user, PROVIDER, check=False).returncode != 0

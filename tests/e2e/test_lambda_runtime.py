@@ -11,6 +11,7 @@ import secrets
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,41 @@ class RuntimeApi:
         self._server.server_close()
 
 
+@contextmanager
+def one_event(bin_path: Path, event: dict[str, Any], tmp_path: Path, function: str, **extra_env: str):
+    """Runs `bin_path` under a Runtime API serving `event` once, spans exported to an OTLP
+    receiver; yields (api, receiver) once the function polled for a second event."""
+    receiver = OtlpReceiver()
+    api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_", "EXPORT_"))}
+    env.update(
+        AWS_LAMBDA_RUNTIME_API=api.address,
+        AWS_LAMBDA_FUNCTION_NAME=function,
+        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
+        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
+        AWS_REGION="us-east-1",
+        AWS_ACCESS_KEY_ID="local",
+        AWS_SECRET_ACCESS_KEY="local",
+        AWS_EC2_METADATA_DISABLED="true",
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        NO_PROXY="127.0.0.1,localhost",
+        **extra_env,
+    )
+    proc = subprocess.Popen([str(bin_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while api.second_poll_at is None and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.05)
+        assert api.second_poll_at is not None, "the function never polled for a second event"
+        yield api, receiver
+    finally:
+        proc.kill()
+        proc.wait(timeout=5)
+        api.close()
+        receiver.close()
+
+
 def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path) -> None:
     assert FUNCTION_BIN.exists(), f"{FUNCTION_BIN} is missing: run `make build-debug`"
     trace_id = secrets.token_hex(16)
@@ -88,29 +124,10 @@ def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path)
     event["headers"].pop("authorization")  # a 401, answered without any AWS call
     event["headers"]["traceparent"] = f"00-{trace_id}-00f067aa0ba902b7-01"
     event["body"] = json.dumps({"jsonrpc": "2.0", "id": 7, "method": "tools/list"})
-    receiver = OtlpReceiver()
-    api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_"))}
-    env.update(
-        AWS_LAMBDA_RUNTIME_API=api.address,
-        AWS_LAMBDA_FUNCTION_NAME="lookup_customer",
-        AWS_LAMBDA_FUNCTION_MEMORY_SIZE="128",
-        AWS_LAMBDA_FUNCTION_VERSION="$LATEST",
-        AWS_REGION="us-east-1",
-        AWS_ACCESS_KEY_ID="local",
-        AWS_SECRET_ACCESS_KEY="local",
-        AWS_EC2_METADATA_DISABLED="true",
+    with one_event(
+        FUNCTION_BIN, event, tmp_path, "lookup_customer",
         TOLLGATE_RESOURCE_URL="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/mcp",  # the fixture's API
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        NO_PROXY="127.0.0.1,localhost",
-    )
-    proc = subprocess.Popen([str(FUNCTION_BIN)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while api.second_poll_at is None and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert api.second_poll_at is not None, "the function never polled for a second event"
+    ) as (api, receiver):
         assert api.response is not None and api.response["statusCode"] == 401, api.response
         ours = [s for s in receiver.spans if s.trace_id == trace_id]
         assert sorted(s.name for s in ours) == ["authenticate", "tools/list"], ours
@@ -124,8 +141,61 @@ def test_spans_are_flushed_after_the_response_and_before_the_next_poll(tmp_path)
         assert receiver.received_at and api.response_at is not None
         assert api.response_at <= receiver.received_at[0] <= api.second_poll_at, (
             api.response_at, receiver.received_at, api.second_poll_at)
-    finally:
-        proc.kill()
-        proc.wait(timeout=5)
-        api.close()
-        receiver.close()
+
+
+def test_a_task_run_event_runs_the_tool_in_the_creating_trace(tmp_path, processes) -> None:
+    """The asynchronous invocation a task tool sends itself, through the real runtime loop:
+    the function recognises it as a task run (not an API Gateway event), claims and ends the
+    task record, answers null, and its SERVER span continues the creating request's trace."""
+    import hashlib
+
+    import boto3
+
+    bin_path = FUNCTION_BIN.parent / "export_tickets"
+    assert bin_path.exists(), f"{bin_path} is missing: run `cargo build --bin export_tickets`"
+    _, ddb_url = processes.moto()
+    ddb = boto3.client("dynamodb", endpoint_url=ddb_url, region_name="us-east-1",
+                       aws_access_key_id="local", aws_secret_access_key="local")
+    for table in ("tollgate-rt", "tollgate-rt-app"):
+        ddb.create_table(
+            TableName=table, BillingMode="PAY_PER_REQUEST",
+            AttributeDefinitions=[{"AttributeName": "pk", "AttributeType": "S"},
+                                  {"AttributeName": "sk", "AttributeType": "S"}],
+            KeySchema=[{"AttributeName": "pk", "KeyType": "HASH"}, {"AttributeName": "sk", "KeyType": "RANGE"}],
+        )
+    ddb.put_item(TableName="tollgate-rt-app", Item={
+        "pk": {"S": "CUSTOMER#C-1001"}, "sk": {"S": "PROFILE"}, "customer_id": {"S": "C-1001"}})
+    args = {"customer_id": "C-1001"}
+    args_hash = hashlib.sha256(json.dumps(args, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    task_id = "0b8f4a52-2b7e-4c43-9d59-3e1f6f0c2a11"
+    now = int(time.time() * 1000)
+    n = lambda v: {"N": str(v)}  # noqa: E731
+    ddb.put_item(TableName="tollgate-rt", Item={
+        "pk": {"S": "TASK#bot"}, "sk": {"S": task_id}, "kind": {"S": "task"}, "tool": {"S": "export_tickets"},
+        "state": {"S": "working"}, "created_ms": n(now), "updated_ms": n(now), "ttl_ms": n(600_000),
+        "expires_ms": n(now + 600_000), "run_by_ms": n(now + 60_000), "args_hash": {"S": args_hash},
+        "request_id": {"S": "req-0"}, "status_message": {"S": "The task is queued."},
+        "expires_at_s": n(now // 1000 + 600)})
+    trace_id = secrets.token_hex(16)
+    event = {"tollgate_task": {
+        "task_id": task_id,
+        "principal": {"agent_id": "bot", "scopes": ["tickets:read"], "method": "api_key",
+                      "credential_id": "k1", "budget": {"per_minute": None, "per_day": None, "tools": {}}},
+        "tool": "export_tickets",
+        "arguments": args,
+        "trace": [["traceparent", f"00-{trace_id}-00f067aa0ba902b7-01"]],
+        "protocol_version": "2025-11-25",
+    }}
+    with one_event(
+        bin_path, event, tmp_path, "export_tickets",
+        AWS_ENDPOINT_URL_DYNAMODB=ddb_url, TOLLGATE_TABLE="tollgate-rt", TOLLGATE_APP_TABLE="tollgate-rt-app",
+        EXPORT_TICKETS_DURATION_MS="0",
+    ) as (api, receiver):
+        assert api.response is None or api.response == {}, api.response  # `null` posted
+        item = ddb.get_item(TableName="tollgate-rt", Key={"pk": {"S": "TASK#bot"}, "sk": {"S": task_id}})["Item"]
+        assert item["state"]["S"] == "completed", item
+        assert json.loads(item["result_json"]["S"])["structuredContent"]["customer_id"] == "C-1001"
+        ours = [s for s in receiver.spans if s.trace_id == trace_id]
+        server = next(s for s in ours if s.name == "tools/call export_tickets")
+        assert server.kind == "SERVER" and server.parent_span_id == "00f067aa0ba902b7", server
+        assert any(s.name == "handler export_tickets" and s.parent_span_id == server.span_id for s in ours), ours

@@ -9,6 +9,7 @@ and calls tools; every refusal of the contract is checked with its exact status,
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import re
 import secrets
@@ -219,9 +220,12 @@ async def test_official_client_discovers_gets_a_token_and_calls_tools(rs, authz,
     granted = set(claims["scope"].split())
     assert listed_names == sorted(t for t, scope in CATALOG_SCOPES.items() if scope in granted), (listed_names, granted)
 
-    # The OAuth identity became an agent with budgets; the token never reached a log.
-    agent = stack.cli("agents", "show", client_id).json()
-    assert agent["agent_id"] == client_id and agent["status"] == "active", agent
+    # The OAuth identity became an agent of its own (derived from issuer and client_id, never
+    # the client_id itself) with budgets; the token never reached a log.
+    derived = "oauth-" + hashlib.sha256(f"{authz.url}\n{client_id}".encode()).hexdigest()[:24]
+    assert stack.cli("agents", "show", client_id, check=False).returncode != 0
+    agent = stack.cli("agents", "show", derived).json()
+    assert agent["agent_id"] == derived and agent["status"] == "active", agent
     logs = rs.stdout_text() + rs.stderr_text()
     assert token not in logs and token.split(".")[2] not in logs
 
@@ -314,6 +318,9 @@ def test_missing_scope_is_403_insufficient_scope(rs, authz, http) -> None:
 
 def test_disabled_oauth_agent_is_denied_permanently(rs, authz, stack, http) -> None:
     client_id = unique("switched-off")
+    # An OAuth client is a pre-created agent only through an explicit binding.
+    stack.cli("agents", "create", client_id)
+    stack.cli("agents", "bind-oauth", client_id, "--client", client_id, "--issuer", authz.url)
     token = authz.mint(good_claims(rs, client_id))
     assert rpc_result(tool_call(http, rs.gateway_url, token, "lookup_customer", ADA))["isError"] is False
     stack.cli("agents", "disable", client_id)
@@ -330,6 +337,7 @@ def test_disabled_oauth_agent_is_denied_permanently(rs, authz, stack, http) -> N
 def test_oauth_agents_have_budgets(rs, authz, stack, http) -> None:
     client_id = unique("budgeted")
     stack.cli("agents", "create", client_id)
+    stack.cli("agents", "bind-oauth", client_id, "--client", client_id, "--issuer", authz.url)
     stack.cli("budgets", "set-agent", client_id, "--per-minute", "2", "--per-day", "100")
     token = authz.mint(good_claims(rs, client_id))
     for i in range(2):

@@ -51,18 +51,25 @@ pub fn routes(
     timeout: Duration,
 ) -> anyhow::Result<Routes> {
     let mut tools = HashMap::new();
+    // Task runs: a background task of this process on the tool's server (Lambda: an `Event`
+    // invoke of the tool's function), with the same records.
+    let starter = tollgate::task::InProcessStarter::new(task_run_timeout(timeout));
     for t in catalog.iter() {
         let name = t.spec().name;
         let own = catalog.only(name).context("tool vanished from catalog")?;
-        let server = build_server(
+        let mut server = build_server(
             own,
             Dispatch::Local,
             clients.clone(),
             Arc::new(StdoutSink),
             name,
         );
+        if t.task_support() != tollgate::task::TaskSupport::Forbidden {
+            server = server.with_task_starter(starter.clone());
+        }
         tools.insert(name.to_owned(), Arc::new(server));
     }
+    starter.set_servers(&tools);
     let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
     let gateway = build_server(
         catalog.clone(),
@@ -76,6 +83,16 @@ pub fn routes(
         tools,
         timeout,
     })
+}
+
+/// How long a background task run may take: `TOLLGATE_DEV_TASK_TIMEOUT_MS`, default 900 s (a
+/// Lambda function's longest timeout), never below the request timeout.
+fn task_run_timeout(request_timeout: Duration) -> Duration {
+    std::env::var("TOLLGATE_DEV_TASK_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .map_or(Duration::from_secs(900), Duration::from_millis)
+        .max(request_timeout)
 }
 
 /// Creates the app table the example tools use (idempotent).
@@ -137,8 +154,41 @@ pub async fn seed_customers(db: &aws_sdk_dynamodb::Client, table: &str) -> anyho
                 .context("seed customer")?;
         }
     }
+    // Tickets under the customer's partition, which export_tickets reads.
+    for (customer, ticket, subject, priority, status) in DEMO_TICKETS {
+        let s = |v: &str| AttributeValue::S(v.to_owned());
+        db.put_item()
+            .table_name(table)
+            .item("pk", AttributeValue::S(format!("CUSTOMER#{customer}")))
+            .item("sk", AttributeValue::S(format!("TICKET#{ticket}")))
+            .item("ticket_id", s(ticket))
+            .item("subject", s(subject))
+            .item("priority", s(priority))
+            .item("status", s(status))
+            .send()
+            .await
+            .context("seed ticket")?;
+    }
     Ok(())
 }
+
+/// Demo tickets: (customer id, ticket id, subject, priority, status).
+pub const DEMO_TICKETS: &[(&str, &str, &str, &str, &str)] = &[
+    (
+        "C-1001",
+        "T-DEMO0001",
+        "Invoice shows the wrong address",
+        "normal",
+        "closed",
+    ),
+    (
+        "C-1001",
+        "T-DEMO0002",
+        "Export of last year's orders",
+        "low",
+        "open",
+    ),
+];
 
 /// How long a demo key minted by `make dev` works.
 pub const DEMO_KEY_TTL: Duration = Duration::from_secs(7 * 86_400);

@@ -42,6 +42,8 @@ async fn handle(
     let server = if path == "/mcp"
         || path.starts_with(tollgate::server::WELL_KNOWN_PRM)
         || path == tollgate::connect::CALLBACK_PATH
+        || path == tollgate::connect::START_PATH
+        || path == tollgate::connect::LOGIN_PATH
     {
         Some(routes.gateway.clone())
     } else {

@@ -13,6 +13,12 @@
 # `cargo lambda watch` (AWS_ENDPOINT_URL_LAMBDA, empty TOLLGATE_FUNCTION_PREFIX), so a forwarded
 # call runs the tool function on the Lambda runtime path too.
 #
+# CONCURRENCY=N (N > 1; `make invoke ... CONCURRENCY=32`): the function runs as on Lambda
+# Managed Instances instead, one process with AWS_LAMBDA_MAX_CONCURRENCY=N under our own
+# Runtime API on loopback (tests/stack/runtime_api.py), which hands the event out N times at
+# once (each with its own request id and X-Ray trace) once N workers are polling; the N
+# responses are printed as JSON lines. (cargo lambda watch hands out one event at a time.)
+#
 # The environment matches tests/tests/fixtures.rs, so a fixture answers here as in its snapshot
 # (events/README.md). Logs: target/invoke/.
 set -euo pipefail
@@ -117,6 +123,22 @@ wait_port "$port" "${pids[-1]}" "cargo lambda watch"
 echo "cargo lambda watch on 127.0.0.1:$port; invoking $FN with $EVENT" >&2
 
 invoke_started=$(date +%s)
+CONCURRENCY="${CONCURRENCY:-1}"
+[[ "$CONCURRENCY" =~ ^[0-9]+$ && "$CONCURRENCY" -ge 1 ]] || { echo "CONCURRENCY must be a positive integer" >&2; exit 2; }
+if (( CONCURRENCY > 1 )); then
+  echo "managed-instances mode: one $FN process, $CONCURRENCY concurrent invocations" >&2
+  if ! "$VENV/bin/python" tests/stack/runtime_api.py --binary "target/debug/$FN" --event "$EVENT" \
+      --concurrency "$CONCURRENCY" --log "$LOGS/function.log" >"$LOGS/responses.jsonl"; then
+    echo "--- function logs ($LOGS/function.log):" >&2
+    tail -n 40 "$LOGS/function.log" >&2
+    exit 1
+  fi
+  cat "$LOGS/responses.jsonl"
+  echo "--- audit records from $LOGS/function.log:" >&2
+  grep -E '"kind":"audit"' "$LOGS/function.log" >&2 || true
+  echo "invoked in $(( $(date +%s) - invoke_started )) s (total $(( $(date +%s) - started )) s)" >&2
+  exit 0
+fi
 if ! "$VENV/bin/cargo-lambda" lambda invoke "$FN" --data-file "$EVENT" -A 127.0.0.1 -P "$port" \
     >"$LOGS/response.json" 2>"$LOGS/invoke.err"; then
   cat "$LOGS/invoke.err" >&2

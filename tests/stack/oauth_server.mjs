@@ -14,6 +14,9 @@
 //   POST /_test/provider  {down, slow_ms, access_ttl} -> {}: the token endpoint's behaviour.
 //   POST /_test/revoke    {refresh} -> {}: revokes the grant that refresh token belongs to.
 //   GET  /_test/refresh?token=T     -> {known, used, current, revoked}: a refresh token's state.
+//   GET  /_test/login?sub=S          -> sets this browser's session cookie: the user signed in
+//                         here. Codes issued to the browser carry S as the token's sub.
+//   POST /_test/provider  {iss}      -> the provider's authorization responses carry RFC 9207 iss.
 //
 // As a third-party provider (the server tollgate's connections act on), refresh tokens are
 // real: each is single use and rotated on every refresh; reusing one revokes its grant; a
@@ -113,10 +116,19 @@ function basicAuth(req) {
 }
 
 // Authorization code: remember what the client asked for, to put in the token.
+function sessionSub(req) {
+  const cookie = (req.headers.cookie ?? "").split(";").map((c) => c.trim()).find((c) => c.startsWith("mock_sub="));
+  return cookie ? decodeURIComponent(cookie.slice("mock_sub=".length)) : undefined;
+}
+
 service.on("beforeAuthorizeRedirect", (redirect, req) => {
   const code = redirect.url.searchParams.get("code");
+  if (provider.iss && String(req.query.redirect_uri ?? "").endsWith("/connect/callback")) {
+    redirect.url.searchParams.set("iss", provider.iss);
+  }
   if (code) {
     codes.set(code, {
+      sub: sessionSub(req),
       scope: req.query.scope,
       resource: req.query.resource,
       client_id: req.query.client_id,
@@ -135,6 +147,7 @@ service.on("beforeTokenSigning", (token, req) => {
   const resource = body.resource ?? fromCode?.resource;
   if (resource) token.payload.aud = resource;
   if (fromCode?.scope && !body.scope) token.payload.scope = fromCode.scope;
+  if (fromCode?.sub) token.payload.sub = fromCode.sub;
   token.payload.jti = randomBytes(8).toString("hex");
   token.header.kid = currentKid;
 });
@@ -244,6 +257,12 @@ const server = http.createServer(async (req, res) => {
     if (route) {
       const body = req.method === "POST" ? (await readJson(req)).json() : {};
       send(res, 200, await route(body));
+      return;
+    }
+    if (path === "/_test/login") {
+      const sub = new URL(req.url, "http://x").searchParams.get("sub") ?? "";
+      res.writeHead(200, { "content-type": "application/json", "set-cookie": `mock_sub=${encodeURIComponent(sub)}; Path=/; HttpOnly` });
+      res.end(JSON.stringify({ sub }));
       return;
     }
     if (path === "/_test/refresh") {

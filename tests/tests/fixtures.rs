@@ -181,6 +181,9 @@ fn outer() -> anyhow::Result<()> {
         .env(DYNAMODB_URL, format!("http://127.0.0.1:{port}"))
         .env("TRACK_SHIPMENT_API_URL", &carrier_url)
         .env("TOLLGATE_APP_TABLE", APP_TABLE)
+        // A task run started by a fixture outlives the test: no end record lands in another
+        // fixture's audit slice.
+        .env("EXPORT_TICKETS_DURATION_MS", "600000")
         .stdin(Stdio::null())
         .output()
         .context("re-run the test with the tools' environment")?;
@@ -220,6 +223,25 @@ fn clients(sdk: &aws_config::SdkConfig, resource_url: &str) -> anyhow::Result<Ar
         ("TOLLGATE_MAX_BODY_BYTES", MAX_BODY_BYTES.to_owned()),
         // Keys, and client certificates from API Gateway mutual TLS (custom domains).
         ("TOLLGATE_AUTH_METHODS", "api_key,mtls".to_owned()),
+        // A provider for account_profile: its connect answers (no provider is ever called).
+        ("TOLLGATE_PROVIDERS", "demo_account".to_owned()),
+        (
+            "TOLLGATE_PROVIDER_DEMO_ACCOUNT_AUTHORIZE_URL",
+            "https://accounts.example/authorize".to_owned(),
+        ),
+        (
+            "TOLLGATE_PROVIDER_DEMO_ACCOUNT_TOKEN_URL",
+            "https://accounts.example/token".to_owned(),
+        ),
+        (
+            "TOLLGATE_PROVIDER_DEMO_ACCOUNT_CLIENT_ID",
+            "tollgate".to_owned(),
+        ),
+        (
+            "TOLLGATE_PROVIDER_DEMO_ACCOUNT_CLIENT_SECRET",
+            "tollgate/demo-account-client-secret".to_owned(),
+        ),
+        ("TOLLGATE_VAULT_KMS_KEY", "alias/tollgate-vault".to_owned()),
     ]);
     let config = Arc::new(Config::from_lookup(|k| vars.get(k).cloned())?);
     Ok(Arc::new(tollgate::lambda::build_clients(sdk, config)?))
@@ -244,11 +266,13 @@ async fn deployment(
         )
     };
     let mut tools = HashMap::new();
+    let starter = tollgate::task::InProcessStarter::new(Duration::from_secs(900));
     for tool in catalog.iter() {
         let name = tool.spec().name;
         let own = catalog
             .only(name)
             .context("tool vanished from the catalog")?;
+        let runs_tasks = tool.task_support() != tollgate::task::TaskSupport::Forbidden;
         // As `tollgate::lambda::build_server`: tool functions enforce the budgets (here on
         // in-memory buckets and a fixed clock), the gateway leaves them to the tools.
         let defaults = AgentDefaults {
@@ -273,8 +297,22 @@ async fn deployment(
             identity(name),
         )
         .with_budgets(Arc::new(budgets));
+        let server = match tollgate::connect::Connections::new(
+            clients.as_ref(),
+            clients.kms.clone(),
+            config.connect.clone(),
+        ) {
+            Some(c) => server.with_connections(Arc::new(c)),
+            None => server,
+        };
+        let server = if runs_tasks {
+            server.with_task_starter(starter.clone())
+        } else {
+            server
+        };
         tools.insert(name.to_owned(), Arc::new(server));
     }
+    starter.set_servers(&tools);
     let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
     let gateway = Server::new(
         catalog.clone(),
@@ -556,6 +594,24 @@ async fn seed_idempotency(
 }
 
 /// Ticket ids are random: `T-` and 16 hex digits become `T-[ticket-id]` in snapshots.
+/// Connect links carry a random id: `…/connect/start?id=<43 characters>` -> `…?id=[link-id]`.
+fn mask_connect_links(s: &str) -> String {
+    const MARK: &str = "/connect/start?id=";
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(i) = rest.find(MARK) {
+        out.push_str(&rest[..i + MARK.len()]);
+        rest = &rest[i + MARK.len()..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+            .unwrap_or(rest.len());
+        out.push_str("[link-id]");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn mask_ticket_ids(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     let mut rest = s;
@@ -729,16 +785,25 @@ fn headers(map: &http::HeaderMap) -> BTreeMap<String, String> {
 /// version (it moves with every release).
 fn normalise(value: Value) -> Value {
     match value {
-        Value::String(s) => Value::String(mask_ticket_ids(
+        Value::String(s) => Value::String(mask_connect_links(&mask_ticket_ids(
             &s.replace(INVOCATION_ID, "[invocation-id]"),
-        )),
+        ))),
         Value::Array(items) => Value::Array(items.into_iter().map(normalise).collect()),
         Value::Object(map) => Value::Object(
             map.into_iter()
                 .map(|(k, v)| {
-                    let v = if k == "completedAtMs" {
+                    let v = if k == "elicitationId" {
+                        // Random per link.
+                        json!("[elicitation-id]")
+                    } else if k == "completedAtMs" {
                         // A replay's original completion time (wall clock).
                         json!("[completed-at-ms]")
+                    } else if matches!(k.as_str(), "taskId" | "task_id") && v.is_string() {
+                        json!("[task-id]")
+                    } else if matches!(k.as_str(), "createdAt" | "lastUpdatedAt") {
+                        json!("[timestamp]")
+                    } else if k == tollgate::task::META_IMMEDIATE_RESPONSE {
+                        json!("[immediate response naming the task]")
                     } else if matches!(
                         k.as_str(),
                         "serverInfo" | "io.modelcontextprotocol/serverInfo"
@@ -891,6 +956,18 @@ const EXPECTED: &[(&str, u16, Want)] = &[
     ("open_ticket.call-scope-insufficient", 403, Err_(None)),
     ("open_ticket.call-unknown-tool", 200, Err_(Some(-32602))),
     ("track_shipment.call-ok", 200, Ok_),
+    // Not connected: the connect step in each form (README "Connections").
+    ("account_profile.call-connect-required", 200, ToolError),
+    (
+        "account_profile.call-connect-elicitation-2026-07-28",
+        200,
+        Ok_,
+    ),
+    (
+        "account_profile.call-connect-elicitation-2025-11-25",
+        200,
+        Err_(Some(-32042)),
+    ),
     ("track_shipment.call-invalid-arguments", 200, ToolError),
     (
         "track_shipment.call-unknown-tracking-number",
@@ -899,6 +976,21 @@ const EXPECTED: &[(&str, u16, Want)] = &[
     ),
     ("track_shipment.call-carrier-error", 200, ToolError),
     ("track_shipment.call-unknown-tool", 200, Err_(Some(-32602))),
+    // Tasks (2025-11-25): a task-augmented call answered at once with the task; the refusals.
+    ("export_tickets.call-task-created", 200, Ok_),
+    (
+        "export_tickets.call-task-invalid-arguments",
+        400,
+        Err_(Some(-32602)),
+    ),
+    ("export_tickets.tasks-get-unknown", 400, Err_(Some(-32602))),
+    (
+        "gateway.call-lookup_customer-task-forbidden",
+        200,
+        Err_(Some(-32601)),
+    ),
+    ("gateway.tasks-cancel-unknown", 400, Err_(Some(-32602))),
+    ("gateway.tasks-list-2025-11-25", 200, Ok_),
 ];
 
 /// Fixtures whose response breaks the contract today. They are reported and not snapshotted

@@ -109,3 +109,61 @@ async fn rotating_the_secret_changes_the_key_version_and_the_hash() -> anyhow::R
     assert_ne!(before.hash(&v), after.hash(&v));
     Ok(())
 }
+
+/// Concurrent first calls of a cold instance (Lambda Managed Instances: many at once) make one
+/// Secrets Manager request between them, not one each: a slow, failing Secrets Manager on
+/// loopback counts the requests it gets while 32 calls start together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_cold_calls_share_one_fetch() -> anyhow::Result<()> {
+    use std::sync::atomic::AtomicUsize;
+    use tollgate::deps::aws_sdk_secretsmanager::config::{
+        BehaviorVersion, Credentials, Region, retry::RetryConfig,
+    };
+    let requests = Arc::new(AtomicUsize::new(0));
+    let seen = requests.clone();
+    let app = axum::Router::new().fallback(move || {
+        let seen = seen.clone();
+        async move {
+            seen.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = Client::from_conf(
+        tollgate::deps::aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new("test", "test", None, None, "test"))
+            .endpoint_url(&endpoint)
+            .retry_config(RetryConfig::disabled())
+            .build(),
+    );
+    let keys = Arc::new(HashKeys::secrets_manager(
+        client,
+        "tollgate/test-hash-key",
+        Duration::from_secs(300),
+    ));
+    let start = Arc::new(tokio::sync::Barrier::new(32));
+    let mut calls = tokio::task::JoinSet::new();
+    for _ in 0..32 {
+        let (keys, start) = (keys.clone(), start.clone());
+        calls.spawn(async move {
+            start.wait().await;
+            keys.ensure().await;
+        });
+    }
+    while let Some(done) = calls.join_next().await {
+        done?;
+    }
+    assert!(keys.current().is_none());
+    assert_eq!(
+        requests.load(Ordering::SeqCst),
+        1,
+        "32 concurrent cold calls, one request"
+    );
+    server.abort();
+    Ok(())
+}

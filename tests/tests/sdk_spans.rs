@@ -127,3 +127,99 @@ async fn sdk_calls_get_a_client_span_named_in_their_trace_header() -> anyhow::Re
     server.abort();
     Ok(())
 }
+
+type SeenByTable = Arc<Mutex<Vec<(String, Option<String>, Option<String>)>>>;
+
+async fn dynamodb_by_table(
+    State(seen): State<SeenByTable>,
+    headers: HeaderMap,
+    body: String,
+) -> impl axum::response::IntoResponse {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let table = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["TableName"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    seen.lock()
+        .expect("lock")
+        .push((table, header("x-amzn-trace-id"), header("traceparent")));
+    ([("content-type", "application/x-amz-json-1.0")], "{}")
+}
+
+/// With no span exported (no subscriber at all), SDK calls made by concurrent invocations each
+/// carry their own invocation's trace (task-local, never the process environment), naming
+/// that invocation's span as the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_span_export_concurrent_invocations_name_their_own_trace() -> anyhow::Result<()> {
+    const N: usize = 32;
+    let seen = SeenByTable::default();
+    let app = axum::Router::new()
+        .fallback(dynamodb_by_table)
+        .with_state(seen.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let endpoint = format!("http://{}", listener.local_addr()?);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(&endpoint)
+            .interceptor(AwsSdkSpans)
+            .build(),
+    );
+    let traces: Vec<TraceContext> = (0..N).map(|_| TraceContext::new_root()).collect();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, trace) in traces.iter().cloned().enumerate() {
+        let client = client.clone();
+        tasks.spawn(telemetry::with_invocation_trace(trace, async move {
+            // Two calls with a yield between them: the task may move threads and interleave
+            // with the others.
+            for _ in 0..2 {
+                client
+                    .get_item()
+                    .table_name(format!("t-{i}"))
+                    .key("pk", AttributeValue::S("x".into()))
+                    .send()
+                    .await?;
+                tokio::task::yield_now().await;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    while let Some(done) = tasks.join_next().await {
+        done??;
+    }
+    let seen = seen.lock().expect("lock").clone();
+    assert_eq!(seen.len(), 2 * N);
+    for (table, amzn, traceparent) in seen {
+        let i: usize = table.trim_start_matches("t-").parse()?;
+        let trace = &traces[i];
+        assert_eq!(
+            amzn.as_deref(),
+            Some(
+                format!(
+                    "Root={};Parent={};Sampled=1",
+                    trace.xray_trace_id(),
+                    trace.span_id
+                )
+                .as_str()
+            ),
+            "{table}"
+        );
+        assert_eq!(
+            traceparent.as_deref(),
+            Some(format!("00-{}-{}-01", trace.trace_id, trace.span_id).as_str()),
+            "{table}"
+        );
+    }
+    server.abort();
+    Ok(())
+}

@@ -25,7 +25,7 @@ use cache::BoundedCache;
 use oauth::OAuthVerifier;
 
 /// How a principal proved who it is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum AuthMethod {
@@ -48,8 +48,9 @@ impl AuthMethod {
     }
 }
 
-/// The authenticated caller. Produced once per request by [`Authenticator::authenticate`].
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// The authenticated caller. Produced once per request by [`Authenticator::authenticate`]
+/// (and carried to a task's asynchronous run, see [`crate::task`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Principal {
     /// The agent's id.
     pub agent_id: String,
@@ -61,13 +62,23 @@ pub struct Principal {
     pub credential_id: String,
     /// The agent's budgets (copied with its scopes).
     pub budget: crate::store::AgentBudget,
-    /// The end user the agent acts for, when the credential names one apart from the agent
-    /// (an OAuth token's `sub`); tools acting on third-party accounts key connections by it.
+    /// The end user the agent acts for, when the credential names one (an OAuth token's
+    /// `sub`, as `oauth:<issuer>:<sub>`); see [`Principal::user`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
 }
 
 impl Principal {
+    /// The user whose connections (third-party grants) this principal acts on, in its own
+    /// namespace: `oauth:<issuer>:<sub>` for an OAuth token with a `sub`, else
+    /// `agent:<agent id>` (bearer keys, certificates, OAuth tokens without `sub`). No value of
+    /// one namespace can name a user of another.
+    pub fn user(&self) -> String {
+        self.user
+            .clone()
+            .unwrap_or_else(|| format!("agent:{}", self.agent_id))
+    }
+
     /// Whether the principal holds `scope`.
     pub fn has_scope(&self, scope: &str) -> bool {
         self.scopes.contains(scope)
@@ -130,6 +141,10 @@ pub enum AuthError {
     /// The certificate and the token belong to different agents.
     #[error("certificate and token disagree")]
     CertificateMismatch,
+    /// The token's `sub` cannot name a user here (too long, empty, not a string, control
+    /// characters).
+    #[error("subject not accepted")]
+    SubjectRejected,
 }
 
 impl AuthError {
@@ -163,6 +178,7 @@ impl AuthError {
             Self::UnknownCertificate => "unknown_certificate",
             Self::CertificateExpired => "certificate_expired",
             Self::CertificateMismatch => "certificate_token_mismatch",
+            Self::SubjectRejected => "subject_not_accepted",
         }
     }
 }
@@ -336,8 +352,31 @@ impl Authenticator {
             .filter(|_| req.path().starts_with("/tools/"))
             .map(|o| format!("{o}{}", req.path()));
         let identity = oauth.verify(token, route_url.as_deref()).await?;
-        let agent_id = oauth::agent_id_for(&identity.subject);
-        let record = self.agent(&agent_id, true).await?;
+        self.oauth_principal(identity, &oauth.config().issuer).await
+    }
+
+    /// The principal of a verified OAuth identity: the agent an explicit binding names
+    /// (`tollgate agents bind-oauth`), else the agent derived from issuer and claim (created
+    /// on first sight). A claim never selects an agent by its spelling.
+    async fn oauth_principal(
+        &self,
+        identity: oauth::TokenIdentity,
+        issuer: &str,
+    ) -> Result<Principal, Denied> {
+        let bound = self
+            .cert_binding(&oauth::binding_id(issuer, &identity.subject))
+            .await?;
+        let (agent_id, record) = match bound {
+            Some(b) => {
+                let record = self.agent(&b.agent_id, false).await?;
+                (b.agent_id, record)
+            }
+            None => {
+                let id = oauth::agent_id_for(issuer, &identity.subject);
+                let record = self.agent(&id, true).await?;
+                (id, record)
+            }
+        };
         let Some(record) = record else {
             return Err(AuthError::StoreUnavailable.into());
         };
@@ -353,8 +392,19 @@ impl Authenticator {
             method: AuthMethod::Oauth,
             credential_id: identity.credential_id,
             budget: record.budget,
-            user: identity.user.filter(|u| *u != identity.subject),
+            user: identity.user.map(|sub| oauth::user_for(issuer, &sub)),
         })
+    }
+
+    /// Authenticates a bearer key presented outside an MCP request (an agent's connect page):
+    /// the same checks as on a call.
+    pub async fn authenticate_key(&self, token: &str) -> Result<Principal, Denied> {
+        match keys::key_id(token) {
+            Some(key_id) if self.methods.api_key && token.len() <= MAX_AUTHORIZATION_LEN => {
+                self.by_key(token, key_id).await
+            }
+            _ => Err(AuthError::UnknownToken.into()),
+        }
     }
 
     async fn by_key(&self, token: &str, key_id: &str) -> Result<Principal, Denied> {

@@ -43,6 +43,9 @@ const NEGATIVE_TTL: Duration = Duration::from_secs(30);
 /// Introspection requests in flight at once per instance; more wait (up to the fetch timeout)
 /// instead of each becoming a POST to the authorization server.
 const MAX_CONCURRENT_INTROSPECTIONS: usize = 8;
+/// Longest `sub` accepted: it names the end user's connections (a DynamoDB key and a KMS
+/// encryption context). A longer one is refused (401 `subject_not_accepted`), never truncated.
+pub const MAX_SUBJECT_BYTES: usize = 256;
 
 /// What a verified token says about its holder.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,7 +58,7 @@ pub struct TokenIdentity {
     pub credential_id: String,
     /// Expiry, Unix seconds.
     pub expires_at: Option<u64>,
-    /// The token's `sub`, when present (the end user).
+    /// The token's `sub`, when present (the end user), at most [`MAX_SUBJECT_BYTES`].
     pub user: Option<String>,
 }
 
@@ -659,12 +662,25 @@ fn identity(
         scopes,
         credential_id,
         expires_at: claims.get("exp").and_then(Value::as_u64),
-        user: claims
-            .get("sub")
-            .and_then(Value::as_str)
-            .filter(|s| !s.is_empty() && s.len() <= 256)
-            .map(str::to_owned),
+        user: subject_of(claims)?,
     })
+}
+
+/// The token's `sub`: absent is fine (no end user); present, it must be a non-empty string of
+/// at most [`MAX_SUBJECT_BYTES`] without control characters, else the token is refused (a
+/// dropped `sub` would make every such user share the agent's connections).
+fn subject_of(claims: &serde_json::Map<String, Value>) -> Result<Option<String>, AuthError> {
+    match claims.get("sub") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s))
+            if !s.is_empty()
+                && s.len() <= MAX_SUBJECT_BYTES
+                && !s.chars().any(char::is_control) =>
+        {
+            Ok(Some(s.clone()))
+        }
+        Some(_) => Err(AuthError::SubjectRejected),
+    }
 }
 
 /// A public reference to a token: the first 16 hex digits of its SHA-256.
@@ -706,15 +722,33 @@ async fn read_limited(mut resp: reqwest::Response) -> Result<Vec<u8>, String> {
     Ok(out)
 }
 
-/// The OAuth agent id for an identity claim: the value itself when it is a valid agent id,
-/// else `oauth-` and 24 hex digits of its SHA-256 (stable, and free of the claim's spelling).
-pub fn agent_id_for(subject: &str) -> String {
-    if crate::store::validate_agent_id(subject).is_ok() {
-        subject.to_owned()
-    } else {
-        let d = Sha256::digest(subject.as_bytes());
-        format!("oauth-{}", &hex::encode(d)[..24])
-    }
+/// The OAuth agent id for an identity claim of `issuer`'s tokens when no binding names one:
+/// `oauth-` and 24 hex digits of the SHA-256 of issuer and claim. Always derived, even when the
+/// claim reads like an agent id, so a client can never become an agent by choosing its name;
+/// `oauth-` ids are reserved (the admin CLI refuses to create them).
+pub fn agent_id_for(issuer: &str, subject: &str) -> String {
+    format!("oauth-{}", &binding_digest(issuer, subject)[..24])
+}
+
+/// The id of an explicit binding of `issuer`'s identity claim `subject` to a pre-created agent
+/// (`tollgate agents bind-oauth`): `oauth:` and the SHA-256 of issuer and claim, so any claim
+/// fits a key.
+pub fn binding_id(issuer: &str, subject: &str) -> String {
+    format!("oauth:{}", binding_digest(issuer, subject))
+}
+
+fn binding_digest(issuer: &str, subject: &str) -> String {
+    let mut h = Sha256::new();
+    h.update(issuer.trim_end_matches('/').as_bytes());
+    h.update(b"\n");
+    h.update(subject.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The vault's user for an OAuth end user: `oauth:<issuer>:<sub>`, a namespace no agent id
+/// (`agent:<id>`) can enter.
+pub fn user_for(issuer: &str, sub: &str) -> String {
+    format!("oauth:{}:{sub}", issuer.trim_end_matches('/'))
 }
 
 #[cfg(test)]
@@ -741,15 +775,58 @@ mod tests {
     }
 
     #[test]
-    fn agent_ids_for_claims_are_stable_and_valid() {
-        assert_eq!(agent_id_for("billing-bot"), "billing-bot");
-        let mapped = agent_id_for("Client/ABC");
+    fn agent_ids_for_claims_are_stable_valid_and_never_the_claim_itself() {
+        const ISS: &str = "https://as.example";
+        // A claim spelled like an agent id does not become that agent (a binding is needed).
+        let named = agent_id_for(ISS, "billing-bot");
+        assert_ne!(named, "billing-bot");
+        let mapped = agent_id_for(ISS, "Client/ABC");
         assert!(
             mapped.starts_with("oauth-") && mapped.len() == 30,
             "{mapped}"
         );
-        assert_eq!(mapped, agent_id_for("Client/ABC"));
+        assert_eq!(mapped, agent_id_for(ISS, "Client/ABC"));
+        assert_eq!(mapped, agent_id_for("https://as.example/", "Client/ABC"));
+        assert_ne!(mapped, agent_id_for("https://other.example", "Client/ABC"));
         assert!(crate::store::validate_agent_id(&mapped).is_ok());
+        assert!(crate::store::validate_agent_id(&named).is_ok());
+        assert_ne!(
+            binding_id(ISS, "a"),
+            binding_id("https://other.example", "a")
+        );
+    }
+
+    #[test]
+    fn subjects_that_do_not_fit_are_refused_not_dropped() {
+        let claims_list = ["client_id", "sub"].map(str::to_owned);
+        let with_sub = |sub: Value| {
+            let claims: serde_json::Map<String, Value> =
+                serde_json::from_value(serde_json::json!({"client_id": "c", "sub": sub}))
+                    .expect("claims");
+            identity(&claims, &claims_list, "r".into())
+        };
+        let ok = with_sub(Value::String("x".repeat(MAX_SUBJECT_BYTES))).expect("fits");
+        assert_eq!(ok.user.as_deref().map(str::len), Some(MAX_SUBJECT_BYTES));
+        for bad in [
+            Value::String("x".repeat(MAX_SUBJECT_BYTES + 1)),
+            Value::String(String::new()),
+            Value::String("a\nb".into()),
+            serde_json::json!(42),
+        ] {
+            assert_eq!(with_sub(bad), Err(AuthError::SubjectRejected));
+        }
+        let claims: serde_json::Map<String, Value> =
+            serde_json::from_value(serde_json::json!({"client_id": "c"})).expect("claims");
+        assert_eq!(
+            identity(&claims, &claims_list, "r".into())
+                .expect("no sub")
+                .user,
+            None
+        );
+        assert_eq!(
+            user_for("https://as.example/", "u1"),
+            "oauth:https://as.example:u1"
+        );
     }
 
     #[test]

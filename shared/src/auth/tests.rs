@@ -272,3 +272,67 @@ async fn an_unreachable_issuer_is_503_and_a_key_still_works() {
         .expect_err("no oauth");
     assert_eq!(err.error, AuthError::UnknownToken);
 }
+
+fn oauth_identity(subject: &str, sub: Option<&str>) -> oauth::TokenIdentity {
+    oauth::TokenIdentity {
+        subject: subject.to_owned(),
+        scopes: BTreeSet::from(["account:read".to_owned()]),
+        credential_id: "jti-1".to_owned(),
+        expires_at: None,
+        user: sub.map(str::to_owned),
+    }
+}
+
+const ISS: &str = "https://as.example";
+
+#[tokio::test]
+async fn an_oauth_client_named_like_an_agent_does_not_become_it_without_a_binding() {
+    let (store, _, _) = seeded().await;
+    let a = Authenticator::new(store.clone(), Duration::ZERO);
+    let p = a
+        .oauth_principal(oauth_identity("bot", None), ISS)
+        .await
+        .expect("principal");
+    assert_ne!(
+        p.agent_id, "bot",
+        "a client_id equal to an agent id is not that agent"
+    );
+    assert!(p.agent_id.starts_with("oauth-"), "{}", p.agent_id);
+    assert_eq!(p.user(), format!("agent:{}", p.agent_id));
+    // The operator's explicit binding maps it onto the pre-created agent.
+    crate::admin::bind_oauth(store.as_ref(), "bot", ISS, "bot")
+        .await
+        .expect("bind");
+    let p = a
+        .oauth_principal(oauth_identity("bot", None), ISS)
+        .await
+        .expect("principal");
+    assert_eq!(p.agent_id, "bot");
+    // The binding is per issuer: the same name at another issuer is still its own agent.
+    let other = a
+        .oauth_principal(oauth_identity("bot", None), "https://other.example")
+        .await
+        .expect("principal");
+    assert_ne!(other.agent_id, "bot");
+}
+
+#[tokio::test]
+async fn oauth_users_and_agents_live_in_separate_namespaces() {
+    let (store, token, _) = seeded().await;
+    let a = Authenticator::new(store, Duration::ZERO);
+    let by_key = run(&a, Some(&format!("Bearer {token}")))
+        .await
+        .expect("key");
+    assert_eq!(by_key.user(), "agent:bot");
+    // A token whose sub is the bearer agent's id names another user.
+    let p = a
+        .oauth_principal(oauth_identity("client-1", Some("bot")), ISS)
+        .await
+        .expect("principal");
+    assert_eq!(p.user(), "oauth:https://as.example:bot");
+    assert_ne!(p.user(), by_key.user());
+    assert_ne!(
+        crate::connect::user_of(&p),
+        crate::connect::user_of(&by_key)
+    );
+}

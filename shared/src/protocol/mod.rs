@@ -62,6 +62,9 @@ pub mod codes {
     pub const PERMANENTLY_DENIED: i32 = -31003;
     /// The principal lacks the tool's scope (HTTP 403).
     pub const INSUFFICIENT_SCOPE: i32 = -31004;
+    /// `tasks/result` of a task that has not finished within the wait an HTTP exchange allows
+    /// (HTTP 200). Poll `tasks/get`, then call `tasks/result` again.
+    pub const TASK_NOT_FINISHED: i32 = -31008;
     /// The same idempotency key is in use by a call still running (HTTP 409). Retry after
     /// `Retry-After`.
     pub const IDEMPOTENCY_IN_PROGRESS: i32 = -31009;

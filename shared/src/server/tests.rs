@@ -452,3 +452,127 @@ async fn a_required_key_that_is_missing_or_invalid_is_refused_before_anything_ru
     // No budget layer ran for either (this server has none; the refusals came first).
     assert!(rec.budget_layer.is_none());
 }
+
+/// A tool that runs only as a task.
+struct TaskOnly;
+
+impl Tool for TaskOnly {
+    type Input = Input;
+    type Output = String;
+
+    fn spec(&self) -> ToolSpec {
+        ToolSpec {
+            name: "task_only",
+            title: "Task only",
+            description: "Test tool that must be called as a task.",
+            scope: "probe:run",
+            annotations: Annotations::default(),
+            budget: DefaultBudget::per_minute(10, 1),
+            log_fields: &[],
+        }
+    }
+
+    fn task_support(&self) -> crate::task::TaskSupport {
+        crate::task::TaskSupport::Required
+    }
+
+    async fn call(&self, _ctx: ToolContext, _input: Input) -> Result<String, ToolError> {
+        panic!("a task-only tool must not run on a plain call");
+    }
+}
+
+async fn post_at(h: &Harness, server: &Server, version: &str, body: &Value) -> Value {
+    let auth = format!("Bearer {}", h.token);
+    let body = body.to_string();
+    let ev = event_from_parts(
+        "POST",
+        "/mcp",
+        vec![
+            ("content-type", "application/json"),
+            ("authorization", auth.as_str()),
+            ("mcp-protocol-version", version),
+        ],
+        Some(body.as_bytes()),
+        "req-1",
+        "127.0.0.1",
+    );
+    server
+        .respond(&ev, &Invocation::new("req-1", Duration::from_secs(2)))
+        .await
+        .body_json()
+        .expect("json")
+}
+
+#[tokio::test]
+async fn task_support_is_declared_and_enforced_before_anything_runs() {
+    let h = harness().await;
+    let server = server_with(
+        Catalog::new()
+            .register(Probe)
+            .expect("probe")
+            .register(TaskOnly)
+            .expect("task_only"),
+        h.store.clone(),
+        h.sink.clone(),
+        None,
+    );
+    // 2025-11-25: capability and execution.taskSupport; 2025-06-18 has neither.
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                      "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                 "clientInfo": {"name": "t", "version": "1"}}});
+    let body = post_at(&h, &server, "2025-11-25", &init).await;
+    assert_eq!(
+        body["result"]["capabilities"]["tasks"]["requests"]["tools"]["call"],
+        json!({})
+    );
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let body = post_at(&h, &server, "2025-11-25", &list).await;
+    let tools = body["result"]["tools"].as_array().expect("tools");
+    let by_name = |n: &str| tools.iter().find(|t| t["name"] == n).expect("listed");
+    assert_eq!(by_name("task_only")["execution"]["taskSupport"], "required");
+    assert!(
+        by_name("probe").get("execution").is_none(),
+        "absent = forbidden"
+    );
+    let body = post_at(&h, &server, "2025-06-18", &list).await;
+    assert!(
+        body["result"]["tools"]
+            .as_array()
+            .expect("tools")
+            .iter()
+            .all(|t| t.get("execution").is_none())
+    );
+    // A plain call of a task-only tool: -32601, audited, the handler never runs (it panics).
+    let plain = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                       "params": {"name": "task_only", "arguments": {"mode": "ok"}}});
+    for version in ["2025-11-25", "2025-06-18"] {
+        let body = post_at(&h, &server, version, &plain).await;
+        assert_eq!(body["error"]["code"], -32601, "{version}: {body}");
+        let record = h.sink.records().pop().expect("record");
+        assert_eq!(record.status, CallStatus::InvalidInput);
+        assert_eq!(record.reason.as_deref(), Some("task_required"));
+    }
+    // A task call of a tool that forbids tasks: -32601; a malformed `task`: -32602.
+    let task_call = |name: &str, task: Value| {
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+               "params": {"name": name, "arguments": {"mode": "ok"}, "task": task}})
+    };
+    let body = post_at(&h, &server, "2025-11-25", &task_call("probe", json!({}))).await;
+    assert_eq!(body["error"]["code"], -32601, "{body}");
+    assert_eq!(
+        h.sink.records().pop().expect("record").reason.as_deref(),
+        Some("task_forbidden")
+    );
+    for bad in [json!(5), json!({"ttl": "soon"}), json!({"ttl": -1})] {
+        let body = post_at(&h, &server, "2025-11-25", &task_call("task_only", bad)).await;
+        assert_eq!(body["error"]["code"], -32602, "{body}");
+    }
+    // tasks/* exist only where tasks are declared, and need a task id.
+    let get = json!({"jsonrpc": "2.0", "id": 5, "method": "tasks/get", "params": {}});
+    let body = post_at(&h, &server, "2025-11-25", &get).await;
+    assert_eq!(body["error"]["code"], -32602, "{body}");
+    let body = post_at(&h, &server, "2025-06-18", &get).await;
+    assert_eq!(body["error"]["code"], -32601, "{body}");
+    let body = post_at(&h, &h.server, "2025-11-25", &get).await;
+    assert_eq!(body["error"]["code"], -32601, "no task tool here: {body}");
+}

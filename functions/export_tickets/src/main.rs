@@ -1,0 +1,3 @@
+fn main() -> tollgate::lambda::Exit {
+    tollgate::lambda::run_tool(export_tickets::tool)
+}
