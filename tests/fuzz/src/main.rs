@@ -3,7 +3,9 @@
 //! (`make fuzz`); the same inputs replay under `cargo test` (`tests/tests/fuzz_regressions.rs`).
 
 fn main() {
-    let harness = tollgate_tests::fuzzing::Harness::new().expect("fuzz harness");
+    let harness = std::panic::AssertUnwindSafe(
+        tollgate_tests::fuzzing::Harness::new().expect("fuzz harness"),
+    );
     afl::fuzz!(|data: &[u8]| {
         harness.run(data);
     });
