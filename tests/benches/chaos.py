@@ -245,10 +245,17 @@ def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
     before = c.audit_records()
     faulted_before = c.stats(target)["faulted"]
     c.fault(target, fault, ms)
-    results = [c.call(i) for i in range(calls)]
+    # The hashing key is refreshed in the background once its 1 s TTL passed: a Secrets
+    # Manager fault must hold longer than that to be hit.
+    hold = 2.5 if target == "secrets" else 0.0
+    results, t_fault = [], time.monotonic()
+    while len(results) < calls or time.monotonic() - t_fault < hold:
+        results.append(c.call(len(results)))
+        if hold:
+            time.sleep(0.2)
     c.fault(target, "none")
     faulted = c.stats(target)["faulted"] - faulted_before
-    made = calls
+    made = len(results)
     t_clear = time.monotonic()
     # Recovery: calls until one succeeds, each counted for the audit check.
     recovery_calls, i = 0, 0

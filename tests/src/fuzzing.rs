@@ -123,7 +123,9 @@ impl Harness {
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("application/json"));
         if is_json && resp.status >= 400 && resp.status != 404 {
-            let body = resp.body_json().expect("a JSON error response has a JSON body");
+            let body = resp
+                .body_json()
+                .expect("a JSON error response has a JSON body");
             let code = body["error"]["code"].as_i64();
             assert!(
                 code.is_some() || body.get("error").is_some_and(|e| e.is_string()),

@@ -13,7 +13,12 @@ fn inputs(dir: &Path) -> Vec<(String, Vec<u8>)> {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .filter(|p| p.is_file() && p.file_name().is_some_and(|n| n != "README.md"))
-        .map(|p| (p.display().to_string(), std::fs::read(&p).expect("read input")))
+        .map(|p| {
+            (
+                p.display().to_string(),
+                std::fs::read(&p).expect("read input"),
+            )
+        })
         .collect();
     out.sort();
     out

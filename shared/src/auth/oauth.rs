@@ -292,9 +292,7 @@ impl OAuthVerifier {
         let jwks = self.jwks.read().await;
         match pick(&jwks.keys, kid) {
             Some(k) => Ok(k),
-            None if jwks.fetched.is_none() || jwks.last_failed => {
-                Err(AuthError::IssuerUnavailable)
-            }
+            None if jwks.fetched.is_none() || jwks.last_failed => Err(AuthError::IssuerUnavailable),
             None => Err(AuthError::UnknownSigningKey),
         }
     }
@@ -810,7 +808,10 @@ mod tests {
             v.key_for(Some("k2")).await.err(),
             Some(AuthError::IssuerUnavailable)
         );
-        assert!(v.key_for(Some("k1")).await.is_ok(), "cached keys still serve");
+        assert!(
+            v.key_for(Some("k1")).await.is_ok(),
+            "cached keys still serve"
+        );
     }
 
     fn claims(v: serde_json::Value) -> serde_json::Map<String, Value> {
