@@ -9,7 +9,7 @@ PORT ?= 9000
 CARGO ?= cargo
 TOOLS := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard functions/*/Cargo.toml)))
 
-.PHONY: help dev build-debug test test-unit test-e2e test-conformance invoke build deploy destroy validate bench load lint fmt
+.PHONY: help dev build-debug test test-unit test-e2e test-conformance test-campaign invoke build deploy destroy validate bench load chaos fuzz lint fmt
 
 help: ## this list
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -18,7 +18,7 @@ dev: $(VENV)/.stamp ## local stack on http://127.0.0.1:$(PORT)/mcp (DynamoDB ser
 	$(CARGO) build --bin tollgate-dev --bin tollgate
 	PORT=$(PORT) tests/stack/dev.sh
 
-test: tools lint test-unit test-e2e test-conformance validate ## everything CI runs
+test: tools lint test-unit test-e2e test-conformance test-campaign validate ## everything CI runs
 
 build-debug:
 	$(CARGO) build --workspace --bins
@@ -32,6 +32,20 @@ test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the of
 test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
 	tests/conformance/run.sh
 
+FUZZ_SECS ?= 60
+
+test-campaign: $(VENV)/.stamp build-debug ## short forms of make chaos and load (about 1 min; make fuzz runs apart)
+	$(PY) tests/benches/chaos.py --short
+	TOLLGATE_DEV_BIN=target/debug/tollgate-dev TOLLGATE_BIN=target/debug/tollgate \
+	  $(PY) tests/benches/load.py --only-new --modes leases --hot --hot-secs 8 --flood --flood-rate 200 --flood-secs 3 --check
+
+chaos: $(VENV)/.stamp build-debug ## faults between the functions and each dependency, per budget policy: outcome table
+	@mkdir -p target/bench
+	$(PY) tests/benches/chaos.py --json target/bench/chaos.json | tee target/bench/chaos.md
+
+fuzz: tools-afl ## coverage-guided fuzzing of the request pipeline (AFL++): make fuzz FUZZ_SECS=600
+	tests/fuzz/run.sh $(FUZZ_SECS)
+
 bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget figures, span cost, CPU per call, cost per million calls, managed-instances concurrency (release)
 	@# The functions alone, as `make build` builds each one: no feature of the test or admin crates unified in.
 	$(CARGO) build --release $(addprefix -p ,$(TOOLS))
@@ -43,10 +57,10 @@ bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget 
 	$(PY) tests/benches/cost.py --calls 200 --json target/bench/cost.json | tee target/bench/cost.md
 	$(PY) tests/benches/concurrency.py --calls 1000 --json target/bench/concurrency.json | tee target/bench/concurrency.md
 
-load: $(VENV)/.stamp ## budgets under load, exact mode vs leases: 20 calls/s over 4 instances, shared tool bucket, 16/32/64 callers
+load: $(VENV)/.stamp ## budgets under load, exact mode vs leases: 20 calls/s over 4 instances, shared tool bucket, 16/32/64 callers, 64 callers on one bucket, a random-token flood
 	$(CARGO) build --release --bin tollgate-dev --bin tollgate
 	@mkdir -p target/bench
-	$(PY) tests/benches/load.py --json target/bench/load.json | tee target/bench/load.md
+	$(PY) tests/benches/load.py --hot --flood --check --json target/bench/load.json | tee target/bench/load.md
 
 invoke: $(VENV)/.stamp ## one function, one fixture, through the real Lambda runtime: make invoke FN=gateway EVENT=events/x.json [CONCURRENCY=32]
 	@test -n "$(FN)" -a -n "$(EVENT)" || { echo "usage: make invoke FN=<function> EVENT=events/<file>.json [CONCURRENCY=N]" >&2; exit 2; }

@@ -25,8 +25,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
 RELEASE = REPO / "target" / "release"
-DEV_BIN = Path(os.environ.get("TOLLGATE_DEV_BIN", RELEASE / "tollgate-dev"))
-CLI_BIN = Path(os.environ.get("TOLLGATE_BIN", RELEASE / "tollgate"))
+DEV_BIN = Path(os.environ.get("TOLLGATE_DEV_BIN", RELEASE / "tollgate-dev")).resolve()
+CLI_BIN = Path(os.environ.get("TOLLGATE_BIN", RELEASE / "tollgate")).resolve()
 TABLE = "tollgate-bench"
 APP_TABLE = "tollgate-bench-app"
 VERSION = "2025-11-25"

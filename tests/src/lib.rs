@@ -6,6 +6,7 @@ pub mod carrier;
 pub mod conformance;
 pub mod devstack;
 pub mod fixtures;
+pub mod fuzzing;
 pub mod http_front;
 pub mod moto;
 pub mod tls_front;

@@ -54,8 +54,14 @@ tests/node_modules/.stamp: tests/package.json tests/package-lock.json
 	@test -x $(NODE22_BIN)/node
 	@touch $@
 
-.PHONY: tools tools-venv tools-infra tools-node tools-check tools-clean
+# cargo-afl (AFL++ for Rust on the stable toolchain; its install builds AFL++ with the C
+# toolchain): `make fuzz` and the short fuzz run of `make test`. Into ~/.cargo/bin.
+CARGO_AFL_VERSION := 0.18.2
+
+.PHONY: tools tools-venv tools-infra tools-node tools-afl tools-check tools-clean
 tools: tools-venv tools-node
+tools-afl:
+	@cargo afl --version 2>/dev/null | grep -q '$(CARGO_AFL_VERSION)' || cargo install cargo-afl --version $(CARGO_AFL_VERSION) --locked
 tools-venv: $(VENV)/.stamp
 tools-infra: $(VENV_INFRA)/.stamp
 tools-node: tests/node_modules/.stamp

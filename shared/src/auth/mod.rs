@@ -249,6 +249,19 @@ pub struct Authenticator {
     /// Scheme and authority of the public URL, for a direct tool route's own audience.
     origin: Option<String>,
     fixed: Option<Principal>,
+    /// Key lookups of one key id run one at a time (striped by a hash of the id): concurrent
+    /// requests for an uncached key id wait for the first read and take its cached answer, so a
+    /// flood costs at most one store read per distinct key id (found by `make load`).
+    lookups: Arc<[tokio::sync::Mutex<()>]>,
+}
+
+/// Stripes of [`Authenticator::lookups`]: up to this many distinct key ids are read at once.
+const LOOKUP_STRIPES: usize = 64;
+
+fn lookup_stripes() -> Arc<[tokio::sync::Mutex<()>]> {
+    (0..LOOKUP_STRIPES)
+        .map(|_| tokio::sync::Mutex::new(()))
+        .collect()
 }
 
 impl Authenticator {
@@ -268,6 +281,7 @@ impl Authenticator {
             oauth: None,
             origin: None,
             fixed: None,
+            lookups: lookup_stripes(),
         }
     }
 
@@ -470,6 +484,16 @@ impl Authenticator {
     }
 
     async fn lookup(&self, key_id: &str) -> Result<Option<KeyRecord>, Denied> {
+        if let Some(hit) = self.keys.get(key_id) {
+            return Ok(hit);
+        }
+        let stripe = {
+            use std::hash::{BuildHasher as _, BuildHasherDefault};
+            let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                .hash_one(key_id);
+            (h % LOOKUP_STRIPES as u64) as usize
+        };
+        let _one = self.lookups[stripe].lock().await;
         if let Some(hit) = self.keys.get(key_id) {
             return Ok(hit);
         }

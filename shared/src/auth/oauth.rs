@@ -8,7 +8,9 @@
 //!   be the configured issuer and `aud` must name this server (RFC 8707).
 //! - The JWKS is fetched once, reused for its TTL, refreshed on an unknown `kid` at most once per
 //!   `jwks_min_refresh` (one fetch in flight per instance), and kept when the endpoint is down.
-//!   With no JWKS ever fetched, verification fails with `IssuerUnavailable` (503).
+//!   With no JWKS ever fetched, or when the last fetch failed and the token names a key the
+//!   cached keys lack (the issuer may have rotated during its outage), verification fails with
+//!   `IssuerUnavailable` (503, retry later) rather than `UnknownSigningKey` (401).
 //! - The `typ` header is checked as RFC 9068 asks, with room for issuers that predate it: see
 //!   `check_token_type` (ID tokens are refused).
 //! - Introspection answers are cached by the token's SHA-256, never past the token's `exp`;
@@ -75,6 +77,9 @@ struct Jwks {
     fetched: Option<Instant>,
     /// When a fetch was last tried (successful or not).
     attempted: Option<Instant>,
+    /// Whether that last try failed: a `kid` the cached keys do not know may then be a key
+    /// the issuer published meanwhile, so the token is not known to be bad (503, not 401).
+    last_failed: bool,
     /// The JWKS URL, once configured or discovered.
     url: Option<String>,
 }
@@ -290,7 +295,7 @@ impl OAuthVerifier {
         let jwks = self.jwks.read().await;
         match pick(&jwks.keys, kid) {
             Some(k) => Ok(k),
-            None if jwks.fetched.is_none() => Err(AuthError::IssuerUnavailable),
+            None if jwks.fetched.is_none() || jwks.last_failed => Err(AuthError::IssuerUnavailable),
             None => Err(AuthError::UnknownSigningKey),
         }
     }
@@ -333,8 +338,10 @@ impl OAuthVerifier {
                 jwks.url = Some(url);
                 jwks.keys = keys;
                 jwks.fetched = Some(Instant::now());
+                jwks.last_failed = false;
             }
             Err(cause) => {
+                jwks.last_failed = true;
                 tracing::warn!(%cause, cached_keys = jwks.keys.len(), "JWKS fetch failed");
             }
         }
@@ -847,6 +854,41 @@ mod tests {
         let keys = pinned_keys(&set);
         assert_eq!(keys.keys().collect::<Vec<_>>(), ["ec"]);
         assert_eq!(keys["ec"].alg, Algorithm::ES256);
+    }
+
+    /// A token naming a key the cached JWKS lacks is refused as an unknown key (401, get a
+    /// new token) only when the last JWKS fetch succeeded; when it failed (issuer down while
+    /// it rotates keys), the key may exist: 503, retry later (found by `make chaos`).
+    #[tokio::test]
+    async fn an_unknown_kid_after_a_failed_refresh_is_unavailable_not_invalid() {
+        let set: JwkSet = serde_json::from_value(serde_json::json!({"keys": [
+            {"kty": "EC", "kid": "k1", "crv": "P-256",
+             "x": "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+             "y": "x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}
+        ]}))
+        .expect("jwks");
+        let v = introspecting("http://127.0.0.1:9/introspect");
+        {
+            let mut jwks = v.jwks.write().await;
+            jwks.keys = pinned_keys(&set);
+            jwks.fetched = Some(Instant::now());
+            // Tried just now: within the minimum interval, so no fetch happens here.
+            jwks.attempted = Some(Instant::now());
+        }
+        assert!(v.key_for(Some("k1")).await.is_ok());
+        assert_eq!(
+            v.key_for(Some("k2")).await.err(),
+            Some(AuthError::UnknownSigningKey)
+        );
+        v.jwks.write().await.last_failed = true;
+        assert_eq!(
+            v.key_for(Some("k2")).await.err(),
+            Some(AuthError::IssuerUnavailable)
+        );
+        assert!(
+            v.key_for(Some("k1")).await.is_ok(),
+            "cached keys still serve"
+        );
     }
 
     fn claims(v: serde_json::Value) -> serde_json::Map<String, Value> {

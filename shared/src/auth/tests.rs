@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::http::event_from_parts;
-use crate::store::{AgentRecord, MemoryStore};
+use crate::store::{AgentRecord, KeyRecord, MemoryStore, Store, StoreError};
 
 async fn seeded() -> (Arc<MemoryStore>, String, String) {
     let store = Arc::new(MemoryStore::new());
@@ -335,4 +335,92 @@ async fn oauth_users_and_agents_live_in_separate_namespaces() {
         crate::connect::user_of(&p),
         crate::connect::user_of(&by_key)
     );
+}
+
+/// Counts key reads and holds each 20 ms, so concurrent lookups overlap.
+#[derive(Debug)]
+struct SlowCountingStore {
+    inner: MemoryStore,
+    key_reads: std::sync::atomic::AtomicUsize,
+}
+
+#[async_trait::async_trait]
+impl Store for SlowCountingStore {
+    async fn get_key(&self, key_id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.key_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        self.inner.get_key(key_id).await
+    }
+    async fn create_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.inner.create_agent(agent).await
+    }
+    async fn get_agent(&self, agent_id: &str) -> Result<Option<AgentRecord>, StoreError> {
+        self.inner.get_agent(agent_id).await
+    }
+    async fn list_agents(&self) -> Result<Vec<AgentRecord>, StoreError> {
+        self.inner.list_agents().await
+    }
+    async fn update_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
+        self.inner.update_agent(agent).await
+    }
+    async fn create_key(&self, key: &KeyRecord) -> Result<(), StoreError> {
+        self.inner.create_key(key).await
+    }
+    async fn list_keys(&self, agent_id: &str) -> Result<Vec<KeyRecord>, StoreError> {
+        self.inner.list_keys(agent_id).await
+    }
+    async fn revoke_key(&self, key_id: &str) -> Result<KeyRecord, StoreError> {
+        self.inner.revoke_key(key_id).await
+    }
+    async fn get_tool_policy(
+        &self,
+        tool: &str,
+    ) -> Result<Option<crate::store::ToolPolicy>, StoreError> {
+        self.inner.get_tool_policy(tool).await
+    }
+    async fn put_tool_policy(
+        &self,
+        tool: &str,
+        policy: Option<crate::store::ToolPolicy>,
+    ) -> Result<(), StoreError> {
+        self.inner.put_tool_policy(tool, policy).await
+    }
+    async fn bind_cert(&self, binding: &crate::store::CertBinding) -> Result<(), StoreError> {
+        self.inner.bind_cert(binding).await
+    }
+    async fn get_cert(&self, id: &str) -> Result<Option<crate::store::CertBinding>, StoreError> {
+        self.inner.get_cert(id).await
+    }
+    async fn unbind_cert(&self, id: &str) -> Result<(), StoreError> {
+        self.inner.unbind_cert(id).await
+    }
+}
+
+/// Many concurrent requests with distinct tokens of a few key ids (a guessing flood) cost one
+/// store read per key id, not one per request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_lookups_of_one_key_id_read_the_store_once() {
+    use std::sync::atomic::Ordering;
+    let store = Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        key_reads: std::sync::atomic::AtomicUsize::new(0),
+    });
+    let a = Arc::new(Authenticator::new(store.clone(), Duration::from_secs(30)));
+    let ids = ["aaaaaaaaaaaa", "bbbbbbbbbbbb", "cccccccccccc"];
+    let calls = (0..60).map(|i| {
+        let a = a.clone();
+        let token = format!("tg_{}_{:0>43}", ids[i % ids.len()], i);
+        tokio::spawn(async move {
+            a.authenticate(&Request::new(&event(Some(&format!("Bearer {token}")))))
+                .await
+        })
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(
+            r.expect("task").expect_err("unknown").error,
+            AuthError::UnknownToken
+        );
+    }
+    assert_eq!(store.key_reads.load(Ordering::SeqCst), ids.len());
 }
