@@ -17,8 +17,8 @@ on the direct route while the fault holds and records what the agent gets (HTTP 
 JSON-RPC code or `isError`, `data.reason`, `Retry-After`), how long each call took (against
 the invocation's deadline), then clears the fault and measures the recovery time (from the
 clear to the first successful call). Every call must produce exactly one audit record (counted
-in the instance's stdout), no call may take longer than the deadline plus a margin, and the
-process must not panic.
+in the instance's stdout), no call may take longer than the deadline plus a margin (2 s, or the time of ten unfaulted
+calls on a slower machine), and the process must not panic.
 
 Usage: python tests/benches/chaos.py [--short] [--calls 3] [--deadline-ms 3000] [--json FILE]
 Binaries: target/debug (TOLLGATE_DEV_BIN / TOLLGATE_BIN / CARRIER_BIN override).
@@ -238,7 +238,8 @@ class Chaos:
 
 def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
     c.token = c.key_token
-    c.healthy()
+    # One unfaulted call's time on this machine now: the hang check's margin scales with it.
+    baseline_ms = c.healthy() * 1e3
     if target == "oauth":
         c.token = c.oauth_token()
         time.sleep(1.2)  # past TOLLGATE_OAUTH_JWKS_MIN_REFRESH_SECS since the last fetch
@@ -269,7 +270,12 @@ def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
         time.sleep(0.05)
     recovery_s = time.monotonic() - t_clear
     made += recovery_calls
-    time.sleep(0.3)  # the last record's line is flushed
+    # The last record's line is written after its response: wait for it (a loaded machine may
+    # take a while), then once more for any record beyond one per call.
+    settle = time.monotonic() + 15
+    while c.audit_records() - before < made and time.monotonic() < settle:
+        time.sleep(0.1)
+    time.sleep(0.3)
     audit = c.audit_records() - before
     problems = []
     if audit != made:
@@ -277,8 +283,11 @@ def phase(c: Chaos, target: str, fault: str, ms: int, calls: int) -> dict:
     if c.panicked():
         problems.append("panic or exit")
     slowest = max(r["ms"] for r in results)
-    if slowest > c.deadline_ms + 2000:
-        problems.append(f"a call took {slowest:.0f} ms, deadline {c.deadline_ms} ms")
+    # A hang runs to the client's 60 s timeout; a slow machine only stretches the answer after
+    # the deadline by a few unfaulted calls' time.
+    margin_ms = max(2000.0, 10 * baseline_ms)
+    if slowest > c.deadline_ms + margin_ms:
+        problems.append(f"a call took {slowest:.0f} ms, deadline {c.deadline_ms} ms + margin {margin_ms:.0f} ms")
     outcomes = sorted({f"{r['status']} {r['outcome']}" + (f" Retry-After {r['retry_after']}" if r["retry_after"] else "")
                        for r in results})
     if target == "ddb" and c.policy == "fail-closed" and any(r["ok"] for r in results) and fault not in ("latency",):
