@@ -9,7 +9,7 @@ PORT ?= 9000
 CARGO ?= cargo
 TOOLS := $(notdir $(patsubst %/Cargo.toml,%,$(wildcard functions/*/Cargo.toml)))
 
-.PHONY: help dev build-debug test test-unit test-e2e test-conformance test-campaign invoke build deploy destroy validate bench load chaos fuzz lint fmt
+.PHONY: help dev build-debug test test-unit test-build-once test-e2e test-conformance test-campaign invoke build deploy destroy validate bench load chaos fuzz lint fmt
 
 help: ## this list
 	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -18,13 +18,16 @@ dev: $(VENV)/.stamp ## local stack on http://127.0.0.1:$(PORT)/mcp (DynamoDB ser
 	$(CARGO) build --bin tollgate-dev --bin tollgate
 	PORT=$(PORT) tests/stack/dev.sh
 
-test: tools lint test-unit test-e2e test-conformance test-campaign validate ## everything CI runs
+test: tools lint test-unit test-build-once test-e2e test-conformance test-campaign validate ## everything CI runs
 
 build-debug:
 	$(CARGO) build --workspace --bins
 
 test-unit: $(VENV)/.stamp ## unit, property and fixture tests (cargo; fixtures use a real DynamoDB-protocol server)
 	$(CARGO) test --workspace --all-targets
+
+test-build-once: ## after test-unit: the binaries build without compiling any dependency again
+	CARGO=$(CARGO) python3 tests/stack/build_once.py
 
 test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the official MCP Python SDK
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
