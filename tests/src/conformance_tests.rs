@@ -10,9 +10,14 @@ use super::*;
 
 const URL: &str = "http://127.0.0.1:4555/mcp";
 
-fn fixture() -> Server {
+fn fixture() -> Arc<Server> {
     let audit = Arc::new(tollgate::audit::MemorySink::default());
-    server(config(URL, |_| None).expect("config"), audit).expect("server")
+    server(
+        config(URL, |_| None).expect("config"),
+        audit,
+        &offline_sdk(),
+    )
+    .expect("server")
 }
 
 /// The suite's `json-schema-2020-12` fixture schema, verbatim from
@@ -153,8 +158,13 @@ async fn first_listed_tool_succeeds_with_empty_arguments() {
         assert_eq!(
             names,
             [
+                "confirm_delete",
                 "echo",
+                "failing_job",
+                "greet",
                 "json_schema_2020_12_tool",
+                "protocol_error_job",
+                "slow_compute",
                 "test_audio_content",
                 "test_embedded_resource",
                 "test_error_handling",
