@@ -32,7 +32,7 @@ test-build-once: ## after test-unit: the binaries build without compiling any de
 test-e2e: $(VENV)/.stamp build-debug ## end-to-end: local stack driven by the official MCP Python SDK
 	$(PY) -m pytest tests/e2e -q -p no:cacheprovider
 
-test-conformance: tools-node build-debug ## official MCP conformance suite against a fixture server
+test-conformance: tools-node $(VENV)/.stamp build-debug ## official MCP conformance suite against a fixture server (task records on moto)
 	tests/conformance/run.sh
 
 FUZZ_SECS ?= 60

@@ -5,6 +5,9 @@
 //! The suite sends no credentials, so the server admits every request as one fixed principal
 //! holding the fixtures' scope ([`Authenticator::admit_all_as`]); everything else (transport
 //! checks, version negotiation, header rules, validation, results) is the real pipeline.
+//! Task-augmented calls (the `tasks-*` scenarios, [`crate::conformance_tasks`]) keep their
+//! records in the tollgate table on a DynamoDB-protocol server (moto, started by `run.sh`) and
+//! run in the background like the local stack's ([`tollgate::task::InProcessStarter`]).
 //! `tests/conformance/run.sh` drives it; `tests/conformance/README.md` lists what runs.
 
 use std::borrow::Cow;
@@ -26,6 +29,7 @@ use tollgate::{
     ToolError, ToolSpec,
 };
 
+use crate::conformance_tasks as tasks;
 use crate::http_front::{Routes, app};
 
 /// The scope every fixture tool requires (and the fixed principal holds).
@@ -42,7 +46,8 @@ pub const PNG_1X1_BASE64: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAA
 #[serde(deny_unknown_fields)]
 pub struct NoArguments {}
 
-fn spec(name: &'static str, title: &'static str, description: &'static str) -> ToolSpec {
+/// A fixture tool's spec: read-only, the fixture scope, no logged fields.
+pub(crate) fn spec(name: &'static str, title: &'static str, description: &'static str) -> ToolSpec {
     ToolSpec {
         name,
         title,
@@ -442,7 +447,12 @@ pub fn catalog() -> Result<Catalog, CatalogError> {
         .register(ErrorHandling)?
         .register(LoggingTool)?
         .register(StreamingElicitation)?
-        .register(JsonSchema202012)
+        .register(JsonSchema202012)?
+        .register(tasks::Greet)?
+        .register(tasks::SlowCompute)?
+        .register(tasks::FailingJob)?
+        .register(tasks::ProtocolErrorJob)?
+        .register(tasks::ConfirmDelete)
 }
 
 /// The principal every request is admitted as.
@@ -467,30 +477,73 @@ pub fn config(url: &str, env: impl Fn(&str) -> Option<String>) -> anyhow::Result
     })?)
 }
 
-/// The fixture server for `config`, writing audit records to `audit`. It enforces no budgets
-/// (the suite is not about them) and looks up no keys, so its DynamoDB client is never called
-/// and is built from a static region without resolving credentials.
-pub fn server(config: Config, audit: Arc<dyn AuditSink>) -> anyhow::Result<Server> {
-    let config = Arc::new(config);
-    let sdk = aws_config::SdkConfig::builder()
+/// How long a background task run may take (a Lambda function's longest timeout).
+pub const TASK_RUN_TIMEOUT: Duration = Duration::from_secs(900);
+
+/// An SDK configuration that reaches no service (a static region, no credentials): for a
+/// fixture that creates no tasks.
+pub fn offline_sdk() -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .region(aws_config::Region::from_static("us-east-1"))
-        .build();
-    let clients = Arc::new(tollgate::lambda::build_clients(&sdk, config.clone())?);
+        .build()
+}
+
+/// The fixture server for `config`, writing audit records to `audit`, its AWS clients built
+/// from `sdk`. It enforces no budgets (the suite is not about them) and looks up no keys; the
+/// one table it uses is the tollgate table's task records, and the task runs are background
+/// tasks of this process on the same server.
+pub fn server(
+    config: Config,
+    audit: Arc<dyn AuditSink>,
+    sdk: &aws_config::SdkConfig,
+) -> anyhow::Result<Arc<Server>> {
+    let config = Arc::new(config);
+    let clients = Arc::new(tollgate::lambda::build_clients(sdk, config.clone())?);
     let identity = ServerIdentity {
         function: "conformance-server".to_owned(),
         name: config.service.clone(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
-    Ok(Server::new(
-        catalog()?,
-        Dispatch::Local,
-        Authenticator::admit_all_as(principal()),
-        clients,
-        audit,
-        None,
-        identity,
-    ))
+    let catalog = catalog()?;
+    let starter = tollgate::task::InProcessStarter::new(TASK_RUN_TIMEOUT);
+    let server = Arc::new(
+        Server::new(
+            catalog.clone(),
+            Dispatch::Local,
+            Authenticator::admit_all_as(principal()),
+            clients,
+            audit,
+            None,
+            identity,
+        )
+        .with_task_starter(starter.clone()),
+    );
+    let runs_on: HashMap<String, Arc<Server>> = catalog
+        .iter()
+        .filter(|t| t.task_support() != tollgate::task::TaskSupport::Forbidden)
+        .map(|t| (t.spec().name.to_owned(), server.clone()))
+        .collect();
+    starter.set_servers(&runs_on);
+    Ok(server)
+}
+
+/// The DynamoDB-protocol server the task records live on: `AWS_ENDPOINT_URL_DYNAMODB`, which
+/// must be a loopback `http://` URL (`run.sh` starts moto there).
+pub fn dynamodb_endpoint(value: Option<String>) -> anyhow::Result<String> {
+    let url = value.filter(|v| !v.is_empty()).context(
+        "AWS_ENDPOINT_URL_DYNAMODB is not set: the fixture keeps task records on a local \
+         DynamoDB-protocol server (tests/conformance/run.sh starts one)",
+    )?;
+    let authority = url
+        .strip_prefix("http://")
+        .and_then(|rest| rest.split('/').next())
+        .unwrap_or_default();
+    anyhow::ensure!(
+        authority.starts_with("127.0.0.1:") || authority.starts_with("localhost:"),
+        "AWS_ENDPOINT_URL_DYNAMODB must be a loopback http:// URL with a port, got {url:?}"
+    );
+    Ok(url)
 }
 
 /// The port to serve on: the first argument, else `PORT`, else 0 (any free port).
@@ -516,12 +569,17 @@ pub async fn run(port: u16) -> anyhow::Result<()> {
         .with_context(|| format!("bind 127.0.0.1:{port}"))?;
     let port = listener.local_addr()?.port();
     let url = format!("http://127.0.0.1:{port}/mcp");
-    let server = server(
-        config(&url, |k| std::env::var(k).ok())?,
-        Arc::new(StdoutSink),
-    )?;
+    let config = config(&url, |k| std::env::var(k).ok())?;
+    let sdk = crate::moto::sdk_config(&dynamodb_endpoint(
+        std::env::var("AWS_ENDPOINT_URL_DYNAMODB").ok(),
+    )?);
+    tollgate::store::DynamoStore::new(aws_sdk_dynamodb::Client::new(&sdk), config.table.clone())
+        .create_table()
+        .await
+        .context("create the tollgate table (is the DynamoDB-protocol server up?)")?;
+    let server = server(config, Arc::new(StdoutSink), &sdk)?;
     let routes = Routes {
-        gateway: Arc::new(server),
+        gateway: server,
         tools: HashMap::new(),
         timeout: Duration::from_secs(30),
     };

@@ -10,9 +10,14 @@ use super::*;
 
 const URL: &str = "http://127.0.0.1:4555/mcp";
 
-fn fixture() -> Server {
+fn fixture() -> Arc<Server> {
     let audit = Arc::new(tollgate::audit::MemorySink::default());
-    server(config(URL, |_| None).expect("config"), audit).expect("server")
+    server(
+        config(URL, |_| None).expect("config"),
+        audit,
+        &offline_sdk(),
+    )
+    .expect("server")
 }
 
 /// The suite's `json-schema-2020-12` fixture schema, verbatim from
@@ -153,8 +158,13 @@ async fn first_listed_tool_succeeds_with_empty_arguments() {
         assert_eq!(
             names,
             [
+                "confirm_delete",
                 "echo",
+                "failing_job",
+                "greet",
                 "json_schema_2020_12_tool",
+                "protocol_error_job",
+                "slow_compute",
                 "test_audio_content",
                 "test_embedded_resource",
                 "test_error_handling",
@@ -263,4 +273,65 @@ fn port_comes_from_argv_then_env() {
     );
     assert_eq!(port(argv(&["bin"]), None).expect("default"), 0);
     assert!(port(argv(&["bin", "http"]), None).is_err());
+}
+
+#[test]
+fn task_records_need_a_loopback_dynamodb_endpoint() {
+    assert!(dynamodb_endpoint(None).is_err());
+    assert!(dynamodb_endpoint(Some(String::new())).is_err());
+    for refused in [
+        "https://dynamodb.us-east-1.amazonaws.com",
+        "http://dynamodb.us-east-1.amazonaws.com:80",
+        "http://127.0.0.1.example.com:8000",
+        "http://127.0.0.1",
+    ] {
+        assert!(
+            dynamodb_endpoint(Some(refused.into())).is_err(),
+            "{refused}"
+        );
+    }
+    for accepted in ["http://127.0.0.1:8000", "http://localhost:4566/"] {
+        assert_eq!(
+            dynamodb_endpoint(Some(accepted.into())).expect(accepted),
+            accepted
+        );
+    }
+}
+
+#[tokio::test]
+async fn task_fixtures_answer_plain_calls_as_the_suite_expects() {
+    let server = fixture();
+    for version in ["2025-06-18", "2025-11-25", "2026-07-28"] {
+        let (status, body) = post(
+            &server,
+            version,
+            json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call",
+                "params": {"name": "greet", "arguments": {"name": "World"}}}),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["result"]["content"][0]["text"], "Hello, World!");
+        let deleted = call(&server, version, "confirm_delete").await;
+        assert_eq!(deleted["isError"], json!(false), "{deleted}");
+        assert!(
+            deleted["content"][0]["text"]
+                .as_str()
+                .is_some_and(|t| t.starts_with("Not deleted")),
+            "{deleted}"
+        );
+    }
+    // Task support `required`, called by a client without the extension: -32021 naming it.
+    let (status, body) = post(
+        &server,
+        "2026-07-28",
+        json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call",
+            "params": {"name": "failing_job", "arguments": {}}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], -32021);
+    assert_eq!(
+        body["error"]["data"]["requiredCapabilities"]["extensions"]["io.modelcontextprotocol/tasks"],
+        json!({})
+    );
 }

@@ -4,6 +4,7 @@
 
 pub mod carrier;
 pub mod conformance;
+pub mod conformance_tasks;
 pub mod devstack;
 pub mod fixtures;
 pub mod fuzzing;

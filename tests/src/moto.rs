@@ -45,14 +45,7 @@ impl Moto {
 
     /// An SDK configuration pointing every service at this server, with static credentials.
     pub fn sdk_config(&self) -> aws_config::SdkConfig {
-        aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
-                aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"),
-            ))
-            .endpoint_url(self.endpoint())
-            .build()
+        sdk_config(&self.endpoint())
     }
 
     /// Stops the server (the store "goes down").
@@ -66,4 +59,17 @@ impl Drop for Moto {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// An SDK configuration pointing every service at the moto server at `endpoint`, with static
+/// credentials (nothing is resolved from the environment).
+pub fn sdk_config(endpoint: &str) -> aws_config::SdkConfig {
+    aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_dynamodb::config::SharedCredentialsProvider::new(
+            aws_sdk_dynamodb::config::Credentials::new("test", "test", None, None, "test"),
+        ))
+        .endpoint_url(endpoint)
+        .build()
 }

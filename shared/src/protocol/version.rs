@@ -132,7 +132,10 @@ fn negotiate_legacy(header: Option<&str>, rpc: &RpcRequest) -> Result<Negotiated
 }
 
 /// `Mcp-Method` must equal the body's method; on `tools/call`, `Mcp-Name` must equal
-/// `params.name` (after trimming and decoding the `=?base64?…?=` form).
+/// `params.name` (after trimming and decoding the `=?base64?…?=` form); on the tasks
+/// extension's `tasks/get`, `tasks/update` and `tasks/cancel`, an `Mcp-Name` that is sent must
+/// equal `params.taskId` (SEP-2663 routing header; a missing one is tolerated: clients that
+/// predate the rule send none).
 fn check_standard_headers(req: &Request<'_>, rpc: &RpcRequest) -> Result<(), Rejection> {
     match req.header("mcp-method").map(str::trim) {
         None => {
@@ -157,6 +160,18 @@ fn check_standard_headers(req: &Request<'_>, rpc: &RpcRequest) -> Result<(), Rej
         if body_name != Some(header_name.as_str()) {
             return Err(Rejection::HeaderMismatch(
                 "Mcp-Name header does not match params.name".into(),
+            ));
+        }
+    }
+    if matches!(
+        rpc.method.as_str(),
+        "tasks/get" | "tasks/update" | "tasks/cancel"
+    ) && let Some(header) = req.header("mcp-name")
+    {
+        let task_id = rpc.params.get("taskId").and_then(Value::as_str);
+        if task_id.is_none() || decode_header_value(header.trim()).as_deref() != task_id {
+            return Err(Rejection::HeaderMismatch(
+                "Mcp-Name header does not match params.taskId".into(),
             ));
         }
     }
@@ -355,6 +370,47 @@ mod tests {
         assert!(matches!(run(&h, &body), Err(Rejection::HeaderMismatch(_))));
         let mut h = base.to_vec();
         h.push(("mcp-name", "=?base64?dA?=")); // bad padding
+        assert!(matches!(run(&h, &body), Err(Rejection::HeaderMismatch(_))));
+    }
+
+    #[test]
+    fn mcp_name_on_task_methods_must_match_the_task_id() {
+        for method in ["tasks/get", "tasks/update", "tasks/cancel"] {
+            let body = format!(
+                r#"{{"jsonrpc":"2.0","id":1,"method":"{method}","params":{{"taskId":"t-1",{META}}}}}"#
+            );
+            let base = [
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", method),
+            ];
+            // Absent: tolerated.
+            assert!(run(&base, &body).is_ok(), "{method}");
+            for (value, ok) in [
+                ("t-1", true),
+                (" t-1 ", true),
+                ("=?base64?dC0x?=", true),
+                ("t-2", false),
+                ("", false),
+                ("=?base64?dC0x?", false),
+            ] {
+                let mut h = base.to_vec();
+                h.push(("mcp-name", value));
+                assert_eq!(
+                    !matches!(run(&h, &body), Err(Rejection::HeaderMismatch(_))),
+                    ok,
+                    "{method} with Mcp-Name {value:?}"
+                );
+            }
+        }
+        // Without a string taskId, any Mcp-Name mismatches.
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":1,"method":"tasks/get","params":{{"taskId":7,{META}}}}}"#
+        );
+        let h = [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tasks/get"),
+            ("mcp-name", "7"),
+        ];
         assert!(matches!(run(&h, &body), Err(Rejection::HeaderMismatch(_))));
     }
 }
