@@ -441,10 +441,10 @@ impl Connections {
                 .config
                 .resource_url
                 .as_deref()
-                .and_then(crate::server::origin_of)
+                .and_then(crate::http::origin_of)
                 .map(|o| format!("{o}{CALLBACK_PATH}"))
         })?;
-        let origin = crate::server::origin_of(&callback_url)?;
+        let origin = crate::http::origin_of(&callback_url)?;
         Some(Self {
             origin,
             login_endpoints: tokio::sync::Mutex::new(None),
@@ -1251,7 +1251,7 @@ impl Connections {
             return Ok(hit);
         }
         let issuer = oauth.config().issuer.trim_end_matches('/').to_owned();
-        let origin = crate::server::origin_of(&issuer).unwrap_or_default();
+        let origin = crate::http::origin_of(&issuer).unwrap_or_default();
         let path = issuer.strip_prefix(&origin).unwrap_or("");
         for url in [
             format!("{origin}/.well-known/oauth-authorization-server{path}"),

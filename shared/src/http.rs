@@ -290,6 +290,20 @@ pub fn event_from_parts<'h>(
     serde_json::from_value(event).unwrap_or_default()
 }
 
+/// `scheme://authority` of an absolute URL (the origin of a resource URL, a callback or an
+/// issuer).
+pub fn origin_of(url: &str) -> Option<String> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    Some(format!("{scheme}://{authority}"))
+}
+
+/// The authority (`host[:port]`) of an absolute URL.
+pub fn authority_of(url: &str) -> Option<&str> {
+    let (_, rest) = url.split_once("://")?;
+    rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
 use lambda_runtime::{LambdaEvent, service_fn};
 
+use crate::audit::hash_key::HashKeys;
 use crate::audit::{AuditSink, StdoutSink};
 use crate::auth::Authenticator;
 use crate::budget::{AgentDefaults, Budgets};
 use crate::catalog::Catalog;
 use crate::config::Config;
-use crate::gateway::LambdaInvoker;
-use crate::hash_key::HashKeys;
+use crate::server::forward::LambdaInvoker;
 use crate::server::{Dispatch, Invocation, Server, ServerIdentity};
 use crate::store::DynamoStore;
 use crate::tool::{Clients, Tool};

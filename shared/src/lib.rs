@@ -7,29 +7,41 @@
 //! [`telemetry`]). The same handler is fed an API Gateway HTTP API (payload 2.0) event whoever calls
 //! it: the Lambda runtime ([`lambda`]), the gateway's forward ([`gateway`]) or the local stack.
 
-pub mod audit;
+// The modules in layers, lowest first (docs/ARCHITECTURE.md). A module uses only modules of
+// lower layers and its own folder; `tests/tests/layers.rs` keeps it so.
+
+// L0: wire and storage primitives, and every configuration type.
+pub mod config;
+pub mod http;
+pub mod protocol;
+pub mod store;
+pub mod tls;
+
+// L1: who is calling, and the trace it belongs to.
 pub mod auth;
+pub mod telemetry;
+
+// L2: what a tool is, and the one mapping of failures onto HTTP and JSON-RPC.
+pub mod error;
+pub mod tool;
+
+// L3: the pipeline's stages that keep state: tool registry, budgets, connections, idempotency
+// ledger, task records.
 pub mod budget;
 pub mod catalog;
-pub mod config;
 pub mod connect;
-pub mod error;
-pub mod gateway;
-pub mod hash_key;
-pub mod http;
 pub mod idempotency;
-pub mod lambda;
-pub mod metrics;
-pub mod protocol;
-pub mod server;
-pub mod store;
 pub mod task;
-pub mod telemetry;
-pub mod tls;
-pub mod tool;
-pub mod trace;
 
+// L4: one audit record, metrics and argument hashing per call.
+pub mod audit;
+
+// L5: the pipeline: transport checks, negotiation, dispatch, forwarding.
+pub mod server;
+
+// L6: composition roots: the Lambda entry point and the operator's actions.
 pub mod admin;
+pub mod lambda;
 
 pub use auth::{AuthMethod, Principal};
 pub use catalog::Catalog;

@@ -276,7 +276,8 @@ fn audit_cost() -> anyhow::Result<()> {
             task_id: None,
         };
         let line = serde_json::to_string(&record)?;
-        let emf = serde_json::to_string(&tollgate::metrics::emf(&record, 1_795_676_400_000))?;
+        let emf =
+            serde_json::to_string(&tollgate::audit::metrics::emf(&record, 1_795_676_400_000))?;
         bytes = line.len() + emf.len() + 2;
         std::hint::black_box((line, emf));
     }

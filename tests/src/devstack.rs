@@ -70,7 +70,7 @@ pub fn routes(
         tools.insert(name.to_owned(), Arc::new(server));
     }
     starter.set_servers(&tools);
-    let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
+    let invoker = tollgate::server::forward::InProcessInvoker::new(tools.clone());
     let gateway = build_server(
         catalog.clone(),
         Dispatch::Forward(Arc::new(invoker)),

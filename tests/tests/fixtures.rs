@@ -313,7 +313,7 @@ async fn deployment(
         tools.insert(name.to_owned(), Arc::new(server));
     }
     starter.set_servers(&tools);
-    let invoker = tollgate::gateway::InProcessInvoker::new(tools.clone());
+    let invoker = tollgate::server::forward::InProcessInvoker::new(tools.clone());
     let gateway = Server::new(
         catalog.clone(),
         Dispatch::Forward(Arc::new(invoker)),

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
+use tollgate::audit::hash_key::HashKeys;
 use tollgate::deps::aws_sdk_secretsmanager::Client;
-use tollgate::hash_key::HashKeys;
 use tollgate_tests::moto::Moto;
 
 #[tokio::test]

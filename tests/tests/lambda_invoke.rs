@@ -6,8 +6,8 @@ use std::sync::{Arc, Mutex};
 
 use axum::extract::State;
 use axum::http::HeaderMap;
-use tollgate::gateway::{Invoker as _, LambdaInvoker};
 use tollgate::server::Invocation;
+use tollgate::server::forward::{Invoker as _, LambdaInvoker};
 
 type Seen = Arc<Mutex<Vec<(String, Option<String>)>>>;
 

@@ -9,8 +9,8 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use axum::extract::State;
 use axum::http::HeaderMap;
+use tollgate::telemetry::trace::TraceContext;
 use tollgate::telemetry::{self, AwsSdkSpans, TelemetryConfig};
-use tollgate::trace::TraceContext;
 use tracing::Instrument as _;
 
 type Seen = Arc<Mutex<Vec<(Option<String>, Option<String>)>>>;

@@ -295,7 +295,7 @@ impl Authenticator {
         self.methods = auth.methods;
         self.mtls_require_token = auth.mtls_require_token;
         self.oauth = oauth;
-        self.origin = resource_url.and_then(crate::server::origin_of);
+        self.origin = resource_url.and_then(crate::http::origin_of);
         self
     }
 

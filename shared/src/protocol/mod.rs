@@ -1,5 +1,6 @@
-//! MCP over Streamable HTTP, stateless, JSON responses: the transport checks, JSON-RPC message
-//! parsing and protocol-version negotiation that run before authentication.
+//! MCP over Streamable HTTP, stateless, JSON responses: the wire types (JSON-RPC messages, error
+//! codes, protocol versions and `_meta` keys). The checks that use them (transport, version
+//! negotiation) are request checks and live in the server.
 //!
 //! The protocol *model* (tool descriptors, results, capabilities, `server/discover`) comes from
 //! the official `rmcp` crate. The dispatch is ours: tollgate answers every message from one
@@ -7,7 +8,6 @@
 //! codes (401/403/429/503) with their headers, which `rmcp`'s server transport cannot express.
 
 pub mod jsonrpc;
-pub mod transport;
 pub mod version;
 
 pub use jsonrpc::{Message, RequestId, RpcRequest};

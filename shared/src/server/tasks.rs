@@ -22,8 +22,8 @@ use crate::task::{
     TaskStatus, TaskSupport,
 };
 use crate::telemetry;
+use crate::telemetry::trace::TraceContext;
 use crate::tool::ToolContext;
-use crate::trace::TraceContext;
 
 /// Tasks per `tasks/list` page.
 const LIST_PAGE: i32 = 50;

@@ -6,7 +6,7 @@ use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use tracing_subscriber::layer::SubscriberExt as _;
 
 use super::*;
-use crate::trace::parse_traceparent;
+use crate::telemetry::trace::parse_traceparent;
 
 const CALLER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const CALLER_SPAN: &str = "00f067aa0ba902b7";

@@ -129,7 +129,7 @@ pub struct ToolContext {
     /// Shared AWS and HTTP clients.
     pub clients: Arc<Clients>,
     /// The trace this call belongs to; pass [`ToolContext::trace_headers`] on downstream calls.
-    pub trace: crate::trace::TraceContext,
+    pub trace: crate::telemetry::trace::TraceContext,
     /// The user's access token at the tool's provider, when the tool declares one.
     pub provider_token: Option<crate::connect::ProviderToken>,
     /// The task this run belongs to, when the call was task-augmented (see [`crate::task`]).

@@ -5,6 +5,9 @@
 //! summarised fields keep only their JSON type and size. Without a hashing key, hashed fields
 //! fall back to summaries: never to raw values.
 
+pub mod hash_key;
+pub mod metrics;
+
 use std::io::Write as _;
 use std::sync::Mutex;
 
@@ -126,13 +129,13 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug {
 }
 
 /// Writes each record as one line on stdout, followed by its EMF metrics line
-/// ([`crate::metrics`]).
+/// ([`crate::audit::metrics`]).
 #[derive(Debug, Default)]
 pub struct StdoutSink;
 
 impl AuditSink for StdoutSink {
     fn write(&self, record: &AuditRecord) {
-        let metrics = crate::metrics::emf(record, crate::store::now_ms());
+        let metrics = crate::audit::metrics::emf(record, crate::store::now_ms());
         if let (Ok(line), Ok(emf)) = (
             serde_json::to_string(record),
             serde_json::to_string(&metrics),

@@ -25,6 +25,8 @@
 //!   registered tool name, request id, protocol version, agent id, outcome codes, and for
 //!   downstream HTTP only method, host and port (a path can hold personal data).
 
+pub mod trace;
+
 use std::cell::Cell;
 use std::net::{SocketAddr, ToSocketAddrs as _};
 use std::sync::OnceLock;
@@ -55,7 +57,7 @@ use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
-use crate::trace::TraceContext;
+use crate::telemetry::trace::TraceContext;
 
 /// Which spans are kept (`OTEL_TRACES_SAMPLER`, `OTEL_TRACES_SAMPLER_ARG`).
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -5,7 +5,7 @@ use http::Method;
 
 use crate::config::Config;
 use crate::error::Rejection;
-use crate::http::Request;
+use crate::http::{Request, authority_of, origin_of};
 
 /// Runs every transport check in order; the first failure wins.
 pub fn check(req: &Request<'_>, config: &Config) -> Result<(), Rejection> {
@@ -79,19 +79,6 @@ fn accepts_json(accept: &str) -> bool {
             || t.eq_ignore_ascii_case("application/*")
             || t == "*/*"
     })
-}
-
-/// `scheme://authority` of an absolute URL.
-fn origin_of(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    Some(format!("{scheme}://{authority}"))
-}
-
-/// The authority (`host[:port]`) of an absolute URL.
-fn authority_of(url: &str) -> Option<&str> {
-    let (_, rest) = url.split_once("://")?;
-    rest.split(['/', '?', '#']).next().filter(|a| !a.is_empty())
 }
 
 fn is_loopback_authority(authority: &str) -> bool {

@@ -25,23 +25,23 @@ use rmcp::model::{CallToolResult, ContentBlock as Content};
 use serde_json::{Value, json};
 use tracing::Instrument as _;
 
+use crate::audit::hash_key::HashKeys;
 use crate::audit::{AuditRecord, AuditSink, CallStatus, HashKey, redact_arguments};
 use crate::auth::{Authenticator, Principal};
 use crate::budget::{Admission, Budgets, Layer, Refusal};
 use crate::catalog::{Catalog, RegisteredTool};
 use crate::config::Config;
 use crate::error::{RateLimited, Rejection, rate_limit_header, rate_limit_policy_header};
-use crate::gateway::Invoker;
-use crate::hash_key::HashKeys;
-use crate::http::{Request, Response};
+use crate::http::{Request, Response, origin_of};
 use crate::idempotency::{self, Begin, Claim, Idempotency, Ledger};
 use crate::protocol::jsonrpc::{self, Message, RequestId, RpcRequest};
 use crate::protocol::printable;
-use crate::protocol::version::{self, Era, Negotiated};
-use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS, transport};
+use crate::protocol::version::{Era, Negotiated};
+use crate::protocol::{META_SERVER_INFO, SUPPORTED_VERSIONS};
+use crate::server::forward::Invoker;
 use crate::telemetry;
+use crate::telemetry::trace::TraceContext;
 use crate::tool::{Clients, ToolContext, ToolError};
-use crate::trace::TraceContext;
 
 /// Per-invocation facts from the runtime (Lambda context, or the local stack).
 #[derive(Debug, Clone)]
@@ -228,7 +228,7 @@ impl Server {
             START_PATH if method == http::Method::POST => {
                 // A form post from this origin only: a cross-site page must not be able to
                 // sign a victim's browser in with the attacker's key.
-                let own = crate::server::origin_of(&connections.callback_url());
+                let own = crate::http::origin_of(&connections.callback_url());
                 if req.header("origin").map(str::to_owned) != own {
                     return text(403, "This form must be sent from this site.");
                 }
@@ -396,7 +396,7 @@ impl Server {
         inv: &Invocation,
         started: Instant,
     ) -> Response {
-        let negotiated = match version::negotiate(req, rpc) {
+        let negotiated = match negotiate::negotiate(req, rpc) {
             Ok(n) => n,
             Err(r) => return self.reject(r, Some(&rpc.id)),
         };
@@ -1260,7 +1260,7 @@ fn forward_event(event: &ApiGatewayV2httpRequest, trace: &TraceContext) -> ApiGa
             out.headers.insert(http::HeaderName::from_static(name), v);
         }
     }
-    if trace.source == crate::trace::TraceSource::Meta
+    if trace.source == crate::telemetry::trace::TraceSource::Meta
         && !out.is_base64_encoded
         && let Some(body) = &out.body
         && let Ok(mut v) = serde_json::from_str::<Value>(body)
@@ -1304,13 +1304,6 @@ const URL_ELICITATION_LEGACY_VERSION: &str = "2025-11-25";
 
 /// The RFC 9728 well-known prefix.
 pub const WELL_KNOWN_PRM: &str = "/.well-known/oauth-protected-resource";
-
-/// Scheme and authority of an absolute URL.
-pub fn origin_of(url: &str) -> Option<String> {
-    let (scheme, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    Some(format!("{scheme}://{authority}"))
-}
 
 /// The path-specific metadata URL of a resource (RFC 9728 section 3.1): the well-known prefix
 /// inserted between the origin and the resource's path.
@@ -1373,6 +1366,9 @@ const INSTRUCTIONS: &str = "Tools served by tollgate. Every call is authenticate
 and audited. A result with isError explains what to change; HTTP 429 means wait for Retry-After; \
 HTTP 403 with a permanently-denied code means do not retry.";
 
+pub mod forward;
+mod negotiate;
 mod tasks;
 #[cfg(test)]
 mod tests;
+mod transport;
