@@ -3,29 +3,15 @@
 //! (the gateway, which forwards calls, never compiles one; [`Catalog::check`] compiles them all,
 //! which the tests do for every tool).
 
+pub use crate::tool::{JsonObject, schema_object};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::FutureExt as _;
 use futures::future::BoxFuture;
 use rmcp::model::{CallToolResult, ToolAnnotations};
-use schemars::JsonSchema;
 
 use crate::tool::{LogAs, Tool, ToolContext, ToolError, ToolOutput, ToolSpec};
-
-/// A JSON object.
-pub type JsonObject = serde_json::Map<String, serde_json::Value>;
-
-/// The JSON Schema (draft 2020-12) of `T`, as an object.
-pub fn schema_object<T: JsonSchema>() -> JsonObject {
-    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
-    let schema = generator.into_root_schema_for::<T>();
-    match schema.to_value() {
-        serde_json::Value::Object(map) => map,
-        // `true` / `false` schemas: any object.
-        _ => JsonObject::from_iter([("type".to_owned(), "object".into())]),
-    }
-}
 
 /// A tool registration was refused at startup.
 #[derive(Debug, thiserror::Error)]
@@ -107,8 +93,8 @@ pub struct RegisteredTool {
     validator: std::sync::OnceLock<Result<jsonschema::Validator, String>>,
     log_plan: BTreeMap<String, LogAs>,
     provider: Option<&'static str>,
-    idempotency: crate::idempotency::Idempotency,
-    task_support: crate::task::TaskSupport,
+    idempotency: crate::tool::Idempotency,
+    task_support: crate::tool::TaskSupport,
     task_time_limit: Option<std::time::Duration>,
     inner: Box<dyn ErasedTool>,
 }
@@ -199,7 +185,7 @@ impl RegisteredTool {
     }
 
     /// Whether the tool may or must be called as a task.
-    pub fn task_support(&self) -> crate::task::TaskSupport {
+    pub fn task_support(&self) -> crate::tool::TaskSupport {
         self.task_support
     }
 
@@ -209,7 +195,7 @@ impl RegisteredTool {
     }
 
     /// Whether the tool takes an idempotency key.
-    pub fn idempotency(&self) -> crate::idempotency::Idempotency {
+    pub fn idempotency(&self) -> crate::tool::Idempotency {
         self.idempotency
     }
 
@@ -365,7 +351,7 @@ impl Catalog {
     pub fn has_tasks(&self) -> bool {
         self.tools
             .values()
-            .any(|t| t.task_support != crate::task::TaskSupport::Forbidden)
+            .any(|t| t.task_support != crate::tool::TaskSupport::Forbidden)
     }
 
     /// Every scope some tool requires, sorted and deduplicated.
@@ -378,6 +364,7 @@ impl Catalog {
 
 #[cfg(test)]
 mod tests {
+    use schemars::JsonSchema;
     use serde::Deserialize;
 
     use super::*;

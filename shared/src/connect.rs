@@ -19,6 +19,8 @@
 //!   gets a distinct, non-retryable answer with a new connect link. A provider that is down or
 //!   slow releases the lease and leaves the stored tokens as they were.
 
+pub use crate::config::{ConnectConfig, ProviderConfig};
+pub use crate::tool::ProviderToken;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -120,68 +122,6 @@ fn key_form(handle: &str, provider: &str) -> String {
         p = esc(provider),
         h = esc(handle),
     )
-}
-
-/// A third-party provider, from `TOLLGATE_PROVIDER_<NAME>_*`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ProviderConfig {
-    /// Provider name as tools declare it (lowercase).
-    pub name: String,
-    /// Authorization endpoint.
-    pub authorize_url: String,
-    /// Token endpoint.
-    pub token_url: String,
-    /// OAuth client id.
-    pub client_id: String,
-    /// Secrets Manager id of the client secret (the secret string is the client secret).
-    pub client_secret: String,
-    /// Scopes requested, space separated.
-    pub scopes: String,
-    /// The provider's issuer identifier (`_ISSUER`): an RFC 9207 `iss` on the callback must
-    /// equal it.
-    pub issuer: Option<String>,
-}
-
-/// Connection settings (`TOLLGATE_PROVIDERS`, `TOLLGATE_VAULT_KMS_KEY`,
-/// `TOLLGATE_CONNECT_CALLBACK_URL`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ConnectConfig {
-    /// Configured providers.
-    pub providers: Vec<ProviderConfig>,
-    /// KMS key that encrypts the tokens.
-    pub kms_key: Option<String>,
-    /// Public URL of the callback route.
-    pub callback_url: Option<String>,
-    /// OAuth client id (public client, PKCE) with which OAuth users sign in at tollgate's own
-    /// authorization server on the connect page (`TOLLGATE_CONNECT_LOGIN_CLIENT_ID`).
-    pub login_client_id: Option<String>,
-}
-
-/// An access token for a provider, ready for a downstream call. Its `Debug` never shows it.
-#[derive(Clone)]
-pub struct ProviderToken {
-    /// The provider.
-    pub provider: String,
-    access_token: String,
-    /// Expiry, Unix ms.
-    pub expires_at_ms: u64,
-}
-
-impl std::fmt::Debug for ProviderToken {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProviderToken")
-            .field("provider", &self.provider)
-            .field("access_token", &"[redacted]")
-            .field("expires_at_ms", &self.expires_at_ms)
-            .finish()
-    }
-}
-
-impl ProviderToken {
-    /// The value of an `Authorization` header for the provider's API.
-    pub fn authorization(&self) -> String {
-        format!("Bearer {}", self.access_token)
-    }
 }
 
 /// Why no access token could be handed to the tool.
@@ -523,11 +463,7 @@ impl Connections {
             let expires = num(&item, "access_expires_at_ms").unwrap_or(0);
             if expires > now_ms() + u64::try_from(REFRESH_SKEW.as_millis()).unwrap_or(0) {
                 let access = self.decrypt(&item, "access_ct", user, provider).await?;
-                let token = ProviderToken {
-                    provider: provider.to_owned(),
-                    access_token: access,
-                    expires_at_ms: expires,
-                };
+                let token = ProviderToken::new(provider.to_owned(), access, expires);
                 self.lock_tokens().insert(key, token.clone());
                 return Ok(token);
             }
@@ -794,11 +730,11 @@ impl Connections {
                 .expression_attribute_values(":one", n(1)),
         };
         match request.send().await {
-            Ok(_) => Ok(ProviderToken {
-                provider: provider.to_owned(),
-                access_token: access.to_owned(),
+            Ok(_) => Ok(ProviderToken::new(
+                provider.to_owned(),
+                access.to_owned(),
                 expires_at_ms,
-            }),
+            )),
             Err(e) if e.code() == Some("ConditionalCheckFailedException") => {
                 // The lease ran out and another instance moved the item on: this rotation is
                 // lost, so the provider may have invalidated what is stored. Say so loudly.
@@ -1510,11 +1446,7 @@ mod tests {
 
     #[test]
     fn tokens_never_show_in_debug() {
-        let t = ProviderToken {
-            provider: "p".into(),
-            access_token: "very-secret".into(),
-            expires_at_ms: 1,
-        };
+        let t = ProviderToken::new("p", "very-secret", 1);
         assert!(!format!("{t:?}").contains("very-secret"));
         assert_eq!(t.authorization(), "Bearer very-secret");
     }

@@ -293,7 +293,7 @@ impl Rejection {
                     .into(),
             ),
             Self::MissingTasksCapability => (
-                crate::task::MISSING_REQUIRED_CLIENT_CAPABILITY,
+                crate::protocol::MISSING_REQUIRED_CLIENT_CAPABILITY,
                 "Missing required client capability: this request needs the \
                  io.modelcontextprotocol/tasks extension in \
                  _meta[\"io.modelcontextprotocol/clientCapabilities\"].extensions"
@@ -319,7 +319,7 @@ impl Rejection {
             Self::InsufficientScope { scope } => data["required_scope"] = json!(scope),
             Self::MissingTasksCapability => {
                 data["requiredCapabilities"] =
-                    json!({"extensions": {crate::task::TASKS_EXTENSION: {}}});
+                    json!({"extensions": {crate::protocol::TASKS_EXTENSION: {}}});
             }
             Self::PayloadTooLarge { limit } => data["limit_bytes"] = json!(limit),
             Self::IdempotencyInProgress { retry_after_s } => {

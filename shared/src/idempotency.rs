@@ -18,23 +18,21 @@
 //! [`LEASE_GRACE`]) has passed. Both writes are `UpdateItem`s, so tool functions need no rights
 //! beyond the shared ones.
 
+pub use crate::protocol::META_IDEMPOTENCY_KEY as META_KEY;
+pub use crate::tool::Idempotency;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
-use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValuesOnConditionCheckFailure};
 use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::store::{StoreError, TTL_ATTRIBUTE, now_ms};
-use crate::tool::Annotations;
 
 /// The HTTP request header carrying the key (IETF draft).
 pub const HEADER: &str = "idempotency-key";
-/// The `params._meta` key carrying the key (MCP SEP-3182's name).
-pub const META_KEY: &str = "io.modelcontextprotocol/idempotencyKey";
 /// The `_meta` key on results of keyed calls: `{"replayed": bool, ...}`.
 pub const META_RESULT: &str = "tollgate/idempotency";
 /// Shortest accepted key.
@@ -43,49 +41,6 @@ pub const MIN_KEY_LEN: usize = 8;
 pub const MAX_KEY_LEN: usize = 255;
 /// Time added to the owner's deadline before a crashed owner's claim may be taken over.
 pub const LEASE_GRACE: Duration = Duration::from_secs(2);
-
-/// Whether a tool takes an idempotency key.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum Idempotency {
-    /// A call without a key is answered with an `isError` result asking for one.
-    Required,
-    /// A key is honoured when given.
-    Optional,
-    /// Keys are not looked at (read-only or idempotent tools: a retry is harmless).
-    Ignored,
-}
-
-impl Idempotency {
-    /// The default for a tool: ignored for read-only or idempotent tools, otherwise optional
-    /// (and honoured).
-    pub fn from_annotations(a: &Annotations) -> Self {
-        if a.read_only || a.idempotent {
-            Self::Ignored
-        } else {
-            Self::Optional
-        }
-    }
-
-    /// The sentence appended to the tool's description in `tools/list`.
-    pub fn description(self) -> Option<String> {
-        match self {
-            Self::Required => Some(format!(
-                " Requires an idempotency key: pass a new random key (e.g. a UUID) for each \
-                 distinct operation in params._meta[\"{META_KEY}\"] (or the Idempotency-Key \
-                 header), and the same key when retrying it; a retry then returns the first \
-                 outcome instead of acting twice."
-            )),
-            Self::Optional => Some(format!(
-                " Accepts an idempotency key in params._meta[\"{META_KEY}\"] (or the \
-                 Idempotency-Key header): a retry with the same key returns the first outcome \
-                 instead of acting twice."
-            )),
-            Self::Ignored => None,
-        }
-    }
-}
 
 /// The key given with a call, if any; `Err` says what is wrong with it (never echoing it).
 pub fn key_from(header: Option<&str>, meta: Option<&Value>) -> Result<Option<String>, String> {
@@ -139,21 +94,6 @@ fn validate(key: &str) -> Result<(), String> {
             "the idempotency key must be {MIN_KEY_LEN} to {MAX_KEY_LEN} characters of A-Z, a-z, \
              0-9, '-', '_', '.', ':', '~', '+', '/' or '=' (a UUID is a good key)"
         ))
-    }
-}
-
-/// The item a conditional `UpdateItem` found when its condition failed (`ALL_OLD`; `None` when
-/// the server returned none), or `Err` for any other failure.
-pub(crate) fn condition_failed_item(
-    e: &aws_sdk_dynamodb::error::SdkError<UpdateItemError>,
-) -> Result<Option<HashMap<String, AttributeValue>>, StoreError> {
-    match e.as_service_error() {
-        Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(c.item().cloned()),
-        _ if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
-        _ => Err(unavailable(
-            "UpdateItem",
-            &aws_sdk_dynamodb::error::DisplayErrorContext(e),
-        )),
     }
 }
 
@@ -333,7 +273,7 @@ impl Ledger {
                     owner: owner.to_owned(),
                 }));
             }
-            Err(e) => match condition_failed_item(&e)? {
+            Err(e) => match crate::store::condition_failed_item(&e)? {
                 Some(item) => item,
                 None => self.read(&pk).await?.unwrap_or_default(),
             },
@@ -481,6 +421,8 @@ fn classify(item: &HashMap<String, AttributeValue>, args_hash: &str, now: u64) -
 mod tests {
     use super::*;
     use serde_json::json;
+
+    use crate::tool::Annotations;
 
     #[test]
     fn keys_from_header_or_meta() {

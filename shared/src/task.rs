@@ -16,9 +16,12 @@
 //! A run that never starts, dies or overruns is found by its `run_by_ms` (creation + the tool's
 //! time limit + [`TaskConfig::grace`]) and ends `failed` on the next read.
 
+pub use crate::config::TaskConfig;
+pub use crate::protocol::{MISSING_REQUIRED_CLIENT_CAPABILITY, TASKS_EXTENSION, TASKS_VERSION};
+pub use crate::tool::{TaskHandle, TaskSupport};
+use crate::tool::{TaskRecordLink, TaskState};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use aws_sdk_dynamodb::Client;
 use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
@@ -26,7 +29,7 @@ use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditi
 use serde_json::{Value, json};
 
 use crate::auth::Principal;
-use crate::config::{ConfigError, parse_or};
+use crate::config::millis_of;
 use crate::store::{StoreError, TTL_ATTRIBUTE, now_ms};
 
 /// `_meta` key associating a result with its task (spec: required on `tasks/result`).
@@ -35,113 +38,6 @@ pub const META_RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
 pub const META_IMMEDIATE_RESPONSE: &str = "io.modelcontextprotocol/model-immediate-response";
 /// `_meta` key on a task carrying the handler's last reported progress.
 pub const META_PROGRESS: &str = "tollgate/progress";
-/// The protocol version whose `tasks` utility tollgate serves.
-pub const TASKS_VERSION: &str = "2025-11-25";
-/// The 2026-07-28 tasks extension (SEP-2663): declared in `server/discover`, opted into per
-/// request in `_meta["io.modelcontextprotocol/clientCapabilities"].extensions`.
-pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
-/// MCP 2026-07-28: the request needs a client capability it did not declare.
-pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i32 = -32021;
-
-/// Whether a tool may, or must, be called as a task (the tool's `execution.taskSupport`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum TaskSupport {
-    /// Never as a task (the default): a task-augmented call is refused with -32601.
-    #[default]
-    Forbidden,
-    /// Either way.
-    Optional,
-    /// Only as a task: a plain call is refused with -32601.
-    Required,
-}
-
-impl TaskSupport {
-    /// The spec's spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Forbidden => "forbidden",
-            Self::Optional => "optional",
-            Self::Required => "required",
-        }
-    }
-}
-
-/// Task settings (`TOLLGATE_TASK_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TaskConfig {
-    /// TTL when the request names none (`TOLLGATE_TASK_DEFAULT_TTL_SECS`, 3600).
-    pub default_ttl: Duration,
-    /// Longest TTL granted (`TOLLGATE_TASK_MAX_TTL_SECS`, 86400); longer requests are cut.
-    pub max_ttl: Duration,
-    /// Longest run of any tool (`TOLLGATE_TASK_MAX_RUN_SECS`, 900: Lambda's limit).
-    pub max_run: Duration,
-    /// Time after a run's limit before a task whose worker vanished is failed
-    /// (`TOLLGATE_TASK_GRACE_MS`, 30000: covers the asynchronous invocation's queueing).
-    pub grace: Duration,
-    /// `pollInterval` suggested to clients (`TOLLGATE_TASK_POLL_INTERVAL_MS`, 2000).
-    pub poll_interval: Duration,
-    /// Least time between two progress writes of one run (`TOLLGATE_TASK_PROGRESS_INTERVAL_MS`,
-    /// 1000); reports in between are dropped, except the last status change.
-    pub progress_interval: Duration,
-    /// How often a run reads its record to see a cancellation
-    /// (`TOLLGATE_TASK_CANCEL_CHECK_MS`, 1000).
-    pub cancel_check: Duration,
-    /// Largest stored result (`TOLLGATE_TASK_MAX_RESULT_BYTES`, 262144; DynamoDB items stop at
-    /// 400 KB); a larger result ends the task `failed`.
-    pub max_result_bytes: usize,
-    /// Longest `tasks/result` waits for an unfinished task (`TOLLGATE_TASK_RESULT_WAIT_MS`,
-    /// 20000: API Gateway answers within 30 s), bounded by the invocation's deadline.
-    pub result_wait: Duration,
-}
-
-impl TaskConfig {
-    /// Reads the settings through `lookup`.
-    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let secs = |name, default| parse_or(lookup, name, default).map(Duration::from_secs);
-        let millis = |name, default| parse_or(lookup, name, default).map(Duration::from_millis);
-        let config = Self {
-            default_ttl: secs("TOLLGATE_TASK_DEFAULT_TTL_SECS", 3600)?,
-            max_ttl: secs("TOLLGATE_TASK_MAX_TTL_SECS", 86_400)?,
-            max_run: secs("TOLLGATE_TASK_MAX_RUN_SECS", 900)?,
-            grace: millis("TOLLGATE_TASK_GRACE_MS", 30_000)?,
-            poll_interval: millis("TOLLGATE_TASK_POLL_INTERVAL_MS", 2000)?,
-            progress_interval: millis("TOLLGATE_TASK_PROGRESS_INTERVAL_MS", 1000)?,
-            cancel_check: millis("TOLLGATE_TASK_CANCEL_CHECK_MS", 1000)?,
-            max_result_bytes: parse_or(lookup, "TOLLGATE_TASK_MAX_RESULT_BYTES", 256 * 1024)?,
-            result_wait: millis("TOLLGATE_TASK_RESULT_WAIT_MS", 20_000)?,
-        };
-        for (name, value) in [
-            ("TOLLGATE_TASK_MAX_TTL_SECS", config.max_ttl),
-            ("TOLLGATE_TASK_MAX_RUN_SECS", config.max_run),
-            ("TOLLGATE_TASK_CANCEL_CHECK_MS", config.cancel_check),
-            ("TOLLGATE_TASK_POLL_INTERVAL_MS", config.poll_interval),
-        ] {
-            if value.is_zero() {
-                return Err(ConfigError::Invalid {
-                    name,
-                    reason: "must be positive".to_owned(),
-                });
-            }
-        }
-        Ok(config)
-    }
-
-    /// The TTL granted for a requested one (milliseconds): the default when absent, at most
-    /// the maximum, at least one second.
-    pub fn grant_ttl(&self, requested_ms: Option<u64>) -> u64 {
-        let max = millis_of(self.max_ttl);
-        requested_ms
-            .unwrap_or_else(|| millis_of(self.default_ttl))
-            .clamp(1000, max.max(1000))
-    }
-}
-
-fn millis_of(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
 /// A task's status.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskStatus {
@@ -390,54 +286,6 @@ impl TaskStarter for LambdaStarter {
     }
 }
 
-/// Runs tasks as background tasks of this process (the local stack), on the same records.
-#[derive(Debug, Default)]
-pub struct InProcessStarter {
-    servers: OnceLock<HashMap<String, Weak<crate::Server>>>,
-    /// How long a background run may take (the local stack's stand-in for a function timeout).
-    timeout: Duration,
-}
-
-impl InProcessStarter {
-    /// A starter whose runs get `timeout` (their Lambda timeout); servers are set once built.
-    pub fn new(timeout: Duration) -> Arc<Self> {
-        Arc::new(Self {
-            servers: OnceLock::new(),
-            timeout,
-        })
-    }
-
-    /// The tool servers, by tool name (set once, after they are built).
-    pub fn set_servers(&self, servers: &HashMap<String, Arc<crate::Server>>) {
-        let weak = servers
-            .iter()
-            .map(|(k, v)| (k.clone(), Arc::downgrade(v)))
-            .collect();
-        let _ = self.servers.set(weak);
-    }
-}
-
-#[async_trait::async_trait]
-impl TaskStarter for InProcessStarter {
-    async fn start(&self, job: &TaskJob) -> Result<(), String> {
-        let server = self
-            .servers
-            .get()
-            .and_then(|s| s.get(&job.tool))
-            .and_then(Weak::upgrade)
-            .ok_or_else(|| format!("no server for tool {}", job.tool))?;
-        // Through JSON, as the Lambda payload would be.
-        let event = serde_json::to_vec(&TaskEvent {
-            tollgate_task: job.clone(),
-        })
-        .map_err(|e| e.to_string())?;
-        let event: TaskEvent = serde_json::from_slice(&event).map_err(|e| e.to_string())?;
-        let inv = crate::server::Invocation::new(uuid::Uuid::new_v4().to_string(), self.timeout);
-        tokio::spawn(async move { server.run_task(event.tollgate_task, inv).await });
-        Ok(())
-    }
-}
-
 /// The task records in the tollgate table.
 #[derive(Debug, Clone)]
 pub struct TaskStore {
@@ -628,7 +476,7 @@ impl TaskStore {
                 .and_then(|i| parse(owner, i))
                 .map_or(Changed::Missing, Changed::Done)),
             Err(e) => {
-                let old = crate::idempotency::condition_failed_item(&e)?;
+                let old = crate::store::condition_failed_item(&e)?;
                 Ok(old
                     .as_ref()
                     .and_then(|i| parse(owner, i))
@@ -788,102 +636,58 @@ fn parse(owner: &str, item: &HashMap<String, AttributeValue>) -> Option<TaskReco
     })
 }
 
-/// A run's link to its task, on [`crate::tool::ToolContext::task`]: progress reports (written
-/// at a bounded rate) and the cancellation signal.
+/// A run's [`TaskRecordLink`] on its record in the tollgate table.
 #[derive(Debug)]
-pub struct TaskHandle {
+pub struct RecordLink {
     store: TaskStore,
     owner: String,
     task_id: String,
-    interval: Duration,
-    last_write: Mutex<Option<Instant>>,
-    cancelled: tokio::sync::watch::Sender<bool>,
 }
 
-impl TaskHandle {
-    /// A handle on `task_id` of `owner`.
-    pub fn new(store: TaskStore, owner: &str, task_id: &str, interval: Duration) -> Arc<Self> {
-        Arc::new(Self {
+impl RecordLink {
+    /// The link to `task_id` of `owner`.
+    pub fn new(store: TaskStore, owner: &str, task_id: &str) -> Box<Self> {
+        Box::new(Self {
             store,
             owner: owner.to_owned(),
             task_id: task_id.to_owned(),
-            interval,
-            last_write: Mutex::new(None),
-            cancelled: tokio::sync::watch::channel(false).0,
         })
     }
+}
 
-    /// The task id.
-    pub fn task_id(&self) -> &str {
-        &self.task_id
+fn state_of(status: TaskStatus) -> TaskState {
+    match status {
+        TaskStatus::Working => TaskState::Working,
+        TaskStatus::Cancelled => TaskState::Cancelled,
+        _ => TaskState::Ended,
     }
+}
 
-    /// Whether the task was cancelled.
-    pub fn is_cancelled(&self) -> bool {
-        *self.cancelled.borrow()
-    }
-
-    /// Resolves once the task is cancelled (never, if it is not).
-    pub async fn cancelled(&self) {
-        let mut rx = self.cancelled.subscribe();
-        let _ = rx.wait_for(|c| *c).await;
-    }
-
-    /// Marks the task cancelled for the handler.
-    pub fn cancel(&self) {
-        self.cancelled.send_replace(true);
-    }
-
-    /// Records progress (and a status message) on the task, at most once per interval; a
-    /// report inside the interval is dropped. A report finding the task no longer working
-    /// (cancelled) trips the cancellation.
-    pub async fn report(&self, progress: f64, total: Option<f64>, message: Option<&str>) {
-        {
-            let mut last = self
-                .last_write
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if last.is_some_and(|t| t.elapsed() < self.interval) {
-                return;
-            }
-            *last = Some(Instant::now());
-        }
-        let message = message.map(|m| m.chars().take(512).collect::<String>());
+#[async_trait::async_trait]
+impl TaskRecordLink for RecordLink {
+    async fn progress(
+        &self,
+        progress: f64,
+        total: Option<f64>,
+        message: Option<&str>,
+    ) -> Result<TaskState, String> {
         match self
             .store
-            .progress(
-                &self.owner,
-                &self.task_id,
-                progress,
-                total,
-                message.as_deref(),
-            )
+            .progress(&self.owner, &self.task_id, progress, total, message)
             .await
         {
-            Ok(Changed::Done(_)) => {}
-            Ok(Changed::Refused(r)) if r.status == TaskStatus::Cancelled => self.cancel(),
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "task progress not recorded"),
+            Ok(Changed::Done(_)) => Ok(TaskState::Working),
+            Ok(Changed::Refused(r)) => Ok(state_of(r.status)),
+            Ok(_) => Ok(TaskState::Ended),
+            Err(e) => Err(e.to_string()),
         }
     }
 
-    /// Reads the record every `every` and trips the cancellation when it says `cancelled`;
-    /// ends when the handle is dropped elsewhere or the task leaves `working`.
-    pub async fn watch(self: Arc<Self>, every: Duration) {
-        let weak = Arc::downgrade(&self);
-        drop(self);
-        loop {
-            tokio::time::sleep(every).await;
-            let Some(handle) = weak.upgrade() else { return };
-            match handle.store.get(&handle.owner, &handle.task_id).await {
-                Ok(Some(r)) if r.status == TaskStatus::Working => {}
-                Ok(Some(r)) if r.status == TaskStatus::Cancelled => {
-                    handle.cancel();
-                    return;
-                }
-                Ok(_) => return,
-                Err(e) => tracing::warn!(error = %e, "task record not readable; still running"),
-            }
+    async fn state(&self) -> Result<TaskState, String> {
+        match self.store.get(&self.owner, &self.task_id).await {
+            Ok(Some(r)) => Ok(state_of(r.status)),
+            Ok(None) => Ok(TaskState::Ended),
+            Err(e) => Err(e.to_string()),
         }
     }
 }
@@ -891,6 +695,7 @@ impl TaskHandle {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::ConfigError;
 
     fn config(pairs: &[(&str, &str)]) -> Result<TaskConfig, ConfigError> {
         let map: HashMap<String, String> = pairs

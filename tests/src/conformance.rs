@@ -7,7 +7,7 @@
 //! checks, version negotiation, header rules, validation, results) is the real pipeline.
 //! Task-augmented calls (the `tasks-*` scenarios, [`crate::conformance_tasks`]) keep their
 //! records in the tollgate table on a DynamoDB-protocol server (moto, started by `run.sh`) and
-//! run in the background like the local stack's ([`tollgate::task::InProcessStarter`]).
+//! run in the background like the local stack's ([`tollgate::server::in_process::InProcessStarter`]).
 //! `tests/conformance/run.sh` drives it; `tests/conformance/README.md` lists what runs.
 
 use std::borrow::Cow;
@@ -506,7 +506,7 @@ pub fn server(
         version: env!("CARGO_PKG_VERSION").to_owned(),
     };
     let catalog = catalog()?;
-    let starter = tollgate::task::InProcessStarter::new(TASK_RUN_TIMEOUT);
+    let starter = tollgate::server::in_process::InProcessStarter::new(TASK_RUN_TIMEOUT);
     let server = Arc::new(
         Server::new(
             catalog.clone(),

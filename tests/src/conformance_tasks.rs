@@ -2,7 +2,7 @@
 //! `greet`, `slow_compute`, `failing_job`, `protocol_error_job` and `confirm_delete`, by the
 //! names and behaviours the suite's "Required server fixtures" give. They run as tasks through
 //! tollgate's own task machinery (records in DynamoDB, runs started by
-//! [`tollgate::task::InProcessStarter`], the local stack's background runner).
+//! [`tollgate::server::in_process::InProcessStarter`], the local stack's background runner).
 //!
 //! tollgate never returns `InputRequiredResult` (multi-round-trip requests), so no tool here
 //! asks the client for input: `confirm_delete` answers without deleting anything, and the

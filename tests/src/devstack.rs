@@ -53,7 +53,7 @@ pub fn routes(
     let mut tools = HashMap::new();
     // Task runs: a background task of this process on the tool's server (Lambda: an `Event`
     // invoke of the tool's function), with the same records.
-    let starter = tollgate::task::InProcessStarter::new(task_run_timeout(timeout));
+    let starter = tollgate::server::in_process::InProcessStarter::new(task_run_timeout(timeout));
     for t in catalog.iter() {
         let name = t.spec().name;
         let own = catalog.only(name).context("tool vanished from catalog")?;
@@ -70,7 +70,7 @@ pub fn routes(
         tools.insert(name.to_owned(), Arc::new(server));
     }
     starter.set_servers(&tools);
-    let invoker = tollgate::server::forward::InProcessInvoker::new(tools.clone());
+    let invoker = tollgate::server::in_process::InProcessInvoker::new(tools.clone());
     let gateway = build_server(
         catalog.clone(),
         Dispatch::Forward(Arc::new(invoker)),

@@ -266,7 +266,7 @@ async fn deployment(
         )
     };
     let mut tools = HashMap::new();
-    let starter = tollgate::task::InProcessStarter::new(Duration::from_secs(900));
+    let starter = tollgate::server::in_process::InProcessStarter::new(Duration::from_secs(900));
     for tool in catalog.iter() {
         let name = tool.spec().name;
         let own = catalog
@@ -313,7 +313,7 @@ async fn deployment(
         tools.insert(name.to_owned(), Arc::new(server));
     }
     starter.set_servers(&tools);
-    let invoker = tollgate::server::forward::InProcessInvoker::new(tools.clone());
+    let invoker = tollgate::server::in_process::InProcessInvoker::new(tools.clone());
     let gateway = Server::new(
         catalog.clone(),
         Dispatch::Forward(Arc::new(invoker)),

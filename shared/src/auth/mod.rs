@@ -307,7 +307,8 @@ impl Authenticator {
     /// An authenticator that admits every request as `principal` without credentials.
     ///
     /// Only for test fixtures that drive the protocol without credentials (the MCP conformance
-    /// suite sends none). No configuration variable selects it; functions never use it.
+    /// suite sends none). No configuration variable selects it; built only with the `test-util` feature.
+    #[cfg(any(test, feature = "test-util"))]
     pub fn admit_all_as(principal: Principal) -> Self {
         let mut auth = Self::new(Arc::new(crate::store::MemoryStore::new()), Duration::ZERO);
         auth.fixed = Some(principal);

@@ -21,36 +21,11 @@
 //!
 //! This module holds the per-instance state only; the writes are made by [`super::Budgets`].
 
+pub use crate::config::LeaseConfig;
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::Duration;
 
 use super::buckets::Slot;
-
-/// Lease settings (`TOLLGATE_LEASES`, `TOLLGATE_LEASE_WINDOW_MS`, `TOLLGATE_LEASE_MAX_FRACTION`).
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct LeaseConfig {
-    /// Leases on (`true`) or every call decided by the store (exact mode).
-    pub enabled: bool,
-    /// How long a lease may be used before its rest is given back.
-    pub window: Duration,
-    /// Largest lease as a fraction of the smallest burst among its buckets.
-    pub max_fraction: f64,
-}
-
-impl LeaseConfig {
-    /// Every call decided by the store.
-    pub const EXACT: Self = Self {
-        enabled: false,
-        window: Duration::from_millis(2_000),
-        max_fraction: 0.1,
-    };
-    /// The deployment default: leases over a 2 s window, at most a tenth of a burst.
-    pub const DEFAULT: Self = Self {
-        enabled: true,
-        ..Self::EXACT
-    };
-}
 
 /// Tokens held locally for one group of buckets (the buckets of one store item).
 #[derive(Debug, Clone)]

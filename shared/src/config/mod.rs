@@ -44,7 +44,7 @@ pub struct Config {
     pub policy_cache_ttl: Duration,
     /// Quota leases (`TOLLGATE_LEASES`, `TOLLGATE_LEASE_WINDOW_MS`,
     /// `TOLLGATE_LEASE_MAX_FRACTION`).
-    pub leases: crate::budget::lease::LeaseConfig,
+    pub leases: LeaseConfig,
     /// How long idempotency records (and stored outcomes) are kept
     /// (`TOLLGATE_IDEMPOTENCY_TTL_SECS`).
     pub idempotency_ttl: Duration,
@@ -54,9 +54,9 @@ pub struct Config {
     /// Which credentials are accepted, and how OAuth tokens are verified.
     pub auth: AuthConfig,
     /// Third-party providers tools act on for users, and the vault's key.
-    pub connect: crate::connect::ConnectConfig,
+    pub connect: ConnectConfig,
     /// Task-augmented calls: TTLs, run limits, polling and progress rates (`TOLLGATE_TASK_*`).
-    pub tasks: crate::task::TaskConfig,
+    pub tasks: TaskConfig,
 }
 
 /// Accepted authentication methods (`TOLLGATE_AUTH_METHODS`, comma separated: `api_key`,
@@ -160,7 +160,7 @@ impl Config {
         }
         let auth = auth_config(&lookup, resource_url.as_deref())?;
         let connect = connect_config(&lookup)?;
-        let tasks = crate::task::TaskConfig::from_lookup(&lookup)?;
+        let tasks = TaskConfig::from_lookup(&lookup)?;
         Ok(Self {
             auth,
             connect,
@@ -348,9 +348,7 @@ fn auth_config(
     })
 }
 
-fn connect_config(
-    lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<crate::connect::ConnectConfig, ConfigError> {
+fn connect_config(lookup: &impl Fn(&str) -> Option<String>) -> Result<ConnectConfig, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid {
         name: "TOLLGATE_PROVIDERS",
         reason,
@@ -378,7 +376,7 @@ fn connect_config(
                 None => Ok(String::new()),
             }
         };
-        let provider = crate::connect::ProviderConfig {
+        let provider = ProviderConfig {
             name: name.to_owned(),
             authorize_url: var("AUTHORIZE_URL", true)?,
             token_url: var("TOKEN_URL", true)?,
@@ -400,7 +398,7 @@ fn connect_config(
     if !providers.is_empty() && kms_key.is_none() {
         return Err(ConfigError::Missing("TOLLGATE_VAULT_KMS_KEY"));
     }
-    Ok(crate::connect::ConnectConfig {
+    Ok(ConnectConfig {
         providers,
         kms_key,
         callback_url: lookup("TOLLGATE_CONNECT_CALLBACK_URL").filter(|v| !v.is_empty()),
@@ -408,10 +406,8 @@ fn connect_config(
     })
 }
 
-fn lease_config(
-    lookup: &impl Fn(&str) -> Option<String>,
-) -> Result<crate::budget::lease::LeaseConfig, ConfigError> {
-    use crate::budget::lease::LeaseConfig;
+fn lease_config(lookup: &impl Fn(&str) -> Option<String>) -> Result<LeaseConfig, ConfigError> {
+    use LeaseConfig;
     let enabled = match lookup("TOLLGATE_LEASES").as_deref().map(str::trim) {
         None | Some("" | "on") => true,
         Some("off") => false,
@@ -475,6 +471,140 @@ where
     }
 }
 
+/// Lease settings (`TOLLGATE_LEASES`, `TOLLGATE_LEASE_WINDOW_MS`, `TOLLGATE_LEASE_MAX_FRACTION`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LeaseConfig {
+    /// Leases on (`true`) or every call decided by the store (exact mode).
+    pub enabled: bool,
+    /// How long a lease may be used before its rest is given back.
+    pub window: Duration,
+    /// Largest lease as a fraction of the smallest burst among its buckets.
+    pub max_fraction: f64,
+}
+
+impl LeaseConfig {
+    /// Every call decided by the store.
+    pub const EXACT: Self = Self {
+        enabled: false,
+        window: Duration::from_millis(2_000),
+        max_fraction: 0.1,
+    };
+    /// The deployment default: leases over a 2 s window, at most a tenth of a burst.
+    pub const DEFAULT: Self = Self {
+        enabled: true,
+        ..Self::EXACT
+    };
+}
+
+/// A third-party provider, from `TOLLGATE_PROVIDER_<NAME>_*`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderConfig {
+    /// Provider name as tools declare it (lowercase).
+    pub name: String,
+    /// Authorization endpoint.
+    pub authorize_url: String,
+    /// Token endpoint.
+    pub token_url: String,
+    /// OAuth client id.
+    pub client_id: String,
+    /// Secrets Manager id of the client secret (the secret string is the client secret).
+    pub client_secret: String,
+    /// Scopes requested, space separated.
+    pub scopes: String,
+    /// The provider's issuer identifier (`_ISSUER`): an RFC 9207 `iss` on the callback must
+    /// equal it.
+    pub issuer: Option<String>,
+}
+
+/// Connection settings (`TOLLGATE_PROVIDERS`, `TOLLGATE_VAULT_KMS_KEY`,
+/// `TOLLGATE_CONNECT_CALLBACK_URL`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectConfig {
+    /// Configured providers.
+    pub providers: Vec<ProviderConfig>,
+    /// KMS key that encrypts the tokens.
+    pub kms_key: Option<String>,
+    /// Public URL of the callback route.
+    pub callback_url: Option<String>,
+    /// OAuth client id (public client, PKCE) with which OAuth users sign in at tollgate's own
+    /// authorization server on the connect page (`TOLLGATE_CONNECT_LOGIN_CLIENT_ID`).
+    pub login_client_id: Option<String>,
+}
+
+/// Task settings (`TOLLGATE_TASK_*`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TaskConfig {
+    /// TTL when the request names none (`TOLLGATE_TASK_DEFAULT_TTL_SECS`, 3600).
+    pub default_ttl: Duration,
+    /// Longest TTL granted (`TOLLGATE_TASK_MAX_TTL_SECS`, 86400); longer requests are cut.
+    pub max_ttl: Duration,
+    /// Longest run of any tool (`TOLLGATE_TASK_MAX_RUN_SECS`, 900: Lambda's limit).
+    pub max_run: Duration,
+    /// Time after a run's limit before a task whose worker vanished is failed
+    /// (`TOLLGATE_TASK_GRACE_MS`, 30000: covers the asynchronous invocation's queueing).
+    pub grace: Duration,
+    /// `pollInterval` suggested to clients (`TOLLGATE_TASK_POLL_INTERVAL_MS`, 2000).
+    pub poll_interval: Duration,
+    /// Least time between two progress writes of one run (`TOLLGATE_TASK_PROGRESS_INTERVAL_MS`,
+    /// 1000); reports in between are dropped, except the last status change.
+    pub progress_interval: Duration,
+    /// How often a run reads its record to see a cancellation
+    /// (`TOLLGATE_TASK_CANCEL_CHECK_MS`, 1000).
+    pub cancel_check: Duration,
+    /// Largest stored result (`TOLLGATE_TASK_MAX_RESULT_BYTES`, 262144; DynamoDB items stop at
+    /// 400 KB); a larger result ends the task `failed`.
+    pub max_result_bytes: usize,
+    /// Longest `tasks/result` waits for an unfinished task (`TOLLGATE_TASK_RESULT_WAIT_MS`,
+    /// 20000: API Gateway answers within 30 s), bounded by the invocation's deadline.
+    pub result_wait: Duration,
+}
+
+impl TaskConfig {
+    /// Reads the settings through `lookup`.
+    pub fn from_lookup(lookup: &impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let secs = |name, default| parse_or(lookup, name, default).map(Duration::from_secs);
+        let millis = |name, default| parse_or(lookup, name, default).map(Duration::from_millis);
+        let config = Self {
+            default_ttl: secs("TOLLGATE_TASK_DEFAULT_TTL_SECS", 3600)?,
+            max_ttl: secs("TOLLGATE_TASK_MAX_TTL_SECS", 86_400)?,
+            max_run: secs("TOLLGATE_TASK_MAX_RUN_SECS", 900)?,
+            grace: millis("TOLLGATE_TASK_GRACE_MS", 30_000)?,
+            poll_interval: millis("TOLLGATE_TASK_POLL_INTERVAL_MS", 2000)?,
+            progress_interval: millis("TOLLGATE_TASK_PROGRESS_INTERVAL_MS", 1000)?,
+            cancel_check: millis("TOLLGATE_TASK_CANCEL_CHECK_MS", 1000)?,
+            max_result_bytes: parse_or(lookup, "TOLLGATE_TASK_MAX_RESULT_BYTES", 256 * 1024)?,
+            result_wait: millis("TOLLGATE_TASK_RESULT_WAIT_MS", 20_000)?,
+        };
+        for (name, value) in [
+            ("TOLLGATE_TASK_MAX_TTL_SECS", config.max_ttl),
+            ("TOLLGATE_TASK_MAX_RUN_SECS", config.max_run),
+            ("TOLLGATE_TASK_CANCEL_CHECK_MS", config.cancel_check),
+            ("TOLLGATE_TASK_POLL_INTERVAL_MS", config.poll_interval),
+        ] {
+            if value.is_zero() {
+                return Err(ConfigError::Invalid {
+                    name,
+                    reason: "must be positive".to_owned(),
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// The TTL granted for a requested one (milliseconds): the default when absent, at most
+    /// the maximum, at least one second.
+    pub fn grant_ttl(&self, requested_ms: Option<u64>) -> u64 {
+        let max = millis_of(self.max_ttl);
+        requested_ms
+            .unwrap_or_else(|| millis_of(self.default_ttl))
+            .clamp(1000, max.max(1000))
+    }
+}
+
+pub(crate) fn millis_of(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -491,7 +621,7 @@ mod tests {
     #[test]
     fn leases_default_on_and_bad_values_name_the_variable() {
         let c = cfg(&[]).expect("config");
-        assert_eq!(c.leases, crate::budget::lease::LeaseConfig::DEFAULT);
+        assert_eq!(c.leases, LeaseConfig::DEFAULT);
         let c = cfg(&[
             ("TOLLGATE_LEASES", "off"),
             ("TOLLGATE_LEASE_WINDOW_MS", "500"),

@@ -75,3 +75,16 @@ pub mod codes {
     /// A dependency is unavailable (HTTP 503). Retry after `Retry-After`.
     pub const UNAVAILABLE: i32 = -31050;
 }
+
+/// The protocol version whose `tasks` utility tollgate serves.
+pub const TASKS_VERSION: &str = "2025-11-25";
+
+/// The 2026-07-28 tasks extension (SEP-2663): declared in `server/discover`, opted into per
+/// request in `_meta["io.modelcontextprotocol/clientCapabilities"].extensions`.
+pub const TASKS_EXTENSION: &str = "io.modelcontextprotocol/tasks";
+
+/// MCP 2026-07-28: the request needs a client capability it did not declare.
+pub const MISSING_REQUIRED_CLIENT_CAPABILITY: i32 = -32021;
+
+/// The `params._meta` key carrying the key (MCP SEP-3182's name).
+pub const META_IDEMPOTENCY_KEY: &str = "io.modelcontextprotocol/idempotencyKey";

@@ -5,13 +5,10 @@
 //! On AWS the forward is a synchronous Lambda `Invoke`; the local stack calls the tool's
 //! handler in-process. Both sit behind [`Invoker`].
 
-use std::collections::HashMap;
-use std::sync::Arc;
-
 use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 
 use crate::http::Response;
-use crate::server::{Invocation, Server};
+use crate::server::Invocation;
 
 /// A forward to a tool function failed before the function answered.
 #[derive(Debug, thiserror::Error)]
@@ -109,41 +106,6 @@ impl Invoker for LambdaInvoker {
         let body = out.payload().map(|b| b.as_ref()).unwrap_or_default();
         let resp: ApiGatewayV2httpResponse = serde_json::from_slice(body)
             .map_err(|e| InvokeError::Function(format!("unreadable response: {e}")))?;
-        Ok(Response::from_event_response(resp))
-    }
-}
-
-/// Calls tool servers in the same process (the local stack).
-#[derive(Debug, Default, Clone)]
-pub struct InProcessInvoker {
-    servers: HashMap<String, Arc<Server>>,
-}
-
-impl InProcessInvoker {
-    /// An invoker over the given tool servers, by tool name.
-    pub fn new(servers: HashMap<String, Arc<Server>>) -> Self {
-        Self { servers }
-    }
-}
-
-#[async_trait::async_trait]
-impl Invoker for InProcessInvoker {
-    async fn invoke(
-        &self,
-        tool: &str,
-        event: &ApiGatewayV2httpRequest,
-        invocation: &Invocation,
-    ) -> Result<Response, InvokeError> {
-        let server = self
-            .servers
-            .get(tool)
-            .ok_or_else(|| InvokeError::UnknownTool(tool.to_owned()))?;
-        // Round-trip through JSON, as a real Invoke would, so both paths see the same bytes.
-        let json =
-            serde_json::to_value(event).map_err(|e| InvokeError::Transport(e.to_string()))?;
-        let event: ApiGatewayV2httpRequest =
-            serde_json::from_value(json).map_err(|e| InvokeError::Transport(e.to_string()))?;
-        let resp = server.handle(event, invocation.clone()).await;
         Ok(Response::from_event_response(resp))
     }
 }

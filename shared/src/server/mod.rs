@@ -1367,6 +1367,8 @@ and audited. A result with isError explains what to change; HTTP 429 means wait 
 HTTP 403 with a permanently-denied code means do not retry.";
 
 pub mod forward;
+#[cfg(feature = "test-util")]
+pub mod in_process;
 mod negotiate;
 mod tasks;
 #[cfg(test)]

@@ -18,8 +18,8 @@ use crate::protocol::jsonrpc::{RequestId, RpcRequest};
 use crate::protocol::version::{Era, Negotiated};
 use crate::store::now_ms;
 use crate::task::{
-    Changed, META_IMMEDIATE_RESPONSE, META_RELATED_TASK, TaskHandle, TaskJob, TaskRecord,
-    TaskStatus, TaskSupport,
+    Changed, META_IMMEDIATE_RESPONSE, META_RELATED_TASK, RecordLink, TaskHandle, TaskJob,
+    TaskRecord, TaskStatus, TaskSupport,
 };
 use crate::telemetry;
 use crate::telemetry::trace::TraceContext;
@@ -524,8 +524,7 @@ impl Server {
         };
         let config = &self.config.tasks;
         let handle = TaskHandle::new(
-            self.tasks.clone(),
-            &owner,
+            RecordLink::new(self.tasks.clone(), &owner, &job.task_id),
             &job.task_id,
             config.progress_interval,
         );

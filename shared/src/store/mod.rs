@@ -24,11 +24,13 @@
 //! one `GetItem`. Every agent change rewrites the agent's key items in the same transaction.
 
 mod dynamo;
+#[cfg(any(test, feature = "test-util"))]
 mod memory;
 
 use std::collections::BTreeSet;
 
 pub use dynamo::{DynamoStore, TTL_ATTRIBUTE};
+#[cfg(any(test, feature = "test-util"))]
 pub use memory::MemoryStore;
 
 /// Whether an agent may call anything at all.
@@ -265,6 +267,28 @@ pub fn now_ms() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// The item a conditional `UpdateItem` found when its condition failed (`ALL_OLD`; `None` when
+/// the server returned none), or `Err` for any other failure.
+pub(crate) fn condition_failed_item(
+    e: &aws_sdk_dynamodb::error::SdkError<
+        aws_sdk_dynamodb::operation::update_item::UpdateItemError,
+    >,
+) -> Result<
+    Option<std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue>>,
+    StoreError,
+> {
+    use aws_sdk_dynamodb::error::ProvideErrorMetadata as _;
+    use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+    match e.as_service_error() {
+        Some(UpdateItemError::ConditionalCheckFailedException(c)) => Ok(c.item().cloned()),
+        _ if e.code() == Some("ConditionalCheckFailedException") => Ok(None),
+        _ => Err(StoreError::Unavailable(format!(
+            "UpdateItem: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(e)
+        ))),
+    }
 }
 
 #[cfg(test)]

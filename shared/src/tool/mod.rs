@@ -6,9 +6,13 @@
 //! with its name, annotations, required scope, default budget and how each input field may
 //! appear in logs. The input schema is generated from the type, never written by hand.
 
+mod task;
+
+use crate::protocol::META_IDEMPOTENCY_KEY;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
+pub use task::{TaskHandle, TaskRecordLink, TaskState, TaskSupport};
 
 use rmcp::model::{CallToolResult, ContentBlock as Content};
 use schemars::JsonSchema;
@@ -131,9 +135,9 @@ pub struct ToolContext {
     /// The trace this call belongs to; pass [`ToolContext::trace_headers`] on downstream calls.
     pub trace: crate::telemetry::trace::TraceContext,
     /// The user's access token at the tool's provider, when the tool declares one.
-    pub provider_token: Option<crate::connect::ProviderToken>,
+    pub provider_token: Option<ProviderToken>,
     /// The task this run belongs to, when the call was task-augmented (see [`crate::task`]).
-    pub task: Option<Arc<crate::task::TaskHandle>>,
+    pub task: Option<Arc<TaskHandle>>,
 }
 
 impl ToolContext {
@@ -257,7 +261,7 @@ pub struct Json<T>(pub T);
 
 impl<T: Serialize + JsonSchema + Send + 'static> ToolOutput for Json<T> {
     fn output_schema() -> Option<serde_json::Map<String, serde_json::Value>> {
-        Some(crate::catalog::schema_object::<T>())
+        Some(schema_object::<T>())
     }
 
     fn into_result(self) -> CallToolResult {
@@ -295,15 +299,15 @@ pub trait Tool: Send + Sync + 'static {
     /// Whether the tool takes an idempotency key (see [`crate::idempotency`]): by default
     /// ignored for read-only or idempotent tools, optional (and honoured) for the others.
     /// Override to require one (payments, emails, deploys).
-    fn idempotency(&self) -> crate::idempotency::Idempotency {
-        crate::idempotency::Idempotency::from_annotations(&self.spec().annotations)
+    fn idempotency(&self) -> Idempotency {
+        Idempotency::from_annotations(&self.spec().annotations)
     }
 
     /// Whether the tool may or must be called as a task (`execution.taskSupport` in
     /// `tools/list`); by default it may not. A tool that allows tasks gets a
     /// [`ToolContext::task`] on task runs: progress reports and cancellation.
-    fn task_support(&self) -> crate::task::TaskSupport {
-        crate::task::TaskSupport::Forbidden
+    fn task_support(&self) -> TaskSupport {
+        TaskSupport::Forbidden
     }
 
     /// The longest a task run of this tool may take (capped by `TOLLGATE_TASK_MAX_RUN_SECS`
@@ -319,4 +323,101 @@ pub trait Tool: Send + Sync + 'static {
         ctx: ToolContext,
         input: Self::Input,
     ) -> impl Future<Output = Result<Self::Output, ToolError>> + Send;
+}
+
+/// An access token for a provider, ready for a downstream call. Its `Debug` never shows it.
+#[derive(Clone)]
+pub struct ProviderToken {
+    /// The provider.
+    pub provider: String,
+    access_token: String,
+    /// Expiry, Unix ms.
+    pub expires_at_ms: u64,
+}
+
+impl std::fmt::Debug for ProviderToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProviderToken")
+            .field("provider", &self.provider)
+            .field("access_token", &"[redacted]")
+            .field("expires_at_ms", &self.expires_at_ms)
+            .finish()
+    }
+}
+
+impl ProviderToken {
+    /// A token for `provider`, valid until `expires_at_ms` (Unix ms).
+    pub fn new(
+        provider: impl Into<String>,
+        access_token: impl Into<String>,
+        expires_at_ms: u64,
+    ) -> Self {
+        Self {
+            provider: provider.into(),
+            access_token: access_token.into(),
+            expires_at_ms,
+        }
+    }
+
+    /// The value of an `Authorization` header for the provider's API.
+    pub fn authorization(&self) -> String {
+        format!("Bearer {}", self.access_token)
+    }
+}
+
+/// A JSON object.
+pub type JsonObject = serde_json::Map<String, serde_json::Value>;
+
+/// The JSON Schema (draft 2020-12) of `T`, as an object.
+pub fn schema_object<T: JsonSchema>() -> JsonObject {
+    let generator = schemars::generate::SchemaSettings::draft2020_12().into_generator();
+    let schema = generator.into_root_schema_for::<T>();
+    match schema.to_value() {
+        serde_json::Value::Object(map) => map,
+        // `true` / `false` schemas: any object.
+        _ => JsonObject::from_iter([("type".to_owned(), "object".into())]),
+    }
+}
+
+/// Whether a tool takes an idempotency key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Idempotency {
+    /// A call without a key is answered with an `isError` result asking for one.
+    Required,
+    /// A key is honoured when given.
+    Optional,
+    /// Keys are not looked at (read-only or idempotent tools: a retry is harmless).
+    Ignored,
+}
+
+impl Idempotency {
+    /// The default for a tool: ignored for read-only or idempotent tools, otherwise optional
+    /// (and honoured).
+    pub fn from_annotations(a: &Annotations) -> Self {
+        if a.read_only || a.idempotent {
+            Self::Ignored
+        } else {
+            Self::Optional
+        }
+    }
+
+    /// The sentence appended to the tool's description in `tools/list`.
+    pub fn description(self) -> Option<String> {
+        match self {
+            Self::Required => Some(format!(
+                " Requires an idempotency key: pass a new random key (e.g. a UUID) for each \
+                 distinct operation in params._meta[\"{META_IDEMPOTENCY_KEY}\"] (or the Idempotency-Key \
+                 header), and the same key when retrying it; a retry then returns the first \
+                 outcome instead of acting twice."
+            )),
+            Self::Optional => Some(format!(
+                " Accepts an idempotency key in params._meta[\"{META_IDEMPOTENCY_KEY}\"] (or the \
+                 Idempotency-Key header): a retry with the same key returns the first outcome \
+                 instead of acting twice."
+            )),
+            Self::Ignored => None,
+        }
+    }
 }
