@@ -6,8 +6,12 @@
 
 Inputs:
   functions/<tool>/        every folder with a Cargo.toml, except gateway/, is a tool: one Lambda
-                           function, binary = folder name = tool name. Its src/lib.rs ToolSpec
-                           gives the scope (required) and the default budget (documentation).
+                           function, binary = folder name = tool name.
+  the tool catalog         what the code registers, as the code builds it: the gateway's catalog
+                           printed by `cargo run -q -p tollgate-tests --bin tollgate-catalog`
+                           (name, scope, default budget, task support per tool). A tool folder
+                           the catalog lacks, or the reverse, is an error. TOLLGATE_CATALOG_JSON
+                           names a file holding that output instead (no cargo).
   infra/tools.toml         per-function settings: memory, timeout, reserved concurrency, alarm
                            thresholds, app-table actions, extra environment and parameters.
   infra/openapi.base.yaml  the public API description, with one path item expanded per tool.
@@ -23,13 +27,17 @@ Outputs (committed, never edited by hand):
                            its parameters) that every function runs on, many calls per
                            execution environment. A stage picks it in infra/samconfig.toml.
 
-Standard library plus PyYAML only, so it runs offline in any venv that has cfn-lint or SAM.
+Standard library plus PyYAML (and cargo for the catalog), so it runs offline in any venv that has
+cfn-lint or SAM.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
+import os
+import subprocess
 import difflib
 import json
 import re
@@ -163,41 +171,57 @@ def discover_tools(functions_dir: Path = FUNCTIONS) -> list[str]:
     )
 
 
-def declares_tasks(tool: str, functions_dir: Path = FUNCTIONS) -> bool:
-    """Whether the tool's src/lib.rs lets it run as a task (`fn task_support` returning
-    `TaskSupport::Optional` or `Required`)."""
-    source = (functions_dir / tool / "src" / "lib.rs").read_text()
-    m = re.search(r"fn task_support\(&self\)[^{]*\{\s*TaskSupport::(\w+)", source)
-    return bool(m and m.group(1) in ("Optional", "Required"))
+@functools.cache
+def load_catalog() -> dict[str, dict[str, Any]]:
+    """The tool catalog as the code builds it, by tool name (see the module docstring)."""
+    given = os.environ.get("TOLLGATE_CATALOG_JSON")
+    if given:
+        text = Path(given).read_text()
+    else:
+        cargo = os.environ.get("CARGO", "cargo")
+        run = subprocess.run(
+            [cargo, "run", "--quiet", "-p", "tollgate-tests", "--bin", "tollgate-catalog"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if run.returncode != 0:
+            raise RenderError(f"the tool catalog did not build or run (tollgate-catalog):\n{run.stderr[-2000:]}")
+        text = run.stdout
+    try:
+        tools = json.loads(text)["tools"]
+        return {t["name"]: t for t in tools}
+    except (ValueError, KeyError, TypeError) as e:
+        raise RenderError(f"the tool catalog is not the JSON tollgate-catalog prints: {e}") from e
 
 
-def read_tool_spec(tool: str, functions_dir: Path = FUNCTIONS) -> tuple[str, str | None]:
-    """(scope, default budget) from the tool's ToolSpec in src/lib.rs, and checks its binary."""
-    folder = functions_dir / tool
-    cargo = tomllib.loads((folder / "Cargo.toml").read_text())
+def check_binary(tool: str, functions_dir: Path = FUNCTIONS) -> None:
+    """The tool's binary is named after its folder (the function's handler and artifact)."""
+    cargo = tomllib.loads((functions_dir / tool / "Cargo.toml").read_text())
     bins = [b.get("name") for b in cargo.get("bin", [])] or [cargo.get("package", {}).get("name")]
     if bins != [tool]:
         raise RenderError(
             f"functions/{tool}: the binary must be named after the folder ({tool!r}), found {bins}"
         )
-    source = (folder / "src" / "lib.rs").read_text()
-    # The fields are read from the `ToolSpec { ... }` literal the tool's spec() returns (the
-    # first one in the file), not from the tests below it.
-    start = source.find("ToolSpec {")
-    if start < 0:
-        raise RenderError(f"functions/{tool}/src/lib.rs: no `ToolSpec {{ ... }}` literal")
-    body = source[start:]
-    name = re.search(r'\bname:\s*"([^"]+)"', body)
-    if name and name.group(1) != tool:
-        raise RenderError(f"functions/{tool}: ToolSpec name {name.group(1)!r} differs from the folder")
-    scope = re.search(r'\bscope:\s*"([^"]+)"', body)
+
+
+def tool_entry(tool: str, catalog: dict[str, dict[str, Any]]) -> tuple[str, str | None, bool]:
+    """(scope, default budget for the docs, runs as a task) of a tool folder's catalog entry."""
+    entry = catalog.get(tool)
+    if entry is None:
+        raise RenderError(
+            f"functions/{tool} is not in the tool catalog: add its line to functions/gateway/Cargo.toml "
+            "(and its ToolSpec name must be the folder's name)"
+        )
+    scope = entry.get("scope")
     if not scope:
-        raise RenderError(f"functions/{tool}/src/lib.rs: no `scope: \"...\"` in its ToolSpec")
+        raise RenderError(f"functions/{tool}: its ToolSpec has no scope")
     budget = None
-    m = re.search(r"DefaultBudget::per_minute\(\s*(\d+)\s*,\s*(\d+)\s*\)(\s*\.fail_open\(\))?", body)
-    if m:
-        budget = f"{m.group(1)}/min, burst {m.group(2)}, fail {'open' if m.group(3) else 'closed'}"
-    return scope.group(1), budget
+    b = entry.get("budget")
+    if b:
+        fail = "open" if b.get("on_store_failure") == "fail_open" else "closed"
+        budget = f"{b['per_minute']}/min, burst {b['burst']}, fail {fail}"
+    return scope, budget, entry.get("task_support") in ("optional", "required")
 
 
 def load_manifest(path: Path = INFRA / "tools.toml") -> dict[str, Any]:
@@ -246,9 +270,17 @@ def settings_for(manifest: dict[str, Any], name: str) -> dict[str, Any]:
     return merged
 
 
-def load_functions(functions_dir: Path = FUNCTIONS, manifest_path: Path = INFRA / "tools.toml") -> list[Function]:
+def load_functions(
+    functions_dir: Path = FUNCTIONS,
+    manifest_path: Path = INFRA / "tools.toml",
+    catalog: dict[str, dict[str, Any]] | None = None,
+) -> list[Function]:
     manifest = load_manifest(manifest_path)
     tools = discover_tools(functions_dir)
+    catalog = load_catalog() if catalog is None else catalog
+    unbacked = sorted(set(catalog) - set(tools))
+    if unbacked:
+        raise RenderError(f"the tool catalog registers tools without a functions/<name> folder: {unbacked}")
     stale = sorted(set(manifest.get("tools", {})) - set(tools))
     if stale:
         raise RenderError(f"infra/tools.toml has [tools.*] entries for missing folders: {stale}")
@@ -264,9 +296,10 @@ def load_functions(functions_dir: Path = FUNCTIONS, manifest_path: Path = INFRA 
         if logical_id(tool) in seen:
             raise RenderError(f"functions/{tool}: its CloudFormation id {logical_id(tool)} collides")
         seen.add(logical_id(tool))
-        scope, budget = read_tool_spec(tool, functions_dir)
+        check_binary(tool, functions_dir)
+        scope, budget, runs_tasks = tool_entry(tool, catalog)
         settings = settings_for(manifest, tool)
-        if settings["tasks"] != declares_tasks(tool, functions_dir):
+        if settings["tasks"] != runs_tasks:
             raise RenderError(
                 f"functions/{tool}: infra/tools.toml tasks = {str(settings['tasks']).lower()} but "
                 "its task_support() says otherwise; set both or neither"

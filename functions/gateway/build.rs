@@ -6,13 +6,21 @@ use std::fmt::Write as _;
 fn main() {
     println!("cargo::rerun-if-changed=Cargo.toml");
     let manifest = std::fs::read_to_string("Cargo.toml").expect("read Cargo.toml");
-    let mut tools: Vec<String> = manifest
-        .lines()
-        .filter_map(|line| {
-            let (name, rest) = line.split_once('=')?;
-            let rest = rest.replace(' ', "");
-            rest.contains("path=\"../").then(|| name.trim().to_owned())
+    let doc: toml_edit::DocumentMut = manifest.parse().expect("Cargo.toml is valid TOML");
+    let deps = doc
+        .get("dependencies")
+        .and_then(toml_edit::Item::as_table_like)
+        .expect("Cargo.toml has [dependencies]");
+    // A tool is a path dependency on a sibling folder (`path = "../<tool>"`).
+    let mut tools: Vec<String> = deps
+        .iter()
+        .filter(|(_, item)| {
+            item.as_table_like()
+                .and_then(|t| t.get("path"))
+                .and_then(toml_edit::Item::as_str)
+                .is_some_and(|p| p.starts_with("../"))
         })
+        .map(|(name, _)| name.to_owned())
         .collect();
     tools.sort();
     let mut code = String::from(

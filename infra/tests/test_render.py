@@ -27,28 +27,70 @@ def _copy_functions(tmp_path: Path) -> Path:
         if (d / "Cargo.toml").is_file():
             (functions / d.name / "src").mkdir(parents=True)
             shutil.copy(d / "Cargo.toml", functions / d.name / "Cargo.toml")
-            if (d / "src" / "lib.rs").is_file():
-                shutil.copy(d / "src" / "lib.rs", functions / d.name / "src" / "lib.rs")
     return functions
 
 
 def _add_tool(functions: Path, name: str, scope: str = "things:read", binary: str | None = None) -> None:
+    """A tool folder, and its entry in the catalog the next `_render` passes (as the code would
+    print it once the tool is registered)."""
     folder = functions / name
     (folder / "src").mkdir(parents=True)
     (folder / "Cargo.toml").write_text(
         f'[package]\nname = "{name}"\n\n[[bin]]\nname = "{binary or name}"\npath = "src/main.rs"\n'
     )
-    (folder / "src" / "lib.rs").write_text(
-        "impl Tool for X {\n    fn spec(&self) -> ToolSpec {\n        ToolSpec {\n"
-        f'            name: "{name}",\n            scope: "{scope}",\n'
-        "            budget: DefaultBudget::per_minute(30, 5),\n        }\n    }\n}\n"
-    )
+    _EXTRA[name] = {
+        "name": name,
+        "scope": scope,
+        "budget": {"per_minute": 30, "burst": 5, "on_store_failure": "fail_closed"},
+        "task_support": "forbidden",
+    }
 
 
-def _render(functions: Path, manifest: Path = INFRA / "tools.toml"):
-    fns = render.load_functions(functions, manifest)
+_EXTRA: dict[str, dict] = {}
+
+
+@pytest.fixture(autouse=True)
+def _fresh_extra():
+    _EXTRA.clear()
+    yield
+    _EXTRA.clear()
+
+
+def _render(functions: Path, manifest: Path = INFRA / "tools.toml", catalog: dict | None = None):
+    catalog = {**render.load_catalog(), **_EXTRA} if catalog is None else catalog
+    fns = render.load_functions(functions, manifest, catalog)
     openapi = render.render_openapi(fns)
     return fns, openapi, render.render_template(fns, openapi)
+
+
+def test_the_catalog_comes_from_the_code():
+    # tollgate-catalog prints what gateway::catalog() registers: every tool folder, with the
+    # scope its ToolSpec declares.
+    catalog = render.load_catalog()
+    assert set(catalog) == set(render.discover_tools())
+    assert catalog["lookup_customer"]["scope"] == "customers:read"
+    assert catalog["export_tickets"]["task_support"] in ("optional", "required")
+
+
+def test_a_folder_the_catalog_lacks_and_an_entry_without_a_folder_are_refused(tmp_path):
+    functions = _copy_functions(tmp_path)
+    (functions / "refund_order" / "src").mkdir(parents=True)
+    (functions / "refund_order" / "Cargo.toml").write_text('[package]\nname = "refund_order"\n')
+    with pytest.raises(render.RenderError, match="refund_order is not in the tool catalog"):
+        _render(functions)
+    functions = _copy_functions(tmp_path / "again")
+    _add_tool(functions, "refund_order")
+    shutil.rmtree(functions / "refund_order")
+    with pytest.raises(render.RenderError, match="without a functions/<name> folder.*refund_order"):
+        _render(functions)
+
+
+def test_task_support_and_the_manifest_must_agree(tmp_path):
+    functions = _copy_functions(tmp_path)
+    catalog = {**render.load_catalog()}
+    catalog["lookup_customer"] = {**catalog["lookup_customer"], "task_support": "optional"}
+    with pytest.raises(render.RenderError, match="lookup_customer: infra/tools.toml tasks = false"):
+        _render(functions, catalog=catalog)
 
 
 def test_a_new_tool_folder_gets_function_role_log_group_routes_and_alarms(tmp_path):
@@ -80,13 +122,15 @@ def test_a_removed_tool_folder_disappears_everywhere(tmp_path):
     text = (INFRA / "tools.toml").read_text()
     manifest.write_text(text)
     shutil.rmtree(functions / "track_shipment")
+    # Its folder and its line in the gateway's Cargo.toml are gone: the catalog lacks it.
+    catalog = {k: v for k, v in {**render.load_catalog(), **_EXTRA}.items() if k != "track_shipment"}
     # track_shipment has a [tools.track_shipment] entry: a stale entry is an error...
     with pytest.raises(render.RenderError, match="missing folders.*track_shipment"):
-        _render(functions, manifest)
+        _render(functions, manifest, catalog)
     # ...and once it is gone, nothing of the tool is left.
     cut = text.index("[tools.track_shipment]")
     manifest.write_text(text[:cut])
-    _, openapi, template = _render(functions, manifest)
+    _, openapi, template = _render(functions, manifest, catalog)
     dumped = yaml.safe_dump(template) + yaml.safe_dump(openapi)
     assert "track_shipment" not in dumped and "TrackShipment" not in dumped
 
@@ -100,10 +144,8 @@ def test_binary_must_be_named_after_its_folder(tmp_path):
 
 def test_tool_without_a_scope_is_refused(tmp_path):
     functions = _copy_functions(tmp_path)
-    _add_tool(functions, "refund_order")
-    lib = functions / "refund_order" / "src" / "lib.rs"
-    lib.write_text(lib.read_text().replace('scope: "things:read",', ""))
-    with pytest.raises(render.RenderError, match="no `scope"):
+    _add_tool(functions, "refund_order", scope="")
+    with pytest.raises(render.RenderError, match="has no scope"):
         _render(functions)
 
 
