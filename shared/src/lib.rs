@@ -3,9 +3,14 @@
 //! One pipeline serves every MCP request, in the order of the request path in the README:
 //! transport and JSON-RPC checks ([`protocol`]), authentication ([`auth`]), authorization by
 //! scope, argument validation and the tool run ([`tool`], [`server`]), then one audit record
-//! ([`audit`]), all inside one server span continuing the caller's trace ([`trace`],
-//! [`telemetry`]). The same handler is fed an API Gateway HTTP API (payload 2.0) event whoever calls
-//! it: the Lambda runtime ([`lambda`]), the gateway's forward ([`gateway`]) or the local stack.
+//! ([`audit`]), all inside one server span continuing the caller's trace ([`telemetry`]). The
+//! same handler is fed an API Gateway HTTP API (payload 2.0) event whoever calls it: the Lambda
+//! runtime ([`lambda`]), the gateway's forward ([`server::forward`]) or the local stack.
+//!
+//! The modules form one-way layers, lowest first; docs/ARCHITECTURE.md describes them and the
+//! request path through them.
+
+#![warn(missing_docs)]
 
 // The modules in layers, lowest first (docs/ARCHITECTURE.md). A module uses only modules of
 // lower layers and its own folder; `tests/tests/layers.rs` keeps it so.

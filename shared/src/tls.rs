@@ -22,15 +22,28 @@ pub const CA_BUNDLE_ENV: &str = "TOLLGATE_CA_BUNDLE";
 /// Why the extra CA bundle was not usable. The function does not start with it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The file could not be read.
     #[error("{CA_BUNDLE_ENV}: cannot read {path}: {source}")]
     Read {
+        /// The file named by the variable.
         path: String,
+        /// Why it could not be read.
         source: std::io::Error,
     },
+    /// The file holds no certificate.
     #[error("{CA_BUNDLE_ENV}: {path} holds no PEM certificate")]
-    Empty { path: String },
+    Empty {
+        /// The file named by the variable.
+        path: String,
+    },
+    /// A certificate in the file is not valid.
     #[error("{CA_BUNDLE_ENV}: {path}: {reason}")]
-    Invalid { path: String, reason: String },
+    Invalid {
+        /// The file named by the variable.
+        path: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 /// The roots a process trusts: the compiled-in set and the operator's extra CAs.

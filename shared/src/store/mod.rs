@@ -1,6 +1,6 @@
 //! Agent and key records, behind the [`Store`] trait.
 //!
-//! The real implementation is [`DynamoStore`] (DynamoDB, one table); [`MemoryStore`] exists for
+//! The real implementation is [`DynamoStore`] (DynamoDB, one table); `MemoryStore` (tests, `test-util` feature) exists for
 //! unit tests of pure logic. Every behaviour that matters is also tested against a real
 //! DynamoDB-protocol server (see `tests/`).
 //!
@@ -189,7 +189,7 @@ pub enum StoreError {
     Corrupt(String),
 }
 
-/// Agents and keys. Implemented by [`DynamoStore`] and, for unit tests, [`MemoryStore`].
+/// Agents and keys. Implemented by [`DynamoStore`] and, for unit tests, `MemoryStore` (tests, `test-util` feature).
 #[async_trait::async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug {
     /// Looks a key up by its public id: one read.
