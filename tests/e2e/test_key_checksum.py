@@ -6,7 +6,6 @@ read (so the counter is seen to count), and an issued key works."""
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 import subprocess
 import time
@@ -16,9 +15,8 @@ import httpx2
 import pytest
 
 from conftest import PYTHON, REPO, _free_port, _started, _stop, dev_env
-from helpers import TABLE, rpc_error, rpc_result, tool_call
+from helpers import KEY_ID_ALPHABET, TABLE, rpc_error, rpc_result, tool_call, with_checksum
 
-KEY_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
 ADA = {"email": "ada@example.com"}
 GET_ITEM = f"DynamoDB_20120810.GetItem {TABLE}"
 
@@ -68,13 +66,6 @@ def forged(token: str) -> str:
     """The token with one check character changed: the checksum no longer matches."""
     last = token[-1]
     return token[:-1] + ("a" if last != "a" else "b")
-
-
-def with_checksum(body: str) -> str:
-    """`body` (`tg_<id>_<secret>`) with its check characters: 30 bits of its SHA-256, 5 per
-    character of the key id's alphabet (`shared/src/auth/keys.rs`)."""
-    bits = int.from_bytes(hashlib.sha256(body.encode()).digest()[:4], "big") >> 2
-    return body + "".join(KEY_ID_ALPHABET[(bits >> (5 * i)) & 31] for i in reversed(range(6)))
 
 
 def random_checked_shape() -> str:
