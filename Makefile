@@ -37,7 +37,10 @@ test-conformance: tools-node $(VENV)/.stamp build-debug ## official MCP conforma
 
 FUZZ_SECS ?= 60
 
-test-campaign: $(VENV)/.stamp build-debug ## short forms of make chaos and load (about 1 min; make fuzz runs apart)
+FUZZ_SHORT_SECS ?= 30
+
+test-campaign: $(VENV)/.stamp build-debug ## short forms of make fuzz (30 s mutation run, no instrumentation), chaos and load (about 2 min)
+	target/debug/fuzz-short --secs $(FUZZ_SHORT_SECS)
 	$(PY) tests/benches/chaos.py --short
 	TOLLGATE_DEV_BIN=target/debug/tollgate-dev TOLLGATE_BIN=target/debug/tollgate \
 	  $(PY) tests/benches/load.py --only-new --modes leases --hot --hot-secs 8 --flood --flood-rate 200 --flood-secs 3 --check

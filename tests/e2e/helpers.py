@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import uuid
 from contextlib import asynccontextmanager
@@ -197,3 +199,13 @@ def assert_rate_limited(resp: httpx2.Response, *, id: Any = ..., layer: str, pol
     assert f'"{policy}";q={data["limit"]};w={data["window_s"]}' in resp.headers.get("ratelimit-policy", ""), resp.headers
     assert resp.headers.get("ratelimit", "").startswith(f'"{policy}";r=0;t='), resp.headers
     return data
+
+
+KEY_ID_ALPHABET = "abcdefghijkmnpqrstuvwxyz23456789"
+
+
+def with_checksum(body: str) -> str:
+    """A bearer key body (`tg_<id>_<secret>`) with its check characters: 30 bits of its SHA-256,
+    5 per character of the key id's alphabet (`shared/src/auth/keys.rs`)."""
+    bits = int.from_bytes(hashlib.sha256(body.encode()).digest()[:4], "big") >> 2
+    return body + "".join(KEY_ID_ALPHABET[(bits >> (5 * i)) & 31] for i in reversed(range(6)))

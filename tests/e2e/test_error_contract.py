@@ -27,6 +27,7 @@ from helpers import (
     modern_headers,
     modern_meta,
     modern_request,
+    with_checksum,
     post,
     rpc_error,
     rpc_result,
@@ -209,8 +210,10 @@ def test_bad_credentials_are_401_invalid_token(stack, token, http, url, authoriz
     if authorization == "unknown":
         value = f"Bearer {random_token()}"
     elif authorization == "wrong-secret":
-        real = token
-        value = f"Bearer {real[:-1]}{'A' if real[-1] != 'A' else 'B'}"
+        # The real key id, another secret, a valid checksum: refused by the digest comparison.
+        body = token[:-6] if len(token) == 65 else token
+        body = f"{body[:-1]}{'A' if body[-1] != 'A' else 'B'}"
+        value = f"Bearer {with_checksum(body) if len(token) == 65 else body}"
     elif authorization == "not-a-token":
         value = "Bearer not-a-token"
     elif authorization == "tg_short":

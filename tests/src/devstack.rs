@@ -215,7 +215,13 @@ pub async fn seed_demo_agent(
             admin::change_scopes(store, DEMO_AGENT, admin::ScopeChange::Add, &scopes).await?;
         }
     }
-    let named = match previous.and_then(keys::key_id) {
+    // The key id the token file names, even when the token was altered (its checksum then
+    // fails): that key is revoked below unless the token still works.
+    let named_id = previous
+        .and_then(|t| t.strip_prefix(keys::TOKEN_PREFIX))
+        .and_then(|rest| rest.get(..12))
+        .filter(|id| id.bytes().all(|b| b.is_ascii_alphanumeric()));
+    let named = match named_id {
         Some(key_id) => store
             .get_key(key_id)
             .await?
@@ -223,6 +229,7 @@ pub async fn seed_demo_agent(
         None => None,
     };
     if let (Some(token), Some(record)) = (previous, &named)
+        && keys::key_id(token).is_some()
         && record.digest_hex == keys::digest_hex(token)
         && record.expires_at_ms.is_some_and(|at| at > now_ms())
     {

@@ -95,8 +95,9 @@ impl Harness {
     }
 
     /// Runs one input through the pipeline; panics (what the fuzzer reports as a crash) when
-    /// an invariant does not hold.
-    pub fn run(&self, data: &[u8]) {
+    /// an invariant does not hold. Returns the response's class (status, JSON-RPC error code or
+    /// `isError`), which the short fuzz run uses as its feedback.
+    pub fn run(&self, data: &[u8]) -> String {
         let event = event_of(data);
         // Header values and tokens also go through the decoders on their own: the pipeline
         // stops at the first refusal, these see every value.
@@ -132,7 +133,50 @@ impl Harness {
                 "error without a code: {body}"
             );
         }
+        let output = format!(
+            "{:?}{}",
+            resp.headers,
+            resp.body.as_deref().unwrap_or_default()
+        );
+        for secret in secrets_of(&event) {
+            assert!(
+                !output.contains(&secret),
+                "a credential's secret is in the response"
+            );
+        }
+        let json = if is_json { resp.body_json() } else { None };
+        let error = json.as_ref().and_then(|b| b["error"]["code"].as_i64());
+        let is_error = json
+            .as_ref()
+            .and_then(|b| b["result"]["isError"].as_bool())
+            .unwrap_or(false);
+        format!("{} {error:?} {is_error}", resp.status)
     }
+}
+
+/// The secret part of every bearer credential in the request's `authorization` header (of a
+/// tollgate key: the part after the key id; of anything else: all of it), unless the body carries it too (a
+/// body value may be echoed in a validation error, that is not a leak).
+fn secrets_of(event: &ApiGatewayV2httpRequest) -> Vec<String> {
+    use base64::Engine as _;
+    let raw = event.body.as_deref().unwrap_or_default();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(raw)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    let body = format!("{raw}\n{decoded}");
+    event
+        .headers
+        .get_all(http::header::AUTHORIZATION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .filter_map(|v| v.strip_prefix("Bearer "))
+        .map(|token| match tollgate::auth::keys::key_id(token) {
+            Some(id) => token[tollgate::auth::keys::TOKEN_PREFIX.len() + id.len()..].to_owned(),
+            None => token.to_owned(),
+        })
+        .filter(|secret| secret.len() >= 16 && !body.contains(secret.as_str()))
+        .collect()
 }
 
 /// The event an input stands for: an API Gateway event when it parses as one, else the body

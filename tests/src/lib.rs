@@ -7,6 +7,7 @@ pub mod conformance;
 pub mod conformance_tasks;
 pub mod devstack;
 pub mod fixtures;
+pub mod fuzz_short;
 pub mod fuzzing;
 pub mod http_front;
 pub mod moto;

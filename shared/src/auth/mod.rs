@@ -245,6 +245,8 @@ pub struct Authenticator {
     certs: TtlCache<Option<CertBinding>>,
     methods: AuthMethods,
     mtls_require_token: bool,
+    /// Whether keys issued before the checksum are looked up (`TOLLGATE_ACCEPT_LEGACY_KEYS`).
+    accept_legacy_keys: bool,
     oauth: Option<Arc<OAuthVerifier>>,
     /// Scheme and authority of the public URL, for a direct tool route's own audience.
     origin: Option<String>,
@@ -278,6 +280,7 @@ impl Authenticator {
                 mtls: false,
             },
             mtls_require_token: false,
+            accept_legacy_keys: true,
             oauth: None,
             origin: None,
             fixed: None,
@@ -294,6 +297,7 @@ impl Authenticator {
     ) -> Self {
         self.methods = auth.methods;
         self.mtls_require_token = auth.mtls_require_token;
+        self.accept_legacy_keys = auth.accept_legacy_keys;
         self.oauth = oauth;
         self.origin = resource_url.and_then(crate::http::origin_of);
         self
@@ -350,11 +354,14 @@ impl Authenticator {
     }
 
     async fn by_token(&self, token: &str, req: &Request<'_>) -> Result<Principal, Denied> {
-        if let Some(key_id) = keys::key_id(token)
-            && self.methods.api_key
-        {
-            tracing::Span::current().record("auth.method", "api_key");
-            return self.by_key(token, key_id).await;
+        if self.methods.api_key {
+            match keys::shape(token) {
+                keys::Shape::Foreign => {}
+                shape => {
+                    tracing::Span::current().record("auth.method", "api_key");
+                    return self.by_key(token, shape).await;
+                }
+            }
         }
         let Some(oauth) = self.oauth.as_ref().filter(|_| self.methods.oauth) else {
             return Err(AuthError::UnknownToken.into());
@@ -414,15 +421,20 @@ impl Authenticator {
     /// Authenticates a bearer key presented outside an MCP request (an agent's connect page):
     /// the same checks as on a call.
     pub async fn authenticate_key(&self, token: &str) -> Result<Principal, Denied> {
-        match keys::key_id(token) {
-            Some(key_id) if self.methods.api_key && token.len() <= MAX_AUTHORIZATION_LEN => {
-                self.by_key(token, key_id).await
-            }
-            _ => Err(AuthError::UnknownToken.into()),
+        if self.methods.api_key && token.len() <= MAX_AUTHORIZATION_LEN {
+            self.by_key(token, keys::shape(token)).await
+        } else {
+            Err(AuthError::UnknownToken.into())
         }
     }
 
-    async fn by_key(&self, token: &str, key_id: &str) -> Result<Principal, Denied> {
+    /// A bearer key: refused offline unless it has a key's shape and a matching checksum (or is
+    /// a legacy key, while those are accepted), then looked up by its id.
+    async fn by_key(&self, token: &str, shape: keys::Shape<'_>) -> Result<Principal, Denied> {
+        let key_id = match shape {
+            keys::Shape::Key { id, checked } if checked || self.accept_legacy_keys => id,
+            _ => return Err(AuthError::UnknownToken.into()),
+        };
         let record = self.lookup(key_id).await?;
         let Some(record) = record else {
             return Err(AuthError::UnknownToken.into());
@@ -442,6 +454,10 @@ impl Authenticator {
         }
         if record.expires_at_ms.is_some_and(|exp| exp <= now_ms()) {
             return Err(denied(AuthError::Expired));
+        }
+        if matches!(shape, keys::Shape::Key { checked: false, .. }) {
+            // What an operator migrating to checksummed keys looks for (README "Bearer keys").
+            tracing::info!(key_id = %record.key_id, "legacy bearer key without checksum used");
         }
         Ok(Principal {
             agent_id: record.agent_id,

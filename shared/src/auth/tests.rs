@@ -424,3 +424,92 @@ async fn concurrent_lookups_of_one_key_id_read_the_store_once() {
     }
     assert_eq!(store.key_reads.load(Ordering::SeqCst), ids.len());
 }
+
+fn counting_store() -> Arc<SlowCountingStore> {
+    Arc::new(SlowCountingStore {
+        inner: MemoryStore::new(),
+        key_reads: std::sync::atomic::AtomicUsize::new(0),
+    })
+}
+
+/// A token that fails its checksum (random, mistyped, forged) is refused without a store read;
+/// one with a valid checksum but an unknown id costs exactly one (so the counter counts).
+#[tokio::test]
+async fn a_key_with_a_wrong_checksum_is_refused_without_a_store_read() {
+    use std::sync::atomic::Ordering;
+    let store = counting_store();
+    let a = Authenticator::new(store.clone(), Duration::from_secs(30));
+    let good = keys::issue().token;
+    let mut forged = good.clone().into_bytes();
+    let last = forged.len() - 1;
+    forged[last] = if forged[last] == b'a' { b'b' } else { b'a' };
+    let forged = String::from_utf8(forged).expect("ascii");
+    for token in [forged.as_str(), &good[..good.len() - 1], "tg_not-a-key"] {
+        let err = run(&a, Some(&format!("Bearer {token}")))
+            .await
+            .expect_err("refused");
+        assert_eq!(err, AuthError::UnknownToken);
+    }
+    assert_eq!(store.key_reads.load(Ordering::SeqCst), 0);
+    let err = run(&a, Some(&format!("Bearer {good}")))
+        .await
+        .expect_err("unknown key");
+    assert_eq!(err, AuthError::UnknownToken);
+    assert_eq!(store.key_reads.load(Ordering::SeqCst), 1);
+}
+
+/// A key issued before the checksum (no check characters) keeps working by default and is
+/// refused offline once `TOLLGATE_ACCEPT_LEGACY_KEYS=false`.
+#[tokio::test]
+async fn legacy_keys_work_until_the_operator_turns_them_off() {
+    use std::sync::atomic::Ordering;
+    let (memory, token, key_id) = seeded().await;
+    let store = counting_store();
+    let agent = memory.get_agent("bot").await.expect("read").expect("agent");
+    store.inner.create_agent(&agent).await.expect("agent");
+    let mut record = memory.get_key(&key_id).await.expect("read").expect("key");
+    let legacy = format!("tg_prevkey23456_{}", &token[16..16 + 43]);
+    assert_eq!(
+        keys::shape(&legacy),
+        keys::Shape::Key {
+            id: "prevkey23456",
+            checked: false
+        }
+    );
+    record.key_id = "prevkey23456".to_owned();
+    record.digest_hex = keys::digest_hex(&legacy);
+    store.inner.create_key(&record).await.expect("legacy key");
+
+    let on = Authenticator::new(store.clone(), Duration::from_secs(30));
+    let p = run(&on, Some(&format!("Bearer {legacy}")))
+        .await
+        .expect("legacy key accepted by default");
+    assert_eq!(p.credential_id, "prevkey23456");
+
+    let config = crate::Config::from_lookup(|k| {
+        (k == "TOLLGATE_ACCEPT_LEGACY_KEYS").then(|| "false".to_owned())
+    })
+    .expect("config");
+    assert!(!config.auth.accept_legacy_keys);
+    let off = Authenticator::new(store.clone(), Duration::from_secs(30)).with_config(
+        &config.auth,
+        None,
+        None,
+    );
+    let reads = store.key_reads.load(Ordering::SeqCst);
+    let err = run(&off, Some(&format!("Bearer {legacy}")))
+        .await
+        .expect_err("legacy key refused");
+    assert_eq!(err, AuthError::UnknownToken);
+    assert_eq!(store.key_reads.load(Ordering::SeqCst), reads);
+    // A checksummed key still works with legacy keys off.
+    store
+        .inner
+        .create_key(&memory.get_key(&key_id).await.expect("r").expect("k"))
+        .await
+        .expect("key");
+    let p = run(&off, Some(&format!("Bearer {token}")))
+        .await
+        .expect("checked key");
+    assert_eq!(p.credential_id, key_id);
+}

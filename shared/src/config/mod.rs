@@ -79,6 +79,9 @@ pub struct AuthConfig {
     /// With mTLS, also require a bearer credential of the same agent
     /// (`TOLLGATE_MTLS_REQUIRE_TOKEN`).
     pub mtls_require_token: bool,
+    /// Look up bearer keys issued before the checksum (`TOLLGATE_ACCEPT_LEGACY_KEYS`, default
+    /// true); off, every key without a valid checksum is refused offline.
+    pub accept_legacy_keys: bool,
     /// OAuth resource-server settings, when `oauth` is accepted.
     pub oauth: Option<OAuthConfig>,
 }
@@ -344,6 +347,7 @@ fn auth_config(
     Ok(AuthConfig {
         methods,
         mtls_require_token,
+        accept_legacy_keys: parse_or(lookup, "TOLLGATE_ACCEPT_LEGACY_KEYS", true)?,
         oauth,
     })
 }
