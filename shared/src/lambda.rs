@@ -49,9 +49,8 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
     let trust = crate::tls::Trust::process()?;
     crate::telemetry::install(&crate::telemetry::TelemetryConfig::from_env(), &function);
     install_panic_hook();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let mode = Mode::from_env();
+    let rt = runtime(mode)?;
     rt.block_on(async move {
         let config = Arc::new(Config::from_env()?);
         let sdk = load_sdk_config(&trust).await;
@@ -90,7 +89,6 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
                 Ok::<_, lambda_runtime::Error>(out)
             }
         });
-        let mode = Mode::from_env();
         if let Mode::Concurrent(n) = mode {
             tracing::info!(
                 max_concurrency = n,
@@ -107,6 +105,19 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
             .run_concurrent()
             .await
     })
+}
+
+/// The Tokio runtime: one worker on classic Lambda, which serves one invocation at a time (no
+/// wake-ups between workers on a call's path, one thread fewer to start); one per CPU on
+/// Managed Instances. Naming the count also skips Tokio's probe of the CPU count, which reads
+/// the cgroup's CPU-quota files at init. `TOKIO_WORKER_THREADS`, when set, still decides.
+fn runtime(mode: Mode) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if mode == Mode::Sequential && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        builder.worker_threads(1);
+    }
+    builder.build()
 }
 
 /// `TOLLGATE_SYNC_TIMEOUT_MS`: the longest an API Gateway event (a call, not a task run) may

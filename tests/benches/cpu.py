@@ -5,6 +5,9 @@ time (every thread: runtime workers, blocking pool, span exporters) over N seque
 The store (moto, a separate process) is not counted.
 
 Usage: python tests/benches/cpu.py [--calls 300] [--route direct|gateway] [--store pooled|direct]
+                                   [--workers 1]
+  --workers: the process's Tokio workers (TOKIO_WORKER_THREADS), 1 as a classic Lambda function
+             runs them (`lambda::runtime`); 0 leaves Tokio's default, one per CPU.
   --store pooled: through the keep-alive proxy (the SDK pool keeps its connections, as against
                   DynamoDB's endpoint); direct: straight to moto, which closes every connection.
   --hold: keep the stack up after the run (for a profiler), until Ctrl-C.
@@ -51,10 +54,14 @@ def main() -> None:
     ap.add_argument("--route", choices=("direct", "gateway"), default="direct")
     ap.add_argument("--store", choices=("pooled", "direct"), default="pooled")
     ap.add_argument("--mode", choices=("exact", "leases"), default="leases")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="TOKIO_WORKER_THREADS of the measured process: 1 as a classic Lambda function runs (0: Tokio's default, one per CPU)")
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--perf", help="record a perf profile (call graphs) of the measured calls into this file")
     args = ap.parse_args()
     env = stackrun.lease_env(args.mode)
+    if args.workers:
+        env["TOKIO_WORKER_THREADS"] = str(args.workers)
     with stackrun.Stack(instances=1, proxy=args.store == "pooled", env_extra=env) as stack:
         inst = stack.live[0]
         if args.perf:
@@ -66,7 +73,8 @@ def main() -> None:
         if args.perf:
             perf.send_signal(signal.SIGINT)
             perf.wait()
-        print(f"mode: {args.mode}; route: {args.route}; store connections: {args.store}; {args.calls} calls", file=sys.stderr)
+        print(f"mode: {args.mode}; route: {args.route}; store connections: {args.store}; "
+              f"runtime workers: {args.workers or 'one per CPU'}; {args.calls} calls", file=sys.stderr)
         print(f"  whole-process CPU per warm call: {r['cpu_us_per_call']:.0f} us "
               f"(user {r['user_us_per_call']:.0f}, system {r['system_us_per_call']:.0f}; +-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call", file=sys.stderr)
         if stack.proxy_url:
