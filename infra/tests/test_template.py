@@ -291,7 +291,7 @@ def test_samconfig_stages_name_their_stacks_and_pass_their_stage():
 
 
 def test_generated_hashing_key_is_valid_base64_of_at_least_32_bytes(resources):
-    # shared/src/hash_key.rs reads the secret as base64 of >= 32 bytes. Letters and digits only
+    # shared/src/audit/hash_key.rs reads the secret as base64 of >= 32 bytes. Letters and digits only
     # (no punctuation, no space) are base64 characters; a length that is a multiple of 4 needs no
     # padding; 6 bits per character.
     gen = resources["HashKeySecret"]["Properties"]["GenerateSecretString"]
