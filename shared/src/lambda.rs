@@ -24,8 +24,39 @@ use crate::tool::{Clients, Tool};
 pub type Exit = Result<(), lambda_runtime::Error>;
 
 /// Serves one tool as its own function (`POST /tools/{tool}/mcp`, and the gateway's forwards).
+/// A tool that may run as a task is served by [`run_task_tool`] instead: this entry point
+/// refuses it at init, and links no Lambda client.
 pub fn run_tool<T: Tool>(make: impl FnOnce() -> T) -> Exit {
-    run(move |_| Ok((Catalog::new().register(make())?, None)))
+    run(move |_, _| Ok(tool_setup(Catalog::new().register(make())?, None)?))
+}
+
+/// Serves one tool that may run as a task (`TaskSupport::Optional` or `Required`): as
+/// [`run_tool`], and a task run is started by an asynchronous `Invoke` of this function itself.
+pub fn run_task_tool<T: Tool>(make: impl FnOnce() -> T) -> Exit {
+    run(move |sdk, function| {
+        let starter = crate::task::LambdaStarter::new(aws_sdk_lambda::Client::new(sdk), function);
+        Ok(tool_setup(
+            Catalog::new().register(make())?,
+            Some(Arc::new(starter)),
+        )?)
+    })
+}
+
+/// A tool function's setup: its tasks are started by `starter`, which a tool declaring task
+/// support cannot do without.
+fn tool_setup(
+    catalog: Catalog,
+    starter: Option<Arc<dyn crate::task::TaskStarter>>,
+) -> Result<Setup, SetupError> {
+    if catalog.has_tasks() && starter.is_none() {
+        return Err(SetupError::TasksNeedStarter);
+    }
+    let tasks = starter.filter(|_| catalog.has_tasks());
+    Ok(Setup {
+        catalog,
+        dispatch: Dispatch::Local,
+        tasks,
+    })
 }
 
 /// Serves the aggregating gateway (`POST /mcp`): lists every tool in `catalog`, forwards calls
@@ -33,17 +64,39 @@ pub fn run_tool<T: Tool>(make: impl FnOnce() -> T) -> Exit {
 pub fn run_gateway(
     catalog: impl FnOnce() -> Result<Catalog, crate::catalog::CatalogError>,
 ) -> Exit {
-    run(move |sdk| {
+    run(move |sdk, _| {
         let prefix = std::env::var("TOLLGATE_FUNCTION_PREFIX")
             .map_err(|_| "TOLLGATE_FUNCTION_PREFIX must be set for the gateway")?;
         let invoker = LambdaInvoker::new(aws_sdk_lambda::Client::new(sdk), prefix);
-        Ok((catalog()?, Some(Dispatch::Forward(Arc::new(invoker)))))
+        Ok(Setup {
+            catalog: catalog()?,
+            dispatch: Dispatch::Forward(Arc::new(invoker)),
+            tasks: None,
+        })
     })
 }
 
-type Setup = Result<(Catalog, Option<Dispatch>), lambda_runtime::Error>;
+/// What a function serves and how.
+struct Setup {
+    catalog: Catalog,
+    dispatch: Dispatch,
+    /// How the function starts its own task runs, when its tool may run as a task.
+    tasks: Option<Arc<dyn crate::task::TaskStarter>>,
+}
 
-fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
+/// Why a function's setup was refused at init.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+enum SetupError {
+    /// A tool declaring task support served by [`run_tool`].
+    #[error(
+        "this tool declares task support: its function's main must call tollgate::lambda::run_task_tool"
+    )]
+    TasksNeedStarter,
+}
+
+fn run(
+    setup: impl FnOnce(&aws_config::SdkConfig, &str) -> Result<Setup, lambda_runtime::Error>,
+) -> Exit {
     let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "tollgate".into());
     // The extra CA bundle, when one is named, is read before anything makes a client.
     let trust = crate::tls::Trust::process()?;
@@ -54,17 +107,17 @@ fn run(setup: impl FnOnce(&aws_config::SdkConfig) -> Setup) -> Exit {
     rt.block_on(async move {
         let config = Arc::new(Config::from_env()?);
         let sdk = load_sdk_config(&trust).await;
-        let (catalog, dispatch) = setup(&sdk)?;
+        let Setup {
+            catalog,
+            dispatch,
+            tasks,
+        } = setup(&sdk, &config.function_name)?;
         let clients = Arc::new(build_clients(&sdk, config.clone())?);
         let function = config.function_name.clone();
-        let dispatch = dispatch.unwrap_or(Dispatch::Local);
-        let runs_tasks = matches!(dispatch, Dispatch::Local) && catalog.has_tasks();
         let mut server = build_server(catalog, dispatch, clients, Arc::new(StdoutSink), &function);
-        if runs_tasks {
+        if let Some(starter) = tasks {
             // A tool function runs its own tasks: an `Event` invoke of itself.
-            let starter =
-                crate::task::LambdaStarter::new(aws_sdk_lambda::Client::new(&sdk), &function);
-            server = server.with_task_starter(Arc::new(starter));
+            server = server.with_task_starter(starter);
         }
         let server = Arc::new(server);
         let sync_cap = sync_timeout()?;
@@ -399,7 +452,76 @@ pub fn init_logging() {
 
 #[cfg(test)]
 mod tests {
-    use super::Mode;
+    use std::sync::Arc;
+
+    use super::{Mode, SetupError, tool_setup};
+    use crate::catalog::Catalog;
+    use crate::task::TaskSupport;
+    use crate::tool::{Annotations, DefaultBudget, Tool, ToolContext, ToolError, ToolSpec};
+
+    #[derive(Debug, serde::Deserialize, schemars::JsonSchema)]
+    struct In {
+        #[allow(dead_code)]
+        n: u8,
+    }
+
+    struct Probe(TaskSupport);
+
+    impl Tool for Probe {
+        type Input = In;
+        type Output = String;
+
+        fn spec(&self) -> ToolSpec {
+            ToolSpec {
+                name: "probe",
+                title: "Probe",
+                description: "Test tool.",
+                scope: "probe:run",
+                annotations: Annotations::default(),
+                budget: DefaultBudget::per_minute(10, 1),
+                log_fields: &[],
+            }
+        }
+
+        fn task_support(&self) -> TaskSupport {
+            self.0
+        }
+
+        async fn call(&self, _ctx: ToolContext, _input: In) -> Result<String, ToolError> {
+            Ok(String::new())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Starter;
+
+    #[async_trait::async_trait]
+    impl crate::task::TaskStarter for Starter {
+        async fn start(&self, _job: &crate::task::TaskJob) -> Result<(), String> {
+            Ok(())
+        }
+    }
+
+    fn catalog(support: TaskSupport) -> Catalog {
+        Catalog::new().register(Probe(support)).expect("register")
+    }
+
+    #[test]
+    fn a_tool_declaring_task_support_needs_the_task_entry_point() {
+        for support in [TaskSupport::Optional, TaskSupport::Required] {
+            assert_eq!(
+                tool_setup(catalog(support), None).err(),
+                Some(SetupError::TasksNeedStarter)
+            );
+            let served = tool_setup(catalog(support), Some(Arc::new(Starter))).expect("setup");
+            assert!(served.tasks.is_some());
+        }
+        // A tool without task support starts no task, whichever entry point serves it.
+        let plain = tool_setup(catalog(TaskSupport::Forbidden), None).expect("setup");
+        assert!(plain.tasks.is_none());
+        let plain = tool_setup(catalog(TaskSupport::Forbidden), Some(Arc::new(Starter)));
+        assert!(plain.expect("setup").tasks.is_none());
+    }
 
     #[test]
     fn concurrency_mode_reads_the_variable_as_the_runtime_does() {

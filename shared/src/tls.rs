@@ -3,13 +3,15 @@
 //!
 //! One TLS stack (rustls) on one crypto library (aws-lc-rs, the AWS SDK's default, which
 //! `jsonwebtoken` uses too), trusting the Mozilla root set compiled into the binary
-//! (`webpki-roots`, `webpki-root-certs`) plus, when an operator names one, a PEM bundle of
+//! (`webpki-roots`) plus, when an operator names one, a PEM bundle of
 //! extra CAs ([`CA_BUNDLE_ENV`]). The system's certificate directory is never read: a cold start
 //! opens no CA file, and a function trusts the same roots wherever it runs. Building a client
 //! parses nothing: the compiled-in roots are static trust anchors, and the AWS SDK's HTTPS
-//! connector is made on its first request.
+//! connector is made on its first request. The AWS SDK sends through `reqwest` too
+//! ([`Trust::aws_http_client`]): one HTTP client stack in a function, HTTP/1.1 only.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
@@ -134,53 +136,130 @@ impl Trust {
         reqwest::blocking::Client::builder().tls_backend_preconfigured(self.rustls_config())
     }
 
-    /// The AWS SDK's HTTP client: rustls on aws-lc-rs, trusting these roots, not the system's.
-    /// Nothing is built until the SDK's first request asks for a connector.
+    /// The AWS SDK's HTTP client: the same `reqwest` stack (rustls on aws-lc-rs, HTTP/1.1)
+    /// as every other client of the process, trusting these roots, not the system's. One
+    /// connection pool per timeout setting the SDK asks for; nothing is built until the SDK's
+    /// first request asks for a connector.
     pub fn aws_http_client(&self) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-        aws_smithy_runtime_api::client::http::SharedHttpClient::new(LazyAwsClient {
+        aws_smithy_runtime_api::client::http::SharedHttpClient::new(AwsHttpClient {
             trust: self.clone(),
-            client: OnceLock::new(),
+            pools: Mutex::new(Vec::new()),
         })
     }
-
-    fn build_aws_http_client(&self) -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-        use aws_smithy_http_client::tls;
-        let mut store = tls::TrustStore::empty().with_native_roots(false);
-        store.add_pem_certificate(compiled_in_pem());
-        for cert in self.extra.iter() {
-            store.add_pem_certificate(to_pem(cert));
-        }
-        let context = tls::TlsContext::builder()
-            .with_trust_store(store)
-            .build()
-            .expect("a trust store of PEM certificates is a valid TLS context");
-        aws_smithy_http_client::Builder::new()
-            .tls_provider(tls::Provider::Rustls(
-                tls::rustls_provider::CryptoMode::AwsLc,
-            ))
-            .tls_context(context)
-            .build_https()
-    }
 }
 
-/// The AWS SDK's HTTPS client, made (roots encoded, connector built) on the first request.
+/// The timeouts the AWS SDK asks a connector for: connect, and time to the first response byte.
+type Timeouts = (Option<Duration>, Option<Duration>);
+
+/// The AWS SDK's HTTP client on `reqwest`: one pooled client per [`Timeouts`] the SDK asks for
+/// (in practice one per process).
 #[derive(Debug)]
-struct LazyAwsClient {
+struct AwsHttpClient {
     trust: Trust,
-    client: OnceLock<aws_smithy_runtime_api::client::http::SharedHttpClient>,
+    pools: Mutex<Vec<(Timeouts, reqwest::Client)>>,
 }
 
-impl aws_smithy_runtime_api::client::http::HttpClient for LazyAwsClient {
+impl aws_smithy_runtime_api::client::http::HttpClient for AwsHttpClient {
     fn http_connector(
         &self,
         settings: &aws_smithy_runtime_api::client::http::HttpConnectorSettings,
-        components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
+        _components: &aws_smithy_runtime_api::client::runtime_components::RuntimeComponents,
     ) -> aws_smithy_runtime_api::client::http::SharedHttpConnector {
-        self.client
-            .get_or_init(|| self.trust.build_aws_http_client())
-            .http_connector(settings, components)
+        let timeouts = (settings.connect_timeout(), settings.read_timeout());
+        let mut pools = self.pools.lock().unwrap_or_else(PoisonError::into_inner);
+        let client = match pools.iter().find(|(t, _)| *t == timeouts) {
+            Some((_, client)) => Ok(client.clone()),
+            None => {
+                let mut builder = self.trust.reqwest();
+                if let Some(t) = timeouts.0 {
+                    builder = builder.connect_timeout(t);
+                }
+                if let Some(t) = timeouts.1 {
+                    builder = builder.read_timeout(t);
+                }
+                let built = builder.build().map_err(Arc::new);
+                if let Ok(client) = &built {
+                    pools.push((timeouts, client.clone()));
+                }
+                built
+            }
+        };
+        aws_smithy_runtime_api::client::http::SharedHttpConnector::new(AwsConnector { client })
     }
 }
+
+/// Sends one AWS SDK request through `reqwest`, streaming both bodies.
+#[derive(Debug, Clone)]
+struct AwsConnector {
+    /// The pool, or why it could not be built (then every request fails with it).
+    client: Result<reqwest::Client, Arc<reqwest::Error>>,
+}
+
+impl aws_smithy_runtime_api::client::http::HttpConnector for AwsConnector {
+    fn call(
+        &self,
+        request: aws_smithy_runtime_api::client::orchestrator::HttpRequest,
+    ) -> aws_smithy_runtime_api::client::http::HttpConnectorFuture {
+        use aws_smithy_runtime_api::client::http::HttpConnectorFuture;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+        let client = match &self.client {
+            Ok(client) => client.clone(),
+            Err(e) => {
+                return HttpConnectorFuture::ready(Err(ConnectorError::other(
+                    Box::new(SharedError(e.clone())),
+                    None,
+                )));
+            }
+        };
+        let request = match request
+            .try_into_http1x()
+            .map_err(|e| ConnectorError::user(e.into()))
+            .and_then(|r| {
+                reqwest::Request::try_from(r.map(reqwest::Body::wrap))
+                    .map_err(|e| ConnectorError::user(e.into()))
+            }) {
+            Ok(request) => request,
+            Err(e) => return HttpConnectorFuture::ready(Err(e)),
+        };
+        HttpConnectorFuture::new(async move {
+            let response = client.execute(request).await.map_err(connector_error)?;
+            let response: http::Response<reqwest::Body> = response.into();
+            aws_smithy_runtime_api::client::orchestrator::HttpResponse::try_from(
+                response.map(aws_smithy_types::body::SdkBody::from_body_1_x),
+            )
+            .map_err(|e| ConnectorError::other(e.into(), None))
+        })
+    }
+}
+
+/// How the SDK's retry strategy sees a `reqwest` failure: timeouts as timeouts, a failed
+/// connect or an interrupted exchange as I/O (transient, retried), anything else unclassified.
+fn connector_error(e: reqwest::Error) -> aws_smithy_runtime_api::client::result::ConnectorError {
+    use aws_smithy_runtime_api::client::result::ConnectorError;
+    if e.is_timeout() {
+        ConnectorError::timeout(e.into())
+    } else if e.is_connect() || e.is_request() || e.is_body() {
+        ConnectorError::io(e.into())
+    } else {
+        ConnectorError::other(e.into(), None)
+    }
+}
+
+/// A client-construction error shared by every request of its connector.
+#[derive(Debug)]
+struct SharedError(Arc<reqwest::Error>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the AWS SDK's HTTP client could not be built: {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for SharedError {}
 
 /// The process's crypto provider (aws-lc-rs), installed as the rustls default too so that any
 /// client built without [`Trust`] uses the same library.
@@ -196,47 +275,9 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
         .clone()
 }
 
-/// The compiled-in roots as one PEM bundle (the AWS SDK's trust store takes PEM).
-fn compiled_in_pem() -> Vec<u8> {
-    static PEM: OnceLock<Vec<u8>> = OnceLock::new();
-    PEM.get_or_init(|| {
-        webpki_root_certs::TLS_SERVER_ROOT_CERTS
-            .iter()
-            .flat_map(to_pem)
-            .collect()
-    })
-    .clone()
-}
-
-fn to_pem(cert: &CertificateDer<'_>) -> Vec<u8> {
-    use base64::Engine as _;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(cert.as_ref());
-    let mut pem = b"-----BEGIN CERTIFICATE-----\n".to_vec();
-    for line in b64.as_bytes().chunks(64) {
-        pem.extend_from_slice(line);
-        pem.push(b'\n');
-    }
-    pem.extend_from_slice(b"-----END CERTIFICATE-----\n");
-    pem
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn compiled_in_roots_round_trip_through_pem() {
-        let pem = compiled_in_pem();
-        let parsed: Vec<_> = CertificateDer::pem_slice_iter(&pem)
-            .collect::<Result<_, _>>()
-            .expect("pem");
-        assert_eq!(parsed.len(), webpki_root_certs::TLS_SERVER_ROOT_CERTS.len());
-        assert!(parsed.len() > 100);
-        assert_eq!(
-            parsed[0].as_ref(),
-            webpki_root_certs::TLS_SERVER_ROOT_CERTS[0].as_ref()
-        );
-    }
 
     #[test]
     fn a_missing_or_empty_bundle_is_refused() {
@@ -358,6 +399,98 @@ mod tests {
             .retry_config(aws_smithy_types::retry::RetryConfig::disabled())
             .build();
         aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    fn plain_dynamodb(port: u16, retries: u32) -> aws_sdk_dynamodb::Client {
+        let timeouts = aws_smithy_types::timeout::TimeoutConfig::builder()
+            .connect_timeout(std::time::Duration::from_secs(2))
+            .read_timeout(std::time::Duration::from_millis(300))
+            .build();
+        let config = aws_sdk_dynamodb::Config::builder()
+            .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
+            .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+                "test", "test", None, None, "test",
+            ))
+            .endpoint_url(format!("http://127.0.0.1:{port}"))
+            .http_client(Trust::compiled_in().aws_http_client())
+            .timeout_config(timeouts)
+            .retry_config(
+                aws_smithy_types::retry::RetryConfig::standard()
+                    .with_max_attempts(retries)
+                    .with_initial_backoff(std::time::Duration::from_millis(1)),
+            )
+            .build();
+        aws_sdk_dynamodb::Client::from_conf(config)
+    }
+
+    #[tokio::test]
+    async fn the_sdk_connector_tells_the_retry_strategy_what_failed() {
+        use aws_smithy_runtime_api::client::result::SdkError;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        // Nothing listens: a failed connect is I/O (transient).
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = closed.local_addr().expect("addr").port();
+        drop(closed);
+        match plain_dynamodb(port, 1).list_tables().send().await {
+            Err(SdkError::DispatchFailure(f)) => assert!(f.is_io(), "{f:?}"),
+            other => panic!("expected a dispatch failure, got {other:?}"),
+        }
+        // A server that accepts and never answers: the read timeout, reported as a timeout.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = silent.local_addr().expect("addr").port();
+        let hold = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        match plain_dynamodb(port, 1).list_tables().send().await {
+            Err(SdkError::DispatchFailure(f)) => assert!(f.is_timeout(), "{f:?}"),
+            other => panic!("expected a dispatch failure, got {other:?}"),
+        }
+        hold.abort();
+        // A connection dropped before the answer is retried on a new one, which answers.
+        let flaky = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = flaky.local_addr().expect("addr").port();
+        let served = tokio::spawn(async move {
+            let mut connections = 0;
+            while let Ok((mut tcp, _)) = flaky.accept().await {
+                connections += 1;
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    }
+                }
+                if connections == 1 {
+                    drop(tcp);
+                    continue;
+                }
+                let body = br#"{"TableNames":["t"]}"#;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tcp.write_all(head.as_bytes()).await;
+                let _ = tcp.write_all(body).await;
+                return connections;
+            }
+            connections
+        });
+        let tables = plain_dynamodb(port, 3)
+            .list_tables()
+            .send()
+            .await
+            .expect("the second attempt answers");
+        assert_eq!(tables.table_names(), ["t"]);
+        assert_eq!(served.await.expect("server"), 2);
     }
 
     #[tokio::test]

@@ -1,3 +1,3 @@
 fn main() -> tollgate::lambda::Exit {
-    tollgate::lambda::run_tool(export_tickets::tool)
+    tollgate::lambda::run_task_tool(export_tickets::tool)
 }
