@@ -3,6 +3,8 @@
 //! (the gateway, which forwards calls, never compiles one; [`Catalog::check`] compiles them all,
 //! which the tests do for every tool).
 
+mod arguments;
+
 pub use crate::tool::{JsonObject, schema_object};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -90,7 +92,7 @@ pub struct RegisteredTool {
     descriptor: rmcp::model::Tool,
     /// Compiled on first use: a function's init does not pay for it (nor for validating the
     /// schema against the draft 2020-12 meta-schema, which compiling does first).
-    validator: std::sync::OnceLock<Result<jsonschema::Validator, String>>,
+    validator: std::sync::OnceLock<Result<arguments::ArgumentValidator, String>>,
     log_plan: BTreeMap<String, LogAs>,
     provider: Option<&'static str>,
     idempotency: crate::tool::Idempotency,
@@ -212,15 +214,12 @@ impl RegisteredTool {
             .unwrap_or(LogAs::Summarised)
     }
 
-    fn validator(&self) -> Result<&jsonschema::Validator, &str> {
+    fn validator(&self) -> Result<&arguments::ArgumentValidator, &str> {
         self.validator
             .get_or_init(|| {
-                jsonschema::options()
-                    .should_validate_formats(true)
-                    .build(&serde_json::Value::Object(
-                        self.descriptor.input_schema.as_ref().clone(),
-                    ))
-                    .map_err(|e| e.to_string())
+                arguments::ArgumentValidator::compile(serde_json::Value::Object(
+                    self.descriptor.input_schema.as_ref().clone(),
+                ))
             })
             .as_ref()
             .map_err(String::as_str)
@@ -255,19 +254,7 @@ impl RegisteredTool {
                 ));
             }
         };
-        let problems: Vec<String> = validator
-            .iter_errors(args)
-            .take(5)
-            .map(|e| {
-                let path = e.instance_path().to_string();
-                let place = if path.is_empty() {
-                    "arguments".to_owned()
-                } else {
-                    format!("`{path}`")
-                };
-                format!("{place}: {}", e.masked_with("the value"))
-            })
-            .collect();
+        let problems = validator.problems(args, 5);
         if problems.is_empty() {
             Ok(())
         } else {
