@@ -179,3 +179,58 @@ fn message(kind: &ErrorKind<'_, '_>) -> Option<String> {
 fn plural(n: usize) -> &'static str {
     if n == 1 { "" } else { "s" }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::ArgumentValidator;
+
+    #[test]
+    fn each_problem_names_its_place_and_never_the_value() {
+        let v = ArgumentValidator::compile(serde_json::json!({
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "id": { "type": "string", "pattern": "^C-[0-9]+$" },
+                "email": { "type": "string", "format": "email" },
+                "n": { "type": "integer", "minimum": 1 },
+                "mode": { "enum": ["fast", "slow"] },
+                "who": {}
+            },
+            "required": ["id", "who"],
+            "additionalProperties": false
+        }))
+        .expect("compiles");
+        let secret = "SECRET-4111111111111111";
+        let problems = v.problems(
+            &serde_json::json!({
+                "id": secret, "email": secret, "n": -7, "mode": secret, "extra": 1
+            }),
+            10,
+        );
+        let text = problems.join("; ");
+        assert!(!text.contains(secret) && !text.contains("-7"), "{text}");
+        for expected in [
+            "`/id`: the value does not match \"^C-[0-9]+$\"",
+            "`/email`: the value is not a \"email\"",
+            "`/n`: the value is less than 1",
+            "`/mode`: the value is not one of [\"fast\",\"slow\"]",
+            "arguments: missing required property `who`",
+            "arguments: unexpected properties: `extra`",
+        ] {
+            assert!(
+                problems.iter().any(|p| p == expected),
+                "{expected} in {text}"
+            );
+        }
+        assert_eq!(
+            v.problems(&serde_json::json!({"id": "C-1", "who": 1}), 10)
+                .len(),
+            0
+        );
+        assert!(
+            v.problems(&serde_json::json!({}), 1).len() == 1,
+            "the limit holds"
+        );
+        assert!(ArgumentValidator::compile(serde_json::json!({"type": 7})).is_err());
+    }
+}
