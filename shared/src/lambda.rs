@@ -106,7 +106,7 @@ fn run(
     let rt = runtime(mode)?;
     rt.block_on(async move {
         let config = Arc::new(Config::from_env()?);
-        let sdk = load_sdk_config(&trust).await;
+        let sdk = sdk_config_from_env(&trust);
         let Setup {
             catalog,
             dispatch,
@@ -272,28 +272,93 @@ where
     }
 }
 
-/// The AWS SDK configuration from the environment (Lambda's region and credentials, or
-/// `AWS_ENDPOINT_URL*` for a local DynamoDB server), with the HTTPS client of
-/// [`crate::tls::Trust`]. Touches no network: credentials and endpoints resolve on the first
-/// request.
-pub async fn load_sdk_config(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
-    use aws_config::environment::{
-        EnvironmentVariableCredentialsProvider, EnvironmentVariableRegionProvider,
-    };
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .http_client(trust.aws_http_client());
-    // Lambda puts the region and the role's credentials in the environment, where the SDK's
-    // default chains look first. Named here, the chains behind them (profile files, web
-    // identity, ECS, IMDS, an STS client) are not built at init; without them in the
-    // environment (an operator's machine), the default chains apply.
-    let set = |name: &str| std::env::var_os(name).is_some_and(|v| !v.is_empty());
-    if set("AWS_REGION") || set("AWS_DEFAULT_REGION") {
-        loader = loader.region(EnvironmentVariableRegionProvider::new());
+/// The AWS SDK configuration from the environment alone, with the HTTPS client of
+/// [`crate::tls::Trust`]. Touches no network and reads no file: credentials resolve on the
+/// first request.
+///
+/// A function finds what Lambda gives it in its environment: `AWS_REGION` (or
+/// `AWS_DEFAULT_REGION`); the role's credentials in `AWS_ACCESS_KEY_ID`,
+/// `AWS_SECRET_ACCESS_KEY` and `AWS_SESSION_TOKEN`, or, where the platform serves them from a
+/// container endpoint, `AWS_CONTAINER_CREDENTIALS_FULL_URI` / `_RELATIVE_URI`; endpoints from
+/// `AWS_ENDPOINT_URL_<SERVICE>` then `AWS_ENDPOINT_URL` (a local DynamoDB server), unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS=true`. The SDK's default chains (profile files, SSO,
+/// web identity, IMDS and their STS client) are not linked into a function; with no
+/// credentials in the environment every AWS request fails with an error saying so.
+pub fn sdk_config_from_env(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
+    use aws_config::environment::EnvironmentVariableCredentialsProvider;
+    use aws_sdk_dynamodb::config::SharedCredentialsProvider;
+    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let http = trust.aws_http_client();
+    let mut sdk = aws_config::SdkConfig::builder()
+        .behavior_version(aws_config::BehaviorVersion::latest())
+        .http_client(http.clone())
+        .service_config(EnvEndpoints);
+    if let Some(region) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
+        sdk = sdk.region(aws_config::Region::new(region));
     }
-    if set("AWS_ACCESS_KEY_ID") && set("AWS_SECRET_ACCESS_KEY") {
-        loader = loader.credentials_provider(EnvironmentVariableCredentialsProvider::new());
+    if var("AWS_ACCESS_KEY_ID").is_some() && var("AWS_SECRET_ACCESS_KEY").is_some() {
+        sdk = sdk.credentials_provider(SharedCredentialsProvider::new(
+            EnvironmentVariableCredentialsProvider::new(),
+        ));
+    } else if var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
+        || var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
+    {
+        let provider_config = aws_config::provider_config::ProviderConfig::empty()
+            .with_http_client(http);
+        sdk = sdk.credentials_provider(SharedCredentialsProvider::new(
+            aws_config::ecs::EcsCredentialsProvider::builder()
+                .configure(&provider_config)
+                .build(),
+        ));
+    } else {
+        sdk = sdk.credentials_provider(SharedCredentialsProvider::new(NoCredentials));
     }
-    loader.load().await
+    if !var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    {
+        if let Some(url) = var("AWS_ENDPOINT_URL") {
+            sdk = sdk.endpoint_url(url);
+        }
+    }
+    sdk.build()
+}
+
+/// `AWS_ENDPOINT_URL_<SERVICE>` (the service's id, upper case, spaces as `_`: `DYNAMODB`,
+/// `SECRETS_MANAGER`, `KMS`, `LAMBDA`) for each client made from the configuration; the
+/// generic `AWS_ENDPOINT_URL` is the configuration's own endpoint.
+#[derive(Debug)]
+struct EnvEndpoints;
+
+impl aws_types::service_config::LoadServiceConfig for EnvEndpoints {
+    fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
+        if key.env() == "AWS_ENDPOINT_URL"
+            && std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+                .is_ok_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            return None;
+        }
+        let service = key.service_id().to_uppercase().replace(' ', "_");
+        std::env::var(format!("{}_{service}", key.env()))
+            .ok()
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// The credentials provider when the environment holds none: each request fails saying so.
+#[derive(Debug)]
+struct NoCredentials;
+
+impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
+    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+            aws_credential_types::provider::error::CredentialsError::not_loaded(
+                "no AWS credentials in the environment (AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY, or AWS_CONTAINER_CREDENTIALS_FULL_URI)",
+            ),
+        ))
+    }
 }
 
 /// Clients shared by every call: one DynamoDB client, one pooled HTTP client (TLS from

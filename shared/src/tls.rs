@@ -1,8 +1,8 @@
 //! TLS for every outbound client of a function: the AWS SDK, the shared `reqwest` client (OAuth
 //! issuers, providers, tools' own APIs) and the OTLP span exporter.
 //!
-//! One TLS stack (rustls) on one crypto library (aws-lc-rs, the AWS SDK's default, which
-//! `jsonwebtoken` uses too), trusting the Mozilla root set compiled into the binary
+//! One TLS stack (rustls) on one crypto library (`ring`, which also checks access tokens'
+//! signatures: `auth::jws`), trusting the Mozilla root set compiled into the binary
 //! (`webpki-roots`) plus, when an operator names one, a PEM bundle of
 //! extra CAs ([`CA_BUNDLE_ENV`]). The system's certificate directory is never read: a cold start
 //! opens no CA file, and a function trusts the same roots wherever it runs. Building a client
@@ -111,7 +111,7 @@ impl Trust {
         self.extra.len()
     }
 
-    /// A rustls client configuration on aws-lc-rs trusting these roots (HTTP/1.1 only, as
+    /// A rustls client configuration on `ring` trusting these roots (HTTP/1.1 only, as
     /// every client here speaks).
     pub fn rustls_config(&self) -> rustls::ClientConfig {
         let mut roots = rustls::RootCertStore {
@@ -121,7 +121,7 @@ impl Trust {
         roots.add_parsable_certificates(self.extra.iter().cloned());
         rustls::ClientConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
-            .expect("aws-lc-rs supports the default protocol versions")
+            .expect("ring supports the default protocol versions")
             .with_root_certificates(roots)
             .with_no_client_auth()
     }
@@ -136,7 +136,7 @@ impl Trust {
         reqwest::blocking::Client::builder().tls_backend_preconfigured(self.rustls_config())
     }
 
-    /// The AWS SDK's HTTP client: the same `reqwest` stack (rustls on aws-lc-rs, HTTP/1.1)
+    /// The AWS SDK's HTTP client: the same `reqwest` stack (rustls on `ring`, HTTP/1.1)
     /// as every other client of the process, trusting these roots, not the system's. One
     /// connection pool per timeout setting the SDK asks for; nothing is built until the SDK's
     /// first request asks for a connector.
@@ -261,15 +261,16 @@ impl std::fmt::Display for SharedError {
 
 impl std::error::Error for SharedError {}
 
-/// The process's crypto provider (aws-lc-rs), installed as the rustls default too so that any
+/// The process's crypto provider (`ring`), installed as the rustls default too so that any
 /// client built without [`Trust`] uses the same library.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
     PROVIDER
         .get_or_init(|| {
-            let p = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-            // Another library may have installed one first; both are aws-lc-rs here.
-            let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+            let p = Arc::new(rustls::crypto::ring::default_provider());
+            // Another library may have installed one first (tests only: a function links
+            // no other provider).
+            let _ = rustls::crypto::ring::default_provider().install_default();
             p
         })
         .clone()

@@ -357,7 +357,7 @@ pub async fn run() -> anyhow::Result<()> {
         .map_or(Ok(9000), |p| p.parse())
         .context("PORT")?;
     let config = Arc::new(Config::from_env()?);
-    let sdk = tollgate::lambda::load_sdk_config(&tollgate::tls::Trust::process()?).await;
+    let sdk = tollgate::lambda::sdk_config_from_env(&tollgate::tls::Trust::process()?);
     let clients = Arc::new(build_clients(&sdk, config.clone())?);
     let catalog = gateway::catalog()?;
 

@@ -183,7 +183,7 @@ pub async fn seed(store: &dyn Store) -> Result<(), StoreError> {
 /// agents and keys. Idempotent.
 pub async fn seed_local() -> anyhow::Result<()> {
     let config = tollgate::Config::from_env()?;
-    let sdk = tollgate::lambda::load_sdk_config(&tollgate::tls::Trust::process()?).await;
+    let sdk = tollgate::lambda::sdk_config_from_env(&tollgate::tls::Trust::process()?);
     let db = aws_sdk_dynamodb::Client::new(&sdk);
     let store = crate::devstack::prepare_tables(&db, &config).await?;
     seed(&store).await?;

@@ -8,6 +8,7 @@
 //! certificate bindings are cached for the same bound.
 
 mod cache;
+mod jws;
 pub mod keys;
 pub mod mtls;
 pub mod oauth;

@@ -172,6 +172,7 @@ impl OAuthVerifier {
         http: reqwest::Client,
         credentials: Option<Box<dyn CredentialSource>>,
     ) -> Self {
+        super::jws::install();
         let url = config.jwks_url.clone();
         Self {
             config,
