@@ -285,26 +285,43 @@ where
 /// web identity, IMDS and their STS client) are not linked into a function; with no
 /// credentials in the environment every AWS request fails with an error saying so.
 pub fn sdk_config_from_env(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
-    use aws_config::environment::EnvironmentVariableCredentialsProvider;
-    use aws_sdk_dynamodb::config::SharedCredentialsProvider;
-    let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    sdk_config_with(aws_types::os_shim_internal::Env::real(), trust)
+}
+
+fn sdk_config_with(
+    env: aws_types::os_shim_internal::Env,
+    trust: &crate::tls::Trust,
+) -> aws_config::SdkConfig {
+    use aws_sdk_dynamodb::config::{Credentials, SharedCredentialsProvider};
+    let var = |name: &str| env.get(name).ok().filter(|v| !v.is_empty());
     let http = trust.aws_http_client();
+    let ignore_endpoints =
+        var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"));
     let mut sdk = aws_config::SdkConfig::builder()
         .behavior_version(aws_config::BehaviorVersion::latest())
         .http_client(http.clone())
-        .service_config(EnvEndpoints);
+        .service_config(EnvEndpoints {
+            env: env.clone(),
+            ignore: ignore_endpoints,
+        });
     if let Some(region) = var("AWS_REGION").or_else(|| var("AWS_DEFAULT_REGION")) {
         sdk = sdk.region(aws_config::Region::new(region));
     }
-    if var("AWS_ACCESS_KEY_ID").is_some() && var("AWS_SECRET_ACCESS_KEY").is_some() {
-        sdk = sdk.credentials_provider(SharedCredentialsProvider::new(
-            EnvironmentVariableCredentialsProvider::new(),
-        ));
+    if let (Some(key), Some(secret)) = (var("AWS_ACCESS_KEY_ID"), var("AWS_SECRET_ACCESS_KEY")) {
+        // Lambda's credentials stay valid for the execution environment's life.
+        sdk = sdk.credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+            key,
+            secret,
+            var("AWS_SESSION_TOKEN"),
+            None,
+            "environment",
+        )));
     } else if var("AWS_CONTAINER_CREDENTIALS_FULL_URI").is_some()
         || var("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI").is_some()
     {
-        let provider_config = aws_config::provider_config::ProviderConfig::empty()
-            .with_http_client(http);
+        // The container endpoint's variables are read from the process environment.
+        let provider_config =
+            aws_config::provider_config::ProviderConfig::without_region().with_http_client(http);
         sdk = sdk.credentials_provider(SharedCredentialsProvider::new(
             aws_config::ecs::EcsCredentialsProvider::builder()
                 .configure(&provider_config)
@@ -313,11 +330,8 @@ pub fn sdk_config_from_env(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
     } else {
         sdk = sdk.credentials_provider(SharedCredentialsProvider::new(NoCredentials));
     }
-    if !var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS").is_some_and(|v| v.eq_ignore_ascii_case("true"))
-    {
-        if let Some(url) = var("AWS_ENDPOINT_URL") {
-            sdk = sdk.endpoint_url(url);
-        }
+    if !ignore_endpoints && let Some(url) = var("AWS_ENDPOINT_URL") {
+        sdk = sdk.endpoint_url(url);
     }
     sdk.build()
 }
@@ -326,18 +340,19 @@ pub fn sdk_config_from_env(trust: &crate::tls::Trust) -> aws_config::SdkConfig {
 /// `SECRETS_MANAGER`, `KMS`, `LAMBDA`) for each client made from the configuration; the
 /// generic `AWS_ENDPOINT_URL` is the configuration's own endpoint.
 #[derive(Debug)]
-struct EnvEndpoints;
+struct EnvEndpoints {
+    env: aws_types::os_shim_internal::Env,
+    ignore: bool,
+}
 
 impl aws_types::service_config::LoadServiceConfig for EnvEndpoints {
     fn load_config(&self, key: aws_types::service_config::ServiceConfigKey<'_>) -> Option<String> {
-        if key.env() == "AWS_ENDPOINT_URL"
-            && std::env::var("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
-                .is_ok_and(|v| v.eq_ignore_ascii_case("true"))
-        {
+        if self.ignore && key.env() == "AWS_ENDPOINT_URL" {
             return None;
         }
         let service = key.service_id().to_uppercase().replace(' ', "_");
-        std::env::var(format!("{}_{service}", key.env()))
+        self.env
+            .get(&format!("{}_{service}", key.env()))
             .ok()
             .filter(|v| !v.is_empty())
     }
@@ -348,7 +363,9 @@ impl aws_types::service_config::LoadServiceConfig for EnvEndpoints {
 struct NoCredentials;
 
 impl aws_credential_types::provider::ProvideCredentials for NoCredentials {
-    fn provide_credentials<'a>(&'a self) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
     where
         Self: 'a,
     {
@@ -600,5 +617,113 @@ mod tests {
         }
         assert_eq!(Mode::parse(Some("2")), Mode::Concurrent(2));
         assert_eq!(Mode::parse(Some("64")), Mode::Concurrent(64));
+    }
+}
+
+#[cfg(test)]
+mod sdk_config_tests {
+    use aws_types::os_shim_internal::Env;
+    use aws_types::service_config::{LoadServiceConfig as _, ServiceConfigKey};
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    use super::{EnvEndpoints, sdk_config_with};
+
+    /// One HTTP exchange on loopback: answers `{}` and hands back the request's head.
+    async fn one_request() -> (String, tokio::task::JoinHandle<String>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let url = format!("http://{}", listener.local_addr().expect("addr"));
+        let served = tokio::spawn(async move {
+            let (mut conn, _) = listener.accept().await.expect("accept");
+            let mut head = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = conn.read(&mut buf).await.expect("read");
+                assert!(n > 0, "request cut short");
+                head.extend_from_slice(&buf[..n]);
+            }
+            conn.write_all(
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/x-amz-json-1.0\r\ncontent-length: 2\r\n\r\n{}",
+            )
+            .await
+            .expect("write");
+            String::from_utf8_lossy(&head).to_lowercase()
+        });
+        (url, served)
+    }
+
+    fn get_item(
+        sdk: &aws_config::SdkConfig,
+    ) -> aws_sdk_dynamodb::operation::get_item::builders::GetItemFluentBuilder {
+        aws_sdk_dynamodb::Client::new(sdk)
+            .get_item()
+            .table_name("t")
+            .key("pk", aws_sdk_dynamodb::types::AttributeValue::S("k".into()))
+    }
+
+    #[tokio::test]
+    async fn the_environment_names_region_credentials_and_the_service_endpoint() {
+        let (url, served) = one_request().await;
+        let env = Env::from_slice(&[
+            ("AWS_REGION", "eu-west-1"),
+            ("AWS_ACCESS_KEY_ID", "AKIDENVTEST"),
+            ("AWS_SECRET_ACCESS_KEY", "not-a-real-secret"),
+            ("AWS_SESSION_TOKEN", "session-token-from-env"),
+            // The service's own variable wins over the generic one (nothing listens there).
+            ("AWS_ENDPOINT_URL", "http://127.0.0.1:9"),
+            ("AWS_ENDPOINT_URL_DYNAMODB", &url),
+        ]);
+        let sdk = sdk_config_with(env, &crate::tls::Trust::default());
+        get_item(&sdk)
+            .send()
+            .await
+            .expect("the request reaches the named endpoint");
+        let head = served.await.expect("served");
+        assert!(head.contains("credential=akidenvtest/"), "{head}");
+        assert!(head.contains("/eu-west-1/dynamodb/aws4_request"), "{head}");
+        assert!(
+            head.contains("x-amz-security-token: session-token-from-env"),
+            "{head}"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_credentials_in_the_environment_each_request_fails_saying_so() {
+        let (url, served) = one_request().await;
+        let env = Env::from_slice(&[("AWS_REGION", "eu-west-1"), ("AWS_ENDPOINT_URL", &url)]);
+        let sdk = sdk_config_with(env, &crate::tls::Trust::default());
+        let err = get_item(&sdk).send().await.expect_err("no credentials");
+        let chain = format!(
+            "{:?}",
+            aws_smithy_types::error::display::DisplayErrorContext(&err)
+        );
+        assert!(
+            chain.contains("no AWS credentials in the environment"),
+            "{chain}"
+        );
+        assert!(!served.is_finished(), "nothing was sent");
+        served.abort();
+    }
+
+    #[test]
+    fn service_endpoints_come_from_the_environment_unless_told_to_ignore_them() {
+        let key = ServiceConfigKey::builder()
+            .service_id("Secrets Manager")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .expect("key");
+        let env = Env::from_slice(&[("AWS_ENDPOINT_URL_SECRETS_MANAGER", "http://127.0.0.1:4566")]);
+        let endpoints = EnvEndpoints {
+            env: env.clone(),
+            ignore: false,
+        };
+        assert_eq!(
+            endpoints.load_config(key.clone()).as_deref(),
+            Some("http://127.0.0.1:4566")
+        );
+        let ignored = EnvEndpoints { env, ignore: true };
+        assert_eq!(ignored.load_config(key), None);
     }
 }

@@ -132,9 +132,9 @@ mod tests {
 
     const CLAIMS: &str = r#"{"sub":"u","exp":4102444800}"#;
 
-    /// A 2048-bit RSA key made for this test only (PKCS#8 DER, base64): ring signs but cannot
+    /// A 2048-bit RSA key made for this test only (PKCS#1 DER, base64): ring signs but cannot
     /// generate RSA keys.
-    const TEST_RSA_PKCS8: &str = concat!(
+    const TEST_RSA_DER: &str = concat!(
         "MIIEogIBAAKCAQEAtwV2vlvPGc5Y7VHRVPBpLYZf7pcvtG9vEY0U2hFbLTLIWXBteIhrp6rcJ63T25tcQaINX4xz",
         "D2KGOa3r0pr8D6III4p1pOPrclxozlVD1G35oVR6e4beLUMfOmLFsefXQiLccZGHEfRUnrJwZmSypYwE/00wQPhG",
         "EpqycFu9PkkeX2gM4tCUFhEUgroWrx9AOIWUQbrKQcxEjUJvzFvSt6ep+uGfe5enXmicb91/99JslIgCr/bCtINV",
@@ -158,14 +158,20 @@ mod tests {
 
     #[test]
     fn rs256_and_ps256_tokens_verify_against_the_jwk_components() {
-        let der = base64::engine::general_purpose::STANDARD.decode(TEST_RSA_PKCS8).expect("base64");
-        let pair = sig::RsaKeyPair::from_pkcs8(&der).expect("key");
+        let der = base64::engine::general_purpose::STANDARD
+            .decode(TEST_RSA_DER)
+            .expect("base64");
+        let pair = sig::RsaKeyPair::from_der(&der).expect("key");
         let public = sig::RsaPublicKeyComponents::<Vec<u8>>::from(pair.public());
         let key = DecodingKey::from_rsa_components(&B64.encode(&public.n), &B64.encode(&public.e))
             .expect("components");
         let rng = SystemRandom::new();
         for (alg, header, padding) in [
-            (Algorithm::RS256, r#"{"alg":"RS256"}"#, &sig::RSA_PKCS1_SHA256 as &dyn sig::RsaEncoding),
+            (
+                Algorithm::RS256,
+                r#"{"alg":"RS256"}"#,
+                &sig::RSA_PKCS1_SHA256 as &dyn sig::RsaEncoding,
+            ),
             (Algorithm::PS256, r#"{"alg":"PS256"}"#, &sig::RSA_PSS_SHA256),
         ] {
             let good = token(header, CLAIMS, |m| {
@@ -174,16 +180,28 @@ mod tests {
                 out
             });
             assert_eq!(decode(&good, &key, alg), Ok(()), "{alg:?}");
-            let claims_changed = good.replacen(&B64.encode(CLAIMS), &B64.encode(r#"{"sub":"v","exp":4102444800}"#), 1);
-            assert_eq!(decode(&claims_changed, &key, alg), Err(ErrorKind::InvalidSignature), "{alg:?}");
+            let claims_changed = good.replacen(
+                &B64.encode(CLAIMS),
+                &B64.encode(r#"{"sub":"v","exp":4102444800}"#),
+                1,
+            );
+            assert_eq!(
+                decode(&claims_changed, &key, alg),
+                Err(ErrorKind::InvalidSignature),
+                "{alg:?}"
+            );
         }
         // A PKCS#1 v1.5 signature is not a PSS one.
         let pkcs1 = token(r#"{"alg":"PS256"}"#, CLAIMS, |m| {
             let mut out = vec![0; pair.public().modulus_len()];
-            pair.sign(&sig::RSA_PKCS1_SHA256, &rng, m, &mut out).expect("sign");
+            pair.sign(&sig::RSA_PKCS1_SHA256, &rng, m, &mut out)
+                .expect("sign");
             out
         });
-        assert_eq!(decode(&pkcs1, &key, Algorithm::PS256), Err(ErrorKind::InvalidSignature));
+        assert_eq!(
+            decode(&pkcs1, &key, Algorithm::PS256),
+            Err(ErrorKind::InvalidSignature)
+        );
     }
 
     #[test]
@@ -191,41 +209,62 @@ mod tests {
         let rng = SystemRandom::new();
         let es = sig::EcdsaKeyPair::generate_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
             .expect("key");
-        let es = sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, es.as_ref(), &rng)
-            .expect("key");
+        let es =
+            sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_FIXED_SIGNING, es.as_ref(), &rng)
+                .expect("key");
         let point = es.public_key().as_ref();
-        let es_key = DecodingKey::from_ec_components(&B64.encode(&point[1..33]), &B64.encode(&point[33..]))
-            .expect("components");
-        let good = token(r#"{"alg":"ES256"}"#, CLAIMS, |m| es.sign(&rng, m).expect("sign").as_ref().to_vec());
+        let es_key =
+            DecodingKey::from_ec_components(&B64.encode(&point[1..33]), &B64.encode(&point[33..]))
+                .expect("components");
+        let good = token(r#"{"alg":"ES256"}"#, CLAIMS, |m| {
+            es.sign(&rng, m).expect("sign").as_ref().to_vec()
+        });
         assert_eq!(decode(&good, &es_key, Algorithm::ES256), Ok(()));
         let mut bad = good.clone().into_bytes();
         let last = bad.len() - 3;
         bad[last] = if bad[last] == b'A' { b'B' } else { b'A' };
         let bad = String::from_utf8(bad).expect("ascii");
-        assert_eq!(decode(&bad, &es_key, Algorithm::ES256), Err(ErrorKind::InvalidSignature));
+        assert_eq!(
+            decode(&bad, &es_key, Algorithm::ES256),
+            Err(ErrorKind::InvalidSignature)
+        );
 
         let ed = sig::Ed25519KeyPair::generate_pkcs8(&rng).expect("key");
         let ed = sig::Ed25519KeyPair::from_pkcs8(ed.as_ref()).expect("key");
-        let ed_key = DecodingKey::from_ed_components(&B64.encode(ed.public_key().as_ref())).expect("x");
-        let good = token(r#"{"alg":"EdDSA"}"#, CLAIMS, |m| ed.sign(m).as_ref().to_vec());
+        let ed_key =
+            DecodingKey::from_ed_components(&B64.encode(ed.public_key().as_ref())).expect("x");
+        let good = token(r#"{"alg":"EdDSA"}"#, CLAIMS, |m| {
+            ed.sign(m).as_ref().to_vec()
+        });
         assert_eq!(decode(&good, &ed_key, Algorithm::EdDSA), Ok(()));
         // The ES256 token's key cannot check an EdDSA signature: refused, not a panic.
-        assert_eq!(decode(&good, &es_key, Algorithm::EdDSA), Err(ErrorKind::InvalidKeyFormat));
+        assert_eq!(
+            decode(&good, &es_key, Algorithm::EdDSA),
+            Err(ErrorKind::InvalidKeyFormat)
+        );
     }
 
     #[test]
     fn hmac_and_unlisted_algorithms_are_refused_without_a_panic() {
         let secret = DecodingKey::from_secret(b"public key bytes used as an HMAC secret");
         let forged = token(r#"{"alg":"HS256"}"#, CLAIMS, |_| vec![0; 32]);
-        assert_eq!(decode(&forged, &secret, Algorithm::HS256), Err(ErrorKind::InvalidAlgorithm));
+        assert_eq!(
+            decode(&forged, &secret, Algorithm::HS256),
+            Err(ErrorKind::InvalidAlgorithm)
+        );
         let es384 = token(r#"{"alg":"ES384"}"#, CLAIMS, |_| vec![0; 96]);
         let ec = DecodingKey::from_ec_der(&[4; 97]);
-        assert_eq!(decode(&es384, &ec, Algorithm::ES384), Err(ErrorKind::InvalidAlgorithm));
-        assert!(jsonwebtoken::encode(
-            &jsonwebtoken::Header::new(Algorithm::ES256),
-            &serde_json::json!({}),
-            &EncodingKey::from_secret(b"x"),
-        )
-        .is_err());
+        assert_eq!(
+            decode(&es384, &ec, Algorithm::ES384),
+            Err(ErrorKind::InvalidAlgorithm)
+        );
+        assert!(
+            jsonwebtoken::encode(
+                &jsonwebtoken::Header::new(Algorithm::ES256),
+                &serde_json::json!({}),
+                &EncodingKey::from_secret(b"x"),
+            )
+            .is_err()
+        );
     }
 }
