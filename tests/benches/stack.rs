@@ -571,7 +571,10 @@ fn humantime_now() -> String {
 }
 
 fn reqwest_client() -> tollgate::deps::reqwest::Client {
-    tollgate::deps::reqwest::Client::new()
+    tollgate::tls::Trust::default()
+        .reqwest()
+        .build()
+        .expect("client")
 }
 
 fn free_port() -> anyhow::Result<u16> {

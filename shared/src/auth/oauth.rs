@@ -1053,7 +1053,10 @@ mod tests {
         .expect("config");
         OAuthVerifier::new(
             config.auth.oauth.expect("oauth"),
-            reqwest::Client::new(),
+            crate::tls::Trust::default()
+                .reqwest()
+                .build()
+                .expect("client"),
             Some(Box::new(Fixed)),
         )
     }

@@ -222,7 +222,10 @@ fn oauth_authenticator() -> Authenticator {
     let oauth = config.auth.oauth.clone().expect("oauth");
     let verifier = Arc::new(oauth::OAuthVerifier::new(
         oauth,
-        reqwest::Client::new(),
+        crate::tls::Trust::default()
+            .reqwest()
+            .build()
+            .expect("client"),
         None,
     ));
     Authenticator::new(Arc::new(MemoryStore::new()), Duration::from_secs(30)).with_config(
