@@ -136,12 +136,15 @@ pub struct StdoutSink;
 impl AuditSink for StdoutSink {
     fn write(&self, record: &AuditRecord) {
         let metrics = crate::audit::metrics::emf(record, crate::store::now_ms());
-        if let (Ok(line), Ok(emf)) = (
-            serde_json::to_string(record),
-            serde_json::to_string(&metrics),
-        ) {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{line}\n{emf}");
+        // Both lines in one buffer and one `write`: stdout is line-buffered, which would
+        // make each line a system call of its own.
+        let mut lines = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut lines, record).is_ok() {
+            lines.push(b'\n');
+            if serde_json::to_writer(&mut lines, &metrics).is_ok() {
+                lines.push(b'\n');
+                let _ = std::io::stdout().lock().write_all(&lines);
+            }
         }
     }
 }
