@@ -83,9 +83,11 @@ class RuntimeApi:
 
 
 @contextmanager
-def one_event(bin_path: Path, event: dict[str, Any], tmp_path: Path, function: str, **extra_env: str):
+def one_event(bin_path: Path, event: dict[str, Any], tmp_path: Path, function: str,
+              without: tuple[str, ...] = (), **extra_env: str):
     """Runs `bin_path` under a Runtime API serving `event` once, spans exported to an OTLP
-    receiver; yields (api, receiver) once the function polled for a second event."""
+    receiver; yields (api, receiver) once the function polled for a second event. `without`
+    names Lambda variables the run leaves out."""
     receiver = OtlpReceiver()
     api = RuntimeApi(event, "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TOLLGATE_", "AWS_", "OTEL_", "EXPORT_"))}
@@ -102,6 +104,8 @@ def one_event(bin_path: Path, event: dict[str, Any], tmp_path: Path, function: s
         NO_PROXY="127.0.0.1,localhost",
         **extra_env,
     )
+    for name in without:
+        env.pop(name, None)
     proc = subprocess.Popen([str(bin_path)], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
@@ -199,3 +203,93 @@ def test_a_task_run_event_runs_the_tool_in_the_creating_trace(tmp_path, processe
         server = next(s for s in ours if s.name == "tools/call export_tickets")
         assert server.kind == "SERVER" and server.parent_span_id == "00f067aa0ba902b7", server
         assert any(s.name == "handler export_tickets" and s.parent_span_id == server.span_id for s in ours), ours
+
+
+class Recorder:
+    """An HTTP server on loopback answering every request with `body`, keeping each request's
+    method, path and headers."""
+
+    def __init__(self, body: bytes, content_type: str) -> None:
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        rec = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                if length:
+                    self.rfile.read(length)
+                rec.requests.append((self.command, self.path, {k.lower(): v for k, v in self.headers.items()}))
+                self.send_response(200)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = _answer  # noqa: N815
+            do_POST = _answer  # noqa: N815
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_credentials_from_a_container_endpoint_sign_the_store_requests(tmp_path) -> None:
+    """Where the platform serves the role's credentials from a container endpoint instead of
+    the environment, the function fetches them (with the endpoint's authorization token) and
+    signs its DynamoDB requests with them."""
+    assert FUNCTION_BIN.exists(), f"{FUNCTION_BIN} is missing: run `make build-debug`"
+    creds = Recorder(json.dumps({
+        "AccessKeyId": "ASIACONTAINERTEST", "SecretAccessKey": "container-secret",
+        "Token": "container-session-token", "Expiration": "2099-01-01T00:00:00Z",
+    }).encode(), "application/json")
+    store = Recorder(b"{}", "application/x-amz-json-1.0")  # GetItem: no such item
+    event = json.loads(FIXTURE.read_text())
+    try:
+        with one_event(
+            FUNCTION_BIN, event, tmp_path, "lookup_customer",
+            without=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+            AWS_CONTAINER_CREDENTIALS_FULL_URI=f"{creds.url}/v1/credentials",
+            AWS_CONTAINER_AUTHORIZATION_TOKEN="container-auth-token",
+            AWS_ENDPOINT_URL_DYNAMODB=store.url,
+            TOLLGATE_RESOURCE_URL="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/mcp",
+        ) as (api, _):
+            # The fixture's key is unknown to an empty store: refused, after a signed lookup.
+            assert api.response is not None and api.response["statusCode"] == 401, api.response
+        assert creds.requests, "the container endpoint was never asked"
+        method, path, headers = creds.requests[0]
+        assert (method, path) == ("GET", "/v1/credentials")
+        assert headers.get("authorization") == "container-auth-token", headers
+        assert store.requests, "no store request"
+        signed = [h for _, _, h in store.requests]
+        assert all("Credential=ASIACONTAINERTEST/" in h.get("authorization", "") for h in signed), signed
+        assert all(h.get("x-amz-security-token") == "container-session-token" for h in signed), signed
+    finally:
+        creds.close()
+        store.close()
+
+
+def test_without_credentials_no_store_request_is_sent_and_the_call_fails_as_unavailable(tmp_path) -> None:
+    """No credentials anywhere in the environment: nothing reaches the store (no unsigned
+    request), and the caller gets a server-side failure, not a refusal of its key."""
+    assert FUNCTION_BIN.exists(), f"{FUNCTION_BIN} is missing: run `make build-debug`"
+    store = Recorder(b"{}", "application/x-amz-json-1.0")
+    event = json.loads(FIXTURE.read_text())
+    try:
+        with one_event(
+            FUNCTION_BIN, event, tmp_path, "lookup_customer",
+            without=("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"),
+            AWS_ENDPOINT_URL_DYNAMODB=store.url,
+            TOLLGATE_RESOURCE_URL="https://a1b2c3d4e5.execute-api.us-east-1.amazonaws.com/mcp",
+        ) as (api, _):
+            assert api.response is not None, "no response"
+            assert api.response["statusCode"] >= 500, api.response
+        assert store.requests == [], store.requests
+    finally:
+        store.close()
