@@ -12,12 +12,6 @@
 
 #![warn(missing_docs)]
 
-/// The allocator of every binary that links tollgate: mimalloc, whose thread-local free lists
-/// make a warm call's few thousand short-lived allocations cheaper than glibc's `malloc`
-/// (README "CPU per call").
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 // The modules in layers, lowest first (docs/ARCHITECTURE.md). A module uses only modules of
 // lower layers and its own folder; `tests/tests/layers.rs` keeps it so.
 
