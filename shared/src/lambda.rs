@@ -397,8 +397,15 @@ pub fn build_clients(
     Ok(Clients {
         dynamodb: aws_sdk_dynamodb::Client::from_conf(dynamodb),
         http,
-        secretsmanager: aws_sdk_secretsmanager::Client::new(sdk),
-        kms: aws_sdk_kms::Client::new(sdk),
+        // Made by the first call that needs them: most calls never do.
+        secretsmanager: {
+            let sdk = sdk.clone();
+            crate::aws::Lazy::new(move || aws_sdk_secretsmanager::Client::new(&sdk))
+        },
+        kms: {
+            let sdk = sdk.clone();
+            crate::aws::Lazy::new(move || aws_sdk_kms::Client::new(&sdk))
+        },
         config,
     })
 }
@@ -704,6 +711,29 @@ mod sdk_config_tests {
         );
         assert!(!served.is_finished(), "nothing was sent");
         served.abort();
+    }
+
+    #[test]
+    fn secrets_manager_and_kms_clients_are_made_by_their_first_use_with_the_same_configuration() {
+        let env = Env::from_slice(&[("AWS_REGION", "eu-west-1")]);
+        let sdk = sdk_config_with(env, &crate::tls::Trust::default());
+        let config =
+            std::sync::Arc::new(crate::config::Config::from_lookup(|_| None).expect("config"));
+        let clients = super::build_clients(&sdk, config).expect("clients");
+        assert!(!clients.secretsmanager.is_made(), "not made at init");
+        assert!(!clients.kms.is_made(), "not made at init");
+        let copy = clients.clone();
+        let region = copy.kms.get().config().region().map(ToString::to_string);
+        assert_eq!(region.as_deref(), Some("eu-west-1"));
+        assert!(clients.kms.is_made(), "clones share the client made");
+        assert!(!clients.secretsmanager.is_made());
+        let region = clients
+            .secretsmanager
+            .get()
+            .config()
+            .region()
+            .map(ToString::to_string);
+        assert_eq!(region.as_deref(), Some("eu-west-1"));
     }
 
     #[test]

@@ -15,7 +15,9 @@
 // The modules in layers, lowest first (docs/ARCHITECTURE.md). A module uses only modules of
 // lower layers and its own folder; `tests/tests/layers.rs` keeps it so.
 
-// L0: wire and storage primitives, and every configuration type.
+// L0: wire and storage primitives, AWS clients made on first use, and every configuration
+// type.
+pub mod aws;
 pub mod config;
 pub mod http;
 pub mod protocol;

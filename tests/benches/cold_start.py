@@ -9,9 +9,19 @@ unauthenticated `tools/call`, answered 401 without the store. Timed with this pr
 monotonic clock from just before the spawn to the first `/next` poll received and to the first
 response posted, p50 / p99 over N spawns (default 30):
 
-- cold: every spawn runs a fresh copy of the binary (a new file, as after a deployment package
-  is unpacked), evicted from the page cache before the spawn (GNU `dd iflag=nocache`);
+- new file: every spawn runs a fresh copy of the binary, written just before it (as after a
+  deployment package is unpacked): the first exec of that file, with its pages still in the
+  page cache from the write;
+- disk: the same, with the fresh copy evicted from the page cache before the spawn (GNU
+  `dd iflag=nocache`), so every page the start touches is read from this machine's disk;
 - warm: the same file spawned again, its pages cached (after one unmeasured spawn).
+
+The three modes are interleaved spawn by spawn, so the machine's noise falls on each alike. A
+floor row times a Rust program of a few lines that only polls the Runtime API (built with
+`rustc -O` at the start): what the spawn and this harness cost on their own, which every row
+includes. Each row also gives the CPU time the process had used when its first poll arrived
+(every thread's `/proc/<pid>/task/*/schedstat`, read while it waits for that poll's answer):
+the spawn, the loader and the init, in CPU rather than wall time.
 
 It prints each binary's size (as built, and stripped when it carries symbols), the arm64 size
 when an arm64 build is there (`.aws-sam/build/<Function>/bootstrap` from `make build`, or
@@ -99,6 +109,8 @@ class RuntimeApi:
 
     def __init__(self, function: str):
         self.marks: dict[str, float] = {}
+        self.pid: int | None = None
+        self.init_cpu: float | None = None
         self.status = None
         self.done = threading.Event()
         payload = event(function)
@@ -116,6 +128,7 @@ class RuntimeApi:
                     api.done.wait(30)
                     return
                 api.marks["next"] = now
+                api.init_cpu = cpu_of(api.pid)
                 self.send_response(200)
                 self.send_header("Lambda-Runtime-Aws-Request-Id", "bench-1")
                 self.send_header("Lambda-Runtime-Deadline-Ms",
@@ -163,15 +176,40 @@ class RuntimeApi:
         self.server.server_close()
 
 
-def spawn_once(binary: Path, function: str) -> tuple[float, float]:
+SETTLE = 0.05
+
+
+def cpu_of(pid: int | None) -> float | None:
+    """CPU time in seconds that every thread of `pid` has used so far (`schedstat`, in ns),
+    None when unknown. Read while the process waits for its first event, it is what the start
+    cost in CPU: the spawn (fork and exec), the loader and the init."""
+    if pid is None:
+        return None
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/schedstat") as f:
+                total += int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / 1e9
+
+
+def spawn_once(binary: Path, function: str) -> tuple[float, float, float | None]:
     """One start of `binary`, until its first response: (exec -> first poll, exec -> first
-    response) in seconds."""
+    response) in seconds, and the CPU time the process used before its first poll (None when
+    /proc could not tell)."""
     api = RuntimeApi(function)
     env = lambda_env(function, api.address)
+    # A moment for the work before this spawn (the copy, its fsync, the eviction, the last
+    # process's exit) to settle: each start is timed on an otherwise idle machine, as a cold
+    # Lambda environment starts.
+    time.sleep(SETTLE)
     try:
         start = time.perf_counter()
         proc = subprocess.Popen([str(binary)], env=env, stdin=subprocess.DEVNULL,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        api.pid = proc.pid
         ok = api.done.wait(20)
         proc.kill()
         proc.wait()
@@ -181,19 +219,50 @@ def spawn_once(binary: Path, function: str) -> tuple[float, float]:
         sys.exit(f"{function}: no response within 20 s")
     if api.status != 401:
         sys.exit(f"{function}: answered {api.status}, not 401")
-    return api.marks["next"] - start, api.marks["response"] - start
+    return api.marks["next"] - start, api.marks["response"] - start, api.init_cpu
 
 
-def cold_copy(binary: Path, tmp: Path, n: int) -> Path:
-    """A fresh copy of `binary`, written out and dropped from the page cache."""
-    copy = tmp / f"{binary.name}.{n}"
+def fresh_copy(binary: Path, tmp: Path, n: int, evict: bool) -> Path:
+    """A fresh copy of `binary`, written out (and, with `evict`, dropped from the page cache)."""
+    copy = tmp / f"{binary.name}.{n}.{'disk' if evict else 'new'}"
     shutil.copyfile(binary, copy)
     os.chmod(copy, 0o755)
     with open(copy, "rb") as f:
         os.fsync(f.fileno())
-    # GNU dd: `count=0` with `iflag=nocache` drops the whole file from the page cache.
-    subprocess.run(["dd", f"if={copy}", "iflag=nocache", "count=0", "status=none"], check=True)
+    if evict:
+        # GNU dd: `count=0` with `iflag=nocache` drops the whole file from the page cache.
+        subprocess.run(["dd", f"if={copy}", "iflag=nocache", "count=0", "status=none"],
+                       check=True)
     return copy
+
+
+FLOOR_SOURCE = r"""
+use std::io::{Read, Write};
+fn main() {
+    let api = std::env::var("AWS_LAMBDA_RUNTIME_API").unwrap();
+    let mut s = std::net::TcpStream::connect(&api).unwrap();
+    write!(s, "GET /2018-06-01/runtime/invocation/next HTTP/1.1\r\nHost: {api}\r\n\r\n").unwrap();
+    let mut buf = vec![0u8; 1 << 16];
+    let _ = s.read(&mut buf).unwrap();
+    let body = r#"{"statusCode":401}"#;
+    let mut r = std::net::TcpStream::connect(&api).unwrap();
+    write!(r, "POST /2018-06-01/runtime/invocation/bench-1/response HTTP/1.1\r\nHost: {api}\r\n\
+               Content-Length: {}\r\n\r\n{body}", body.len()).unwrap();
+    let _ = r.read(&mut buf).unwrap();
+}
+"""
+
+
+def floor_binary(tmp: Path) -> Path | None:
+    """The floor program, built with `rustc -O`; None when rustc is not on PATH."""
+    rustc = shutil.which("rustc")
+    if not rustc:
+        return None
+    src, out = tmp / "floor.rs", tmp / "floor"
+    src.write_text(FLOOR_SOURCE)
+    subprocess.run([rustc, "-O", "-C", "strip=symbols", "-o", str(out), str(src)], check=True,
+                   capture_output=True)
+    return out
 
 
 def resident(path: Path) -> int | None:
@@ -213,24 +282,33 @@ def pct(values: list[float], p: float) -> float:
     return s[min(len(s) - 1, round((len(s) - 1) * p))] * 1000
 
 
-def row(samples: list[tuple[float, float]]) -> dict[str, float]:
+def row(samples: list[tuple[float, float, float | None]]) -> dict[str, float | None]:
     polls = [s[0] for s in samples]
     responses = [s[1] for s in samples]
+    cpus = [s[2] for s in samples if s[2] is not None]
     return {"poll_p50": pct(polls, .5), "poll_p99": pct(polls, .99),
-            "response_p50": pct(responses, .5), "response_p99": pct(responses, .99)}
+            "response_p50": pct(responses, .5), "response_p99": pct(responses, .99),
+            "cpu_p50": pct(cpus, .5) if cpus else None}
+
+
+MODES = ("new file", "disk", "warm")
 
 
 def measure(function: str, binary: Path, tmp: Path, spawns: int) -> dict:
-    cold, left = [], None
-    for n in range(spawns):
-        copy = cold_copy(binary, tmp, n)
-        if n == 0:
-            left = resident(copy)
-        cold.append(spawn_once(copy, function))
-        copy.unlink()
+    samples: dict[str, list] = {m: [] for m in MODES}
+    left = None
     spawn_once(binary, function)  # the page cache now holds the binary
-    warm = [spawn_once(binary, function) for _ in range(spawns)]
-    return {"cold": row(cold), "warm": row(warm), "cold_resident_bytes": left}
+    for n in range(spawns):
+        for mode in MODES:
+            if mode == "warm":
+                samples[mode].append(spawn_once(binary, function))
+                continue
+            copy = fresh_copy(binary, tmp, n, evict=mode == "disk")
+            if n == 0 and mode == "disk":
+                left = resident(copy)
+            samples[mode].append(spawn_once(copy, function))
+            copy.unlink()
+    return {**{m: row(samples[m]) for m in MODES}, "disk_resident_bytes": left}
 
 
 def opens_at_init(function: str, binary: Path, tmp: Path) -> list[str] | None:
@@ -296,6 +374,10 @@ def functions() -> list[str]:
     return sorted(p.parent.name for p in (ROOT / "functions").glob("*/Cargo.toml"))
 
 
+def cpu_cell(r: dict) -> str:
+    return "-" if r["cpu_p50"] is None else f"{r['cpu_p50']:.1f}"
+
+
 def mb(n: int | None) -> str:
     return "-" if n is None else f"{n / 1_000_000:.2f}"
 
@@ -315,31 +397,44 @@ def main():
               f"load average {load:.1f}")
     print(header, file=sys.stderr)
     lines = ["| function | size MB (x86_64, stripped) | arm64 MB | mode | exec -> first poll "
-             "p50 / p99 ms | exec -> first response p50 / p99 ms |",
-             "|---|---|---|---|---|---|"]
+             "p50 / p99 ms | exec -> first response p50 / p99 ms | CPU to first poll p50 ms |",
+             "|---|---|---|---|---|---|---|"]
     notes = []
     tmp = Path(tempfile.mkdtemp(prefix="cold-", dir=ROOT / "target"))
+
+    def emit(cells: list[str]) -> None:
+        lines.append("| " + " | ".join(cells) + " |")
+        print(f"{cells[0]:<16} {cells[1]:>6} {cells[2]:>6}  {cells[3]:<8}  first poll "
+              f"{cells[4]:>13} ms   first response {cells[5]:>13} ms   CPU {cells[6]:>5} ms",
+              file=sys.stderr, flush=True)
+
     try:
+        floor = floor_binary(tmp)
+        if floor is None:
+            notes.append("floor: rustc not on PATH, not measured")
+        else:
+            spawn_once(floor, "floor")
+            r = row([spawn_once(floor, "floor") for _ in range(args.spawns)])
+            emit(["(floor)", mb(floor.stat().st_size), "-", "warm",
+                  f"{r['poll_p50']:.1f} / {r['poll_p99']:.1f}",
+                  f"{r['response_p50']:.1f} / {r['response_p99']:.1f}", cpu_cell(r)])
         for function in [f for f in functions() if args.only in f]:
             binary = Path(args.dir) / function
             if not binary.exists():
                 sys.exit(f"build it first: cargo build --release -p {function}")
             size, arm = stripped_size(binary, tmp), arm64_size(function)
             m = measure(function, binary, tmp, args.spawns)
-            for mode in ("cold", "warm"):
+            for mode in MODES:
                 r = m[mode]
-                first = mode == "cold"
+                first = mode == MODES[0]
                 cells = [function if first else "", mb(size) if first else "",
                          mb(arm) if first else "", mode,
                          f"{r['poll_p50']:.1f} / {r['poll_p99']:.1f}",
-                         f"{r['response_p50']:.1f} / {r['response_p99']:.1f}"]
-                lines.append("| " + " | ".join(cells) + " |")
-                print(f"{cells[0]:<16} {cells[1]:>6} {cells[2]:>6}  {mode}  first poll "
-                      f"{cells[4]:>13} ms   first response {cells[5]:>13} ms",
-                      file=sys.stderr, flush=True)
-            if m["cold_resident_bytes"]:
-                notes.append(f"{function}: the page cache kept {m['cold_resident_bytes']} bytes "
-                             "of a cold copy (not fully cold)")
+                         f"{r['response_p50']:.1f} / {r['response_p99']:.1f}", cpu_cell(r)]
+                emit(cells)
+            if m["disk_resident_bytes"]:
+                notes.append(f"{function}: the page cache kept {m['disk_resident_bytes']} bytes "
+                             "of an evicted copy (not fully read from disk)")
             opened = opens_at_init(function, binary, tmp)
             notes.append(f"{function}: strace not installed" if opened is None else
                          f"{function}: {len(opened)} files opened before the first poll: "

@@ -366,10 +366,10 @@ pub async fn run() -> anyhow::Result<()> {
     let previous = std::fs::read_to_string(token_path).ok();
     let token = seed_demo_agent(&store, &catalog, previous.as_deref().map(str::trim)).await?;
     if let Some(secret) = &config.hash_key_secret {
-        ensure_hash_key_secret(&clients.secretsmanager, secret).await?;
+        ensure_hash_key_secret(clients.secretsmanager.get(), secret).await?;
     }
     if let Some(alias) = config.connect.kms_key.as_deref() {
-        ensure_vault_key(&clients.kms, alias).await?;
+        ensure_vault_key(clients.kms.get(), alias).await?;
     }
     std::fs::create_dir_all("target/dev")?;
     std::fs::write(token_path, format!("{token}\n"))?;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. Keep in step with `shared/src/lib.rs` and docs/ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
-    &["config", "http", "protocol", "store", "tls"],
+    &["aws", "config", "http", "protocol", "store", "tls"],
     &["auth", "telemetry"],
     &["error", "tool"],
     &["budget", "catalog", "connect", "idempotency", "task"],

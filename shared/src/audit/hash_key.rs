@@ -21,7 +21,7 @@ enum Source {
     None,
     Fixed,
     SecretsManager {
-        client: aws_sdk_secretsmanager::Client,
+        client: crate::aws::Lazy<aws_sdk_secretsmanager::Client>,
         secret_id: String,
     },
 }
@@ -74,13 +74,13 @@ impl HashKeys {
 
     /// The key in Secrets Manager secret `secret_id`, cached for `ttl`.
     pub fn secrets_manager(
-        client: aws_sdk_secretsmanager::Client,
+        client: impl Into<crate::aws::Lazy<aws_sdk_secretsmanager::Client>>,
         secret_id: impl Into<String>,
         ttl: Duration,
     ) -> Self {
         Self::with(
             Source::SecretsManager {
-                client,
+                client: client.into(),
                 secret_id: secret_id.into(),
             },
             None,
@@ -142,7 +142,7 @@ impl HashKeys {
         let Source::SecretsManager { client, secret_id } = &self.source else {
             return;
         };
-        let fetched = fetch(client, secret_id).await;
+        let fetched = fetch(client.get(), secret_id).await;
         self.fetches.fetch_add(1, Ordering::AcqRel);
         match fetched {
             Ok(key) => {

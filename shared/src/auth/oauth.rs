@@ -117,14 +117,20 @@ pub trait CredentialSource: Send + Sync + std::fmt::Debug {
 /// `{"client_id": …, "client_secret": …}`.
 #[derive(Debug)]
 pub struct SecretsManagerCredentials {
-    client: aws_sdk_secretsmanager::Client,
+    client: crate::aws::Lazy<aws_sdk_secretsmanager::Client>,
     secret_id: String,
 }
 
 impl SecretsManagerCredentials {
     /// Reads `secret_id` with `client`.
-    pub fn new(client: aws_sdk_secretsmanager::Client, secret_id: String) -> Self {
-        Self { client, secret_id }
+    pub fn new(
+        client: impl Into<crate::aws::Lazy<aws_sdk_secretsmanager::Client>>,
+        secret_id: String,
+    ) -> Self {
+        Self {
+            client: client.into(),
+            secret_id,
+        }
     }
 }
 
@@ -134,6 +140,7 @@ impl CredentialSource for SecretsManagerCredentials {
         use aws_sdk_secretsmanager::error::ProvideErrorMetadata as _;
         let out = self
             .client
+            .get()
             .get_secret_value()
             .secret_id(&self.secret_id)
             .send()

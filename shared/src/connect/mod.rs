@@ -257,8 +257,8 @@ enum Refreshed {
 pub struct Connections {
     db: aws_sdk_dynamodb::Client,
     table: String,
-    kms: aws_sdk_kms::Client,
-    secrets: aws_sdk_secretsmanager::Client,
+    kms: crate::aws::Lazy<aws_sdk_kms::Client>,
+    secrets: crate::aws::Lazy<aws_sdk_secretsmanager::Client>,
     http: reqwest::Client,
     config: ConnectConfig,
     callback_url: String,
@@ -348,7 +348,7 @@ impl Connections {
     /// URL's origin plus [`CALLBACK_PATH`].
     pub fn new(
         clients: &crate::tool::Clients,
-        kms: aws_sdk_kms::Client,
+        kms: impl Into<crate::aws::Lazy<aws_sdk_kms::Client>>,
         config: ConnectConfig,
     ) -> Option<Self> {
         let callback_url = config.callback_url.clone().or_else(|| {
@@ -365,7 +365,7 @@ impl Connections {
             login_endpoints: tokio::sync::Mutex::new(None),
             db: clients.dynamodb.clone(),
             table: clients.config.table.clone(),
-            kms,
+            kms: kms.into(),
             secrets: clients.secretsmanager.clone(),
             http: clients.http.clone(),
             config,
@@ -404,6 +404,7 @@ impl Connections {
         }
         let out = self
             .secrets
+            .get()
             .get_secret_value()
             .secret_id(&p.client_secret)
             .send()

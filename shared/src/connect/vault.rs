@@ -252,6 +252,7 @@ impl Connections {
             .ok_or(ConnectError::Unavailable)?;
         let out = self
             .kms
+            .get()
             .encrypt()
             .key_id(key)
             .plaintext(aws_sdk_kms::primitives::Blob::new(plaintext.as_bytes()))
@@ -284,6 +285,7 @@ impl Connections {
             .map_err(|_| ConnectError::Unavailable)?;
         let out = self
             .kms
+            .get()
             .decrypt()
             .ciphertext_blob(aws_sdk_kms::primitives::Blob::new(blob))
             .set_encryption_context(Some(vault_context(user, provider, field)))

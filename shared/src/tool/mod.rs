@@ -113,10 +113,10 @@ pub struct Clients {
     pub dynamodb: aws_sdk_dynamodb::Client,
     /// HTTP client for downstream APIs (connection pool shared across calls).
     pub http: reqwest::Client,
-    /// Secrets Manager client.
-    pub secretsmanager: aws_sdk_secretsmanager::Client,
-    /// KMS client (the connection vault's encryption).
-    pub kms: aws_sdk_kms::Client,
+    /// Secrets Manager client, made by the first call that needs it ([`crate::aws::Lazy`]).
+    pub secretsmanager: crate::aws::Lazy<aws_sdk_secretsmanager::Client>,
+    /// KMS client (the connection vault's encryption), made by the first call that needs it.
+    pub kms: crate::aws::Lazy<aws_sdk_kms::Client>,
     /// The process configuration.
     pub config: Arc<Config>,
 }
