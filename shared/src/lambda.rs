@@ -160,17 +160,23 @@ fn run(
     })
 }
 
-/// The Tokio runtime: one worker on classic Lambda, which serves one invocation at a time (no
-/// wake-ups between workers on a call's path, one thread fewer to start); one per CPU on
-/// Managed Instances. Naming the count also skips Tokio's probe of the CPU count, which reads
-/// the cgroup's CPU-quota files at init. `TOKIO_WORKER_THREADS`, when set, still decides.
+/// The Tokio runtime. Classic Lambda serves one invocation at a time, on a current-thread
+/// runtime: the Lambda runtime's poll loop, the handler and every connection's I/O task (hyper
+/// spawns one per connection) run on the main thread, so a call's path has no wake-ups between
+/// threads and init starts no worker thread. (A multi-thread runtime polls `block_on`'s future
+/// on the main thread and spawned tasks on a worker: each HTTP exchange then hands its request
+/// and its response between the two threads through futexes.) Managed Instances serve
+/// invocations concurrently, on one worker per CPU. `TOKIO_WORKER_THREADS`, when set, asks
+/// for a multi-thread runtime of that many workers in either mode.
 fn runtime(mode: Mode) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
     if mode == Mode::Sequential && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
-        builder.worker_threads(1);
+        return tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build();
     }
-    builder.build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 /// `TOLLGATE_SYNC_TIMEOUT_MS`: the longest an API Gateway event (a call, not a task run) may

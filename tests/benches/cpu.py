@@ -1,13 +1,24 @@
 #!/usr/bin/env python3
-"""CPU per warm call, as a deployed function pays it: the whole `tollgate-dev` process's CPU
-time (every thread: runtime workers, blocking pool, span exporters) over N sequential
-`tools/call lookup_customer`, read from /proc/<pid>/stat (utime + stime) before and after.
-The store (moto, a separate process) is not counted.
+"""CPU per warm call, as a deployed function pays it: one process's CPU time (every thread:
+runtime workers, blocking pool, span exporters) over N sequential `tools/call lookup_customer`,
+read from /proc/<pid>/stat (utime + stime) before and after. The store (moto, a separate
+process) is not counted.
 
-Usage: python tests/benches/cpu.py [--calls 300] [--route direct|gateway] [--store pooled|direct]
-                                   [--workers 1]
-  --workers: the process's Tokio workers (TOKIO_WORKER_THREADS), 1 as a classic Lambda function
-             runs them (`lambda::runtime`); 0 leaves Tokio's default, one per CPU.
+Two processes can be measured (`--process`):
+  function: the release `lookup_customer` function binary itself, as Lambda runs it: a separate
+            process with Lambda's environment, under a Lambda Runtime API on loopback (this
+            process) that hands it one API Gateway v2 event after another and takes each
+            response; X-Ray segments go to a UDP sink here, every 20th invocation sampled
+            (X-Ray's default rule keeps 5 %). Nothing but the function runs in that process.
+  dev:      the local stack's `tollgate-dev` (an axum HTTP front, every function in one
+            process), called over HTTP by one keep-alive client.
+
+Usage: python tests/benches/cpu.py [--process function|dev] [--calls 300]
+                                   [--route direct|gateway] [--store pooled|direct] [--workers N]
+  --route: `dev` only (a function is its own route).
+  --workers: the process's Tokio workers (TOKIO_WORKER_THREADS). dev: default 1; 0 leaves
+             Tokio's default, one per CPU. function: default unset, the function's own runtime
+             (`lambda::runtime`); N makes it a multi-thread runtime of N workers.
   --store pooled: through the keep-alive proxy (the SDK pool keeps its connections, as against
                   DynamoDB's endpoint); direct: straight to moto, which closes every connection.
   --hold: keep the stack up after the run (for a profiler), until Ctrl-C.
@@ -16,14 +27,20 @@ Usage: python tests/benches/cpu.py [--calls 300] [--route direct|gateway] [--sto
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import queue
+import secrets
+import socket
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import cold_start  # noqa: E402
 import stackrun  # noqa: E402
 
 
@@ -48,33 +65,195 @@ def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict
             "resolution_us": 1e6 / tick / calls}
 
 
+def start_perf(pid: int, out: str | None) -> subprocess.Popen[bytes] | None:
+    if not out:
+        return None
+    perf = subprocess.Popen(["perf", "record", "-F", "4000", "--call-graph", "dwarf,16384", "-q",
+                             "-p", str(pid), "-o", out], stdout=subprocess.DEVNULL)
+    time.sleep(1)
+    return perf
+
+
+def stop_perf(perf: subprocess.Popen[bytes] | None) -> None:
+    if perf:
+        perf.send_signal(signal.SIGINT)
+        perf.wait()
+
+
+class Feeder:
+    """A Lambda Runtime API on loopback that hands the function one event per `feed` and
+    returns what it posted back."""
+
+    def __init__(self) -> None:
+        self.events: queue.Queue[tuple[str, bytes, str]] = queue.Queue()
+        self.responses: queue.Queue[bytes] = queue.Queue()
+        feeder = self
+
+        class Handler(cold_start.http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *_):
+                pass
+
+            def do_GET(self):
+                request_id, payload, trace = feeder.events.get()
+                self.send_response(200)
+                self.send_header("Lambda-Runtime-Aws-Request-Id", request_id)
+                self.send_header("Lambda-Runtime-Deadline-Ms", str(int(time.time() * 1000) + 30000))
+                self.send_header("Lambda-Runtime-Invoked-Function-Arn",
+                                 "arn:aws:lambda:us-east-1:000000000000:function:lookup_customer")
+                self.send_header("Lambda-Runtime-Trace-Id", trace)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                self.send_response(202)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+                feeder.responses.put(body if self.path.endswith("/response") else b"error: " + body)
+
+        class Server(cold_start.http.server.ThreadingHTTPServer):
+            daemon_threads = True
+
+            def handle_error(self, *_):
+                pass  # the poll held open when the function is stopped
+
+        self.server = Server(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # X-Ray daemon: take the segments and drop them.
+        self.xray = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.xray.bind(("127.0.0.1", 0))
+        threading.Thread(target=self._drain, daemon=True).start()
+        self.n = 0
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self.xray.recv(65536)
+            except OSError:
+                return
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    @property
+    def xray_address(self) -> str:
+        return f"127.0.0.1:{self.xray.getsockname()[1]}"
+
+    def call(self, token: str) -> tuple[int, bytes]:
+        """One invocation: an API Gateway v2 event of `tools/call lookup_customer`."""
+        self.n += 1
+        headers = {k.lower(): v for k, v in stackrun.headers(token).items()}
+        event = json.loads(cold_start.event("lookup_customer"))
+        event["headers"] = headers
+        event["body"] = stackrun.call_body(self.n).decode()
+        event["requestContext"]["requestId"] = f"bench-{self.n}"
+        sampled = 1 if self.n % 20 == 0 else 0
+        trace = f"Root=1-{int(time.time()):08x}-{secrets.token_hex(12)};Parent={secrets.token_hex(8)};Sampled={sampled}"
+        self.events.put((f"bench-{self.n}", json.dumps(event).encode(), trace))
+        out = self.responses.get(timeout=60)
+        try:
+            resp = json.loads(out)
+        except ValueError:
+            return 0, out
+        return int(resp.get("statusCode", 0)), (resp.get("body") or "").encode()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.xray.close()
+
+
+def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: str | None = None,
+                     extra_env: dict[str, str] | None = None) -> dict[str, float]:
+    """The function binary's own process over `calls` invocations, after 30 unmeasured ones
+    (under `perf record` into `perf_out` when given)."""
+    feeder = Feeder()
+    env = cold_start.lambda_env("lookup_customer", feeder.address)
+    env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "128"
+    env["AWS_XRAY_DAEMON_ADDRESS"] = feeder.xray_address
+    env.pop("AWS_SESSION_TOKEN")
+    # The store, the tables, the hashing key's secret and the budgets of the bench's stack.
+    for k, v in stack.env.items():
+        if k.startswith(("AWS_ENDPOINT_URL", "TOLLGATE_", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                         "NO_PROXY", "no_proxy")):
+            env[k] = v
+    env.pop("TOLLGATE_DEV_CARRIER", None)
+    env.update(extra_env or {})
+    out = (stack.workdir / "function.stdout").open("wb")
+    proc = subprocess.Popen([str(binary)], env=env, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, cwd=stack.workdir)
+    try:
+        inst = stackrun.Instance(proc, 0, stack.workdir)
+        for _ in range(30):  # warm: key cached, policies cached, hashing key loaded, pool filled
+            status, body = feeder.call(stack.token)
+            assert stackrun.ok_result(status, body), (status, body[:300])
+        perf = start_perf(proc.pid, perf_out)
+        time.sleep(0.2)
+        tick = os.sysconf("SC_CLK_TCK")
+        (u0, s0), t0 = inst.cpu_split(), time.perf_counter()
+        for _ in range(calls):
+            status, body = feeder.call(stack.token)
+            assert stackrun.ok_result(status, body), (status, body[:300])
+        wall = time.perf_counter() - t0
+        time.sleep(0.2)  # spans and logs written after each response are this call's cost too
+        u1, s1 = inst.cpu_split()
+        stop_perf(perf)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        out.close()
+        feeder.close()
+    cpu_s = (u1 - u0 + s1 - s0) / tick
+    return {"cpu_us_per_call": cpu_s / calls * 1e6, "wall_ms_per_call": wall / calls * 1e3,
+            "user_us_per_call": (u1 - u0) / tick / calls * 1e6, "system_us_per_call": (s1 - s0) / tick / calls * 1e6,
+            "resolution_us": 1e6 / tick / calls}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--process", choices=("function", "dev"), default="function")
+    ap.add_argument("--functions-dir", default=str(stackrun.RELEASE),
+                    help="where the release function binaries are (function mode)")
     ap.add_argument("--calls", type=int, default=300)
     ap.add_argument("--route", choices=("direct", "gateway"), default="direct")
     ap.add_argument("--store", choices=("pooled", "direct"), default="pooled")
     ap.add_argument("--mode", choices=("exact", "leases"), default="leases")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="TOKIO_WORKER_THREADS of the measured process: 1 as a classic Lambda function runs (0: Tokio's default, one per CPU)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="TOKIO_WORKER_THREADS of the measured process. dev: default 1, the one thread a "
+                         "classic Lambda function runs its calls on (0: Tokio's default, one per CPU); function: "
+                         "default unset (the function's own choice), N asks it for a multi-thread runtime of N workers")
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--perf", help="record a perf profile (call graphs) of the measured calls into this file")
     args = ap.parse_args()
     env = stackrun.lease_env(args.mode)
-    if args.workers:
-        env["TOKIO_WORKER_THREADS"] = str(args.workers)
+    workers = args.workers if args.workers is not None else (1 if args.process == "dev" else None)
+    if workers and args.process == "dev":
+        env["TOKIO_WORKER_THREADS"] = str(workers)
     with stackrun.Stack(instances=1, proxy=args.store == "pooled", env_extra=env) as stack:
         inst = stack.live[0]
-        if args.perf:
-            measure(inst, stack.token, args.route, 30)
-            perf = subprocess.Popen(["perf", "record", "-F", "4000", "--call-graph", "dwarf,16384", "-q",
-                                     "-p", str(inst.pid), "-o", args.perf], stdout=subprocess.DEVNULL)
-            time.sleep(1)
-        r = measure(inst, stack.token, args.route, args.calls)
-        if args.perf:
-            perf.send_signal(signal.SIGINT)
-            perf.wait()
-        print(f"mode: {args.mode}; route: {args.route}; store connections: {args.store}; "
-              f"runtime workers: {args.workers or 'one per CPU'}; {args.calls} calls", file=sys.stderr)
+        if args.process == "function":
+            binary = Path(args.functions_dir) / "lookup_customer"
+            if not binary.exists():
+                raise SystemExit(f"{binary} is missing: cargo build --release -p lookup_customer")
+            extra = {"TOKIO_WORKER_THREADS": str(workers)} if workers else {}
+            r = measure_function(stack, binary, args.calls, args.perf, extra)
+            print(f"process: the lookup_customer function ({binary}) under a Lambda Runtime API; "
+                  f"mode: {args.mode}; store connections: {args.store}; "
+                  f"runtime: {f'{workers} workers' if workers else 'its own'}; {args.calls} calls", file=sys.stderr)
+        else:
+            if args.perf:
+                measure(inst, stack.token, args.route, 30)
+            perf = start_perf(inst.pid, args.perf)
+            r = measure(inst, stack.token, args.route, args.calls)
+            stop_perf(perf)
+            print(f"process: tollgate-dev; mode: {args.mode}; route: {args.route}; store connections: {args.store}; "
+                  f"runtime workers: {workers or 'one per CPU'}; {args.calls} calls", file=sys.stderr)
         print(f"  whole-process CPU per warm call: {r['cpu_us_per_call']:.0f} us "
               f"(user {r['user_us_per_call']:.0f}, system {r['system_us_per_call']:.0f}; +-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call", file=sys.stderr)
         if stack.proxy_url:

@@ -29,8 +29,8 @@ pub mod trace;
 
 use std::cell::Cell;
 use std::net::{SocketAddr, ToSocketAddrs as _};
-use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use aws_smithy_runtime_api::box_error::BoxError;
@@ -255,8 +255,71 @@ pub fn parse_daemon_address(value: &str) -> Option<SocketAddr> {
         .or_else(|| udp.to_socket_addrs().ok()?.find(SocketAddr::is_ipv4))
 }
 
-static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+static EXPORT: OnceLock<Export> = OnceLock::new();
 static FLUSH_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// A process's span pipeline: the provider, and the count of sampled spans its batch
+/// processors were handed since a flush last took it. Most invocations sample nothing (X-Ray's
+/// default rule keeps 5 %), and a flush with nothing to export wakes no thread: the SDK's
+/// `force_flush` hands a message to each batch processor's thread and waits for its answer.
+#[derive(Debug, Clone)]
+pub struct Export {
+    provider: SdkTracerProvider,
+    ended: Arc<AtomicU64>,
+}
+
+/// A batch processor that counts the spans it is handed.
+#[derive(Debug)]
+struct Counted<P> {
+    inner: P,
+    ended: Arc<AtomicU64>,
+}
+
+impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanProcessor
+    for Counted<P>
+{
+    fn on_start(&self, span: &mut opentelemetry_sdk::trace::Span, cx: &opentelemetry::Context) {
+        self.inner.on_start(span, cx);
+    }
+
+    fn on_end(&self, span: opentelemetry_sdk::trace::SpanData) {
+        self.inner.on_end(span);
+        // After the hand-over: a flush that takes this count finds the span in the queue.
+        self.ended.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn force_flush(&self) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
+impl Export {
+    /// Takes the count of spans waiting for export: whether a flush has anything to do.
+    fn take_ended(&self) -> bool {
+        self.ended.swap(0, Ordering::AcqRel) > 0
+    }
+
+    /// [`flush`] on this pipeline.
+    async fn flush(&self) {
+        if !self.take_ended() || FLUSH_PENDING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let provider = self.provider.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            FLUSH_PENDING.store(false, Ordering::Release);
+            let _ = provider.force_flush();
+        })
+        .await;
+    }
+}
 
 /// A subscriber (JSON logs plus span export) and the span pipeline behind it.
 #[derive(Debug)]
@@ -264,7 +327,7 @@ pub struct Telemetry {
     /// The subscriber.
     pub dispatch: tracing::Dispatch,
     /// The span pipeline, when `config` named an exporter (flush it after each invocation).
-    pub provider: Option<SdkTracerProvider>,
+    pub export: Option<Export>,
     problems: Vec<String>,
 }
 
@@ -289,8 +352,8 @@ pub fn build(config: &TelemetryConfig, function: &str) -> Telemetry {
             tracing_subscriber::filter::filter_fn(|meta| meta.is_event()),
         ));
     let mut problems = config.warnings.clone();
-    let provider = if config.exports() {
-        match build_provider(config, function) {
+    let export = if config.exports() {
+        match build_export(config, function) {
             Ok(p) => Some(p),
             Err(e) => {
                 problems.push(format!("span export off: {e}"));
@@ -300,9 +363,9 @@ pub fn build(config: &TelemetryConfig, function: &str) -> Telemetry {
     } else {
         None
     };
-    let spans = provider.as_ref().map(|p| {
+    let spans = export.as_ref().map(|e| {
         tracing_opentelemetry::layer()
-            .with_tracer(p.tracer("tollgate"))
+            .with_tracer(e.provider.tracer("tollgate"))
             .with_location(false)
             .with_threads(false)
             .with_level(false)
@@ -313,22 +376,22 @@ pub fn build(config: &TelemetryConfig, function: &str) -> Telemetry {
     let dispatch = tracing::Dispatch::new(tracing_subscriber::registry().with(logs).with(spans));
     Telemetry {
         dispatch,
-        provider,
+        export,
         problems,
     }
 }
 
 /// Installs [`build`]'s subscriber for the whole process; later calls are no-ops.
 pub fn install(config: &TelemetryConfig, function: &str) {
-    if PROVIDER.get().is_some() {
+    if EXPORT.get().is_some() {
         return;
     }
     let telemetry = build(config, function);
     if telemetry.dispatch.try_init().is_err() {
         return;
     }
-    if let Some(p) = telemetry.provider {
-        let _ = PROVIDER.set(p);
+    if let Some(e) = telemetry.export {
+        let _ = EXPORT.set(e);
     }
     for problem in telemetry.problems {
         tracing::warn!(problem, "telemetry configuration");
@@ -349,7 +412,8 @@ fn span_targets() -> tracing_subscriber::filter::Targets {
         .with_target("opentelemetry", LevelFilter::OFF)
 }
 
-fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerProvider, String> {
+fn build_export(config: &TelemetryConfig, function: &str) -> Result<Export, String> {
+    let ended = Arc::new(AtomicU64::new(0));
     let service = config
         .service_name
         .as_deref()
@@ -388,7 +452,7 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
             .with_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| format!("OTLP exporter: {e}"))?;
-        builder = builder.with_span_processor(batch(exporter));
+        builder = builder.with_span_processor(batch(exporter, &ended));
     }
     if let Some(addr) = config.xray_daemon {
         use opentelemetry_aws::xray_exporter::{
@@ -399,10 +463,15 @@ fn build_provider(config: &TelemetryConfig, function: &str) -> Result<SdkTracerP
         // A caller's W3C trace id need not start with a recent epoch: send its segments anyway
         // and leave acceptance to X-Ray, rather than dropping the caller's trace here.
         let translator = SegmentTranslator::new().skip_timestamp_validation();
-        builder = builder
-            .with_span_processor(batch(XrayExporter::new(client).with_translator(translator)));
+        builder = builder.with_span_processor(batch(
+            XrayExporter::new(client).with_translator(translator),
+            &ended,
+        ));
     }
-    Ok(builder.build())
+    Ok(Export {
+        provider: builder.build(),
+        ended,
+    })
 }
 
 /// Spans a batch processor holds before it drops new ones, unless `OTEL_BSP_MAX_QUEUE_SIZE`
@@ -413,37 +482,33 @@ const SPAN_QUEUE: usize = 512;
 
 fn batch<E: opentelemetry_sdk::trace::SpanExporter + 'static>(
     exporter: E,
-) -> opentelemetry_sdk::trace::BatchSpanProcessor {
+    ended: &Arc<AtomicU64>,
+) -> Counted<opentelemetry_sdk::trace::BatchSpanProcessor> {
     use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor};
     let mut config = BatchConfigBuilder::default();
     if std::env::var_os("OTEL_BSP_MAX_QUEUE_SIZE").is_none() {
         config = config.with_max_queue_size(SPAN_QUEUE);
     }
-    BatchSpanProcessor::builder(exporter)
-        .with_batch_config(config.build())
-        .build()
+    Counted {
+        inner: BatchSpanProcessor::builder(exporter)
+            .with_batch_config(config.build())
+            .build(),
+        ended: ended.clone(),
+    }
 }
 
 /// Whether spans are exported by this process.
 pub fn enabled() -> bool {
-    PROVIDER.get().is_some()
+    EXPORT.get().is_some()
 }
 
 /// Exports every finished span now. Call after the response was handed back; returns at
-/// once when nothing exports, and coalesces concurrent calls.
+/// once when nothing exports or no sampled span finished since the last flush, and coalesces
+/// concurrent calls.
 pub async fn flush() {
-    let Some(provider) = PROVIDER.get() else {
-        return;
-    };
-    if FLUSH_PENDING.swap(true, Ordering::AcqRel) {
-        return;
+    if let Some(export) = EXPORT.get() {
+        export.flush().await;
     }
-    let provider = provider.clone();
-    let _ = tokio::task::spawn_blocking(move || {
-        FLUSH_PENDING.store(false, Ordering::Release);
-        let _ = provider.force_flush();
-    })
-    .await;
 }
 
 static BACKGROUND_RUNNING: AtomicBool = AtomicBool::new(false);
@@ -455,14 +520,17 @@ static BACKGROUND_AGAIN: AtomicBool = AtomicBool::new(false);
 /// more export after it, so under load the exports batch many responses each instead of one
 /// export per response.
 pub fn flush_in_background() {
-    let Some(provider) = PROVIDER.get() else {
+    let Some(export) = EXPORT.get() else {
         return;
     };
+    if !export.take_ended() {
+        return;
+    }
     BACKGROUND_AGAIN.store(true, Ordering::Release);
     if BACKGROUND_RUNNING.swap(true, Ordering::AcqRel) {
         return; // the running export loop sees BACKGROUND_AGAIN
     }
-    let provider = provider.clone();
+    let provider = export.provider.clone();
     tokio::task::spawn_blocking(move || {
         loop {
             while BACKGROUND_AGAIN.swap(false, Ordering::AcqRel) {
@@ -482,8 +550,8 @@ pub fn flush_in_background() {
 
 /// Exports what is buffered and stops the exporters (process exit).
 pub fn shutdown() {
-    if let Some(p) = PROVIDER.get() {
-        let _ = p.shutdown();
+    if let Some(e) = EXPORT.get() {
+        let _ = e.provider.shutdown();
     }
 }
 

@@ -260,3 +260,73 @@ fn daemon_addresses() {
     assert_eq!(parse_daemon_address("tcp:127.0.0.1:2000"), None);
     assert_eq!(parse_daemon_address("2000"), None);
 }
+
+/// A span processor that counts the `force_flush` calls it gets.
+#[derive(Debug, Default, Clone)]
+struct Flushes(Arc<std::sync::atomic::AtomicUsize>);
+
+impl opentelemetry_sdk::trace::SpanProcessor for Flushes {
+    fn on_start(&self, _: &mut opentelemetry_sdk::trace::Span, _: &opentelemetry::Context) {}
+
+    fn on_end(&self, _: SpanData) {}
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn shutdown_with_timeout(&self, _: Duration) -> OTelSdkResult {
+        Ok(())
+    }
+}
+
+/// One server span under `provider`, continuing a caller whose trace flags are `flags`.
+fn serve_one(provider: &SdkTracerProvider, flags: &str) {
+    let trace = caller(flags);
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("test"))
+            .with_filter(span_targets()),
+    );
+    tracing::subscriber::with_default(subscriber, || {
+        drop(server_span(
+            "tools/call",
+            Some("lookup_customer"),
+            "1",
+            &trace,
+        ));
+    });
+}
+
+#[tokio::test]
+async fn a_flush_wakes_the_exporters_only_when_a_sampled_span_finished_since_the_last_one() {
+    let flushes = Flushes::default();
+    let ended = Arc::new(AtomicU64::new(0));
+    let provider = SdkTracerProvider::builder()
+        .with_sampler(Sampling::ParentBased(Root::AlwaysOn).sampler())
+        .with_span_processor(Counted {
+            inner: flushes.clone(),
+            ended: ended.clone(),
+        })
+        .build();
+    let export = Export {
+        provider: provider.clone(),
+        ended,
+    };
+    let count = || flushes.0.load(Ordering::SeqCst);
+
+    export.flush().await;
+    assert_eq!(count(), 0, "nothing finished yet");
+    serve_one(&provider, "00");
+    export.flush().await;
+    assert_eq!(count(), 0, "an unsampled span is not exported: no flush");
+    serve_one(&provider, "01");
+    export.flush().await;
+    assert_eq!(count(), 1, "a sampled span finished: one flush");
+    export.flush().await;
+    assert_eq!(count(), 1, "nothing new since: no flush");
+    serve_one(&provider, "01");
+    serve_one(&provider, "01");
+    export.flush().await;
+    assert_eq!(count(), 2, "two spans, one flush");
+}
