@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_lambda_events::apigw::ApiGatewayV2httpRequest;
+use aws_lambda_events::apigw::{ApiGatewayV2httpRequest, ApiGatewayV2httpResponse};
 use lambda_runtime::{LambdaEvent, service_fn};
 
 use crate::audit::hash_key::HashKeys;
@@ -132,11 +132,10 @@ fn run(
                 let out = match event.payload {
                     Incoming::Task(task) => {
                         Box::pin(server.run_task(task.tollgate_task, inv)).await;
-                        serde_json::Value::Null
+                        Outgoing::TaskRun(())
                     }
                     Incoming::Http(event) => {
-                        let resp = Box::pin(server.handle(*event, inv)).await;
-                        serde_json::to_value(resp)?
+                        Outgoing::Http(Box::pin(server.handle(*event, inv)).await)
                     }
                 };
                 Ok::<_, lambda_runtime::Error>(out)
@@ -199,11 +198,45 @@ fn sync_timeout() -> Result<Option<Duration>, crate::config::ConfigError> {
 
 /// What a function is invoked with: an API Gateway event, or (tool functions) a task run
 /// started by an asynchronous `Invoke` of itself.
-#[derive(Debug, serde::Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 enum Incoming {
     Task(Box<crate::task::TaskEvent>),
     Http(Box<ApiGatewayV2httpRequest>),
+}
+
+impl<'de> serde::Deserialize<'de> for Incoming {
+    /// A task run is the one payload with a `tollgate_task` member. The payload is read once as
+    /// raw JSON, probed for that member (skipping every other value unparsed) and parsed as
+    /// the one shape it is, with that shape's own error when it is malformed. (An untagged
+    /// enum would copy every string of an API Gateway event into an intermediate tree and try
+    /// the task shape on it first: about 3 % of a warm call's CPU.)
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        struct Probe {
+            tollgate_task: Option<serde::de::IgnoredAny>,
+        }
+        use serde::de::Error as _;
+        let raw = Box::<serde_json::value::RawValue>::deserialize(d)?;
+        let probe: Probe = serde_json::from_str(raw.get()).map_err(D::Error::custom)?;
+        if probe.tollgate_task.is_some() {
+            serde_json::from_str(raw.get())
+                .map(Self::Task)
+                .map_err(D::Error::custom)
+        } else {
+            serde_json::from_str(raw.get())
+                .map(Self::Http)
+                .map_err(D::Error::custom)
+        }
+    }
+}
+
+/// What a function answers: the API Gateway response, or `null` for a task run (an
+/// asynchronous invoke, whose result nobody reads).
+#[derive(Debug, serde::Serialize)]
+#[serde(untagged)]
+enum Outgoing {
+    Http(ApiGatewayV2httpResponse),
+    TaskRun(()),
 }
 
 /// How this execution environment is served, from `AWS_LAMBDA_MAX_CONCURRENCY` (Lambda sets
@@ -630,6 +663,90 @@ mod tests {
         }
         assert_eq!(Mode::parse(Some("2")), Mode::Concurrent(2));
         assert_eq!(Mode::parse(Some("64")), Mode::Concurrent(64));
+    }
+}
+
+#[cfg(test)]
+mod event_tests {
+    use super::{Incoming, Outgoing};
+
+    /// As `lambda_runtime` reads an invocation's body.
+    fn read(body: &str) -> Result<Incoming, String> {
+        let de = &mut serde_json::Deserializer::from_str(body);
+        serde_path_to_error::deserialize(de).map_err(|e| e.to_string())
+    }
+
+    fn task_job() -> serde_json::Value {
+        serde_json::json!({
+            "task_id": "t-1",
+            "principal": {"agent_id": "bot", "scopes": ["tickets:read"], "method": "api_key",
+                          "credential_id": "k1",
+                          "budget": {"per_minute": null, "per_day": null, "tools": {}}},
+            "tool": "export_tickets",
+            "arguments": {"since": "2026-01-01"},
+            "trace": [["traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"]],
+            "protocol_version": "2025-11-25",
+        })
+    }
+
+    #[test]
+    fn an_api_gateway_fixture_is_an_http_event() {
+        let body = include_str!("../../events/gateway.agent-disabled.json");
+        match read(body).expect("an API Gateway event") {
+            Incoming::Http(e) => {
+                assert_eq!(e.raw_path.as_deref(), Some("/mcp"));
+                assert!(e.body.as_deref().is_some_and(|b| b.contains("tools/call")));
+            }
+            Incoming::Task(_) => panic!("read as a task run"),
+        }
+    }
+
+    #[test]
+    fn a_tollgate_task_member_makes_a_task_run_wherever_it_stands() {
+        let job = task_job();
+        for body in [
+            serde_json::json!({"tollgate_task": job}).to_string(),
+            format!(r#"{{"version":"2.0","other":[1,{{"a":null}}],"tollgate_task":{job}}}"#),
+        ] {
+            match read(&body).expect("a task run") {
+                Incoming::Task(t) => {
+                    assert_eq!(t.tollgate_task.task_id, "t-1");
+                    assert_eq!(t.tollgate_task.tool, "export_tickets");
+                }
+                Incoming::Http(_) => panic!("read as an HTTP event: {body}"),
+            }
+        }
+    }
+
+    #[test]
+    fn a_malformed_payload_is_refused_with_its_shapes_reason() {
+        let mut job = task_job();
+        job.as_object_mut().expect("object").remove("tool");
+        let e = read(&serde_json::json!({"tollgate_task": job}).to_string())
+            .err()
+            .expect("a task without its tool is refused");
+        assert!(e.contains("missing field `tool`"), "{e}");
+        let e = read(r#"{"version": 2}"#)
+            .err()
+            .expect("a bad HTTP event is refused");
+        assert!(e.contains("invalid type"), "{e}");
+        for bad in ["[]", "\"x\"", "{", ""] {
+            assert!(read(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn a_response_is_the_api_gateway_shape_and_a_task_run_answers_null() {
+        let mut resp = aws_lambda_events::apigw::ApiGatewayV2httpResponse::default();
+        resp.status_code = 429;
+        resp.body = Some("{}".into());
+        let v = serde_json::to_value(Outgoing::Http(resp.clone())).expect("serializes");
+        assert_eq!(v, serde_json::to_value(resp).expect("serializes"));
+        assert_eq!(v["statusCode"], 429);
+        assert_eq!(
+            serde_json::to_string(&Outgoing::TaskRun(())).expect("serializes"),
+            "null"
+        );
     }
 }
 

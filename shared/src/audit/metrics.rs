@@ -15,91 +15,182 @@
 //! | `StoreErrors` | Count | Service | the credential or budget store failed |
 //! | `ColdStarts` | Count | Service | first call of an instance |
 
-use serde_json::{Value, json};
+use std::borrow::Cow;
+
+use serde::Serialize;
 
 use crate::audit::{AuditRecord, CallStatus};
 
 /// CloudWatch namespace of every tollgate metric.
 pub const NAMESPACE: &str = "Tollgate";
 
-fn directive(dimensions: Value, metrics: &[(&str, &str)]) -> Value {
-    json!({
-        "Namespace": NAMESPACE,
-        "Dimensions": dimensions,
-        "Metrics": metrics.iter().map(|(n, u)| json!({"Name": n, "Unit": u})).collect::<Vec<_>>(),
-    })
+/// One metric of a directive.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Metric {
+    #[serde(rename = "Name")]
+    name: &'static str,
+    #[serde(rename = "Unit")]
+    unit: &'static str,
+}
+
+const fn count(name: &'static str) -> Metric {
+    Metric {
+        name,
+        unit: "Count",
+    }
+}
+
+const CALLS: &[Metric] = &[
+    count("Calls"),
+    Metric {
+        name: "Latency",
+        unit: "Milliseconds",
+    },
+];
+const ERRORS: &[Metric] = &[count("Errors")];
+const REFUSALS: &[Metric] = &[count("BudgetRefusals")];
+
+/// One `CloudWatchMetrics` directive: which members are metrics, under which dimensions.
+#[derive(Debug, Serialize)]
+pub struct Directive {
+    #[serde(rename = "Dimensions")]
+    dimensions: &'static [&'static [&'static str]],
+    #[serde(rename = "Metrics")]
+    metrics: Cow<'static, [Metric]>,
+    #[serde(rename = "Namespace")]
+    namespace: &'static str,
+}
+
+const fn directive(
+    dimensions: &'static [&'static [&'static str]],
+    metrics: &'static [Metric],
+) -> Directive {
+    Directive {
+        dimensions,
+        metrics: Cow::Borrowed(metrics),
+        namespace: NAMESPACE,
+    }
+}
+
+/// The `_aws` member.
+#[derive(Debug, Serialize)]
+pub struct Metadata {
+    #[serde(rename = "CloudWatchMetrics")]
+    cloud_watch_metrics: Vec<Directive>,
+    #[serde(rename = "Timestamp")]
+    timestamp: u64,
+}
+
+/// The EMF document of one audited call, serialized straight from the record (no JSON tree is
+/// built per call). Members are declared in byte order of their names, the order in which a
+/// `serde_json` map writes them.
+#[derive(Debug, Serialize)]
+pub struct Emf<'a> {
+    #[serde(rename = "AuthFailures", skip_serializing_if = "Option::is_none")]
+    auth_failures: Option<u8>,
+    #[serde(rename = "BudgetRefusals", skip_serializing_if = "Option::is_none")]
+    budget_refusals: Option<u8>,
+    #[serde(rename = "Calls")]
+    calls: u8,
+    #[serde(rename = "ColdStarts", skip_serializing_if = "Option::is_none")]
+    cold_starts: Option<u8>,
+    #[serde(rename = "Errors", skip_serializing_if = "Option::is_none")]
+    errors: Option<u8>,
+    #[serde(rename = "Latency")]
+    latency: u64,
+    #[serde(rename = "Layer", skip_serializing_if = "Option::is_none")]
+    layer: Option<&'a str>,
+    #[serde(rename = "Service")]
+    service: &'a str,
+    #[serde(rename = "Status")]
+    status: &'static str,
+    #[serde(rename = "StoreErrors", skip_serializing_if = "Option::is_none")]
+    store_errors: Option<u8>,
+    #[serde(rename = "Tool")]
+    tool: &'a str,
+    #[serde(rename = "_aws")]
+    aws: Metadata,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    agent_id: Option<&'a str>,
+    kind: &'static str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
 }
 
 /// The EMF document for one audited call, at `timestamp_ms`.
-pub fn emf(record: &AuditRecord, timestamp_ms: u64) -> Value {
-    let tool = record.tool.as_deref().unwrap_or("unknown");
-    let mut directives = vec![directive(
-        json!([["Service", "Tool"]]),
-        &[("Calls", "Count"), ("Latency", "Milliseconds")],
-    )];
-    let mut doc = json!({
-        "kind": "metrics",
-        "Service": record.service,
-        "Tool": tool,
-        "Status": record.status.as_str(),
-        "Calls": 1,
-        "Latency": record.latency_ms,
-        "request_id": record.request_id,
-    });
-    if let Some(agent) = &record.agent_id {
-        doc["agent_id"] = json!(agent);
-    }
-    if let Some(trace) = &record.trace_id {
-        doc["trace_id"] = json!(trace);
-    }
-    if !matches!(
+pub fn emf(record: &AuditRecord, timestamp_ms: u64) -> Emf<'_> {
+    let mut directives = Vec::with_capacity(2);
+    directives.push(directive(&[&["Service", "Tool"]], CALLS));
+    let errors = !matches!(
         record.status,
         CallStatus::Success
             | CallStatus::Replayed
             | CallStatus::TaskCreated
             | CallStatus::Cancelled
-    ) {
+    );
+    if errors {
         directives.push(directive(
-            json!([["Service", "Status"], ["Service", "Tool", "Status"]]),
-            &[("Errors", "Count")],
+            &[&["Service", "Status"], &["Service", "Tool", "Status"]],
+            ERRORS,
         ));
-        doc["Errors"] = json!(1);
     }
-    if record.status == CallStatus::RateLimited {
-        doc["Layer"] = json!(record.budget_layer.as_deref().unwrap_or("unknown"));
-        directives.push(directive(
-            json!([["Service", "Tool", "Layer"]]),
-            &[("BudgetRefusals", "Count")],
-        ));
-        doc["BudgetRefusals"] = json!(1);
+    let refused = record.status == CallStatus::RateLimited;
+    if refused {
+        directives.push(directive(&[&["Service", "Tool", "Layer"]], REFUSALS));
     }
-    let mut service_metrics = Vec::new();
-    if record.status == CallStatus::DeniedAuth {
-        service_metrics.push(("AuthFailures", "Count"));
-        doc["AuthFailures"] = json!(1);
-    }
-    if record
+    let auth_failure = record.status == CallStatus::DeniedAuth;
+    let store_error = record
         .reason
         .as_deref()
-        .is_some_and(|r| r.ends_with("store_unavailable"))
-    {
-        service_metrics.push(("StoreErrors", "Count"));
-        doc["StoreErrors"] = json!(1);
-    }
-    if record.cold_start {
-        service_metrics.push(("ColdStarts", "Count"));
-        doc["ColdStarts"] = json!(1);
-    }
+        .is_some_and(|r| r.ends_with("store_unavailable"));
+    let service_metrics: Vec<Metric> = [
+        (auth_failure, "AuthFailures"),
+        (store_error, "StoreErrors"),
+        (record.cold_start, "ColdStarts"),
+    ]
+    .into_iter()
+    .filter_map(|(on, name)| on.then(|| count(name)))
+    .collect();
     if !service_metrics.is_empty() {
-        directives.push(directive(json!([["Service"]]), &service_metrics));
+        directives.push(Directive {
+            dimensions: &[&["Service"]],
+            metrics: Cow::Owned(service_metrics),
+            namespace: NAMESPACE,
+        });
     }
-    doc["_aws"] = json!({"Timestamp": timestamp_ms, "CloudWatchMetrics": directives});
-    doc
+    let one = |on: bool| on.then_some(1);
+    Emf {
+        auth_failures: one(auth_failure),
+        budget_refusals: one(refused),
+        calls: 1,
+        cold_starts: one(record.cold_start),
+        errors: one(errors),
+        latency: record.latency_ms,
+        layer: refused.then(|| record.budget_layer.as_deref().unwrap_or("unknown")),
+        service: &record.service,
+        status: record.status.as_str(),
+        store_errors: one(store_error),
+        tool: record.tool.as_deref().unwrap_or("unknown"),
+        aws: Metadata {
+            cloud_watch_metrics: directives,
+            timestamp: timestamp_ms,
+        },
+        agent_id: record.agent_id.as_deref(),
+        kind: "metrics",
+        request_id: &record.request_id,
+        trace_id: record.trace_id.as_deref(),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The document as JSON (what the log line carries).
+    fn emf(record: &AuditRecord, timestamp_ms: u64) -> serde_json::Value {
+        serde_json::to_value(super::emf(record, timestamp_ms)).expect("serializes")
+    }
 
     fn record(status: CallStatus, reason: Option<&str>, layer: Option<&str>) -> AuditRecord {
         AuditRecord {
