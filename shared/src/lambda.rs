@@ -234,6 +234,7 @@ impl<'de> serde::Deserialize<'de> for Incoming {
 /// asynchronous invoke, whose result nobody reads).
 #[derive(Debug, serde::Serialize)]
 #[serde(untagged)]
+#[allow(clippy::large_enum_variant)] // one per invocation, serialized where it is made
 enum Outgoing {
     Http(ApiGatewayV2httpResponse),
     TaskRun(()),
@@ -723,12 +724,9 @@ mod event_tests {
         let mut job = task_job();
         job.as_object_mut().expect("object").remove("tool");
         let e = read(&serde_json::json!({"tollgate_task": job}).to_string())
-            .err()
-            .expect("a task without its tool is refused");
+            .expect_err("a task without its tool is refused");
         assert!(e.contains("missing field `tool`"), "{e}");
-        let e = read(r#"{"version": 2}"#)
-            .err()
-            .expect("a bad HTTP event is refused");
+        let e = read(r#"{"version": 2}"#).expect_err("a bad HTTP event is refused");
         assert!(e.contains("invalid type"), "{e}");
         for bad in ["[]", "\"x\"", "{", ""] {
             assert!(read(bad).is_err(), "{bad:?} was accepted");

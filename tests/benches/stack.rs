@@ -506,7 +506,7 @@ fn traced_calls(
             let mut started = Duration::ZERO;
             for i in 0..TRACED_CALLS + 20 {
                 if i == 20 {
-                    if let Some(provider) = &telemetry.provider {
+                    if let Some(provider) = telemetry.export.as_ref().map(|e| e.provider()) {
                         let _ = provider.force_flush(); // the warm-up's spans
                     }
                     started = cpu_time()?;
@@ -526,7 +526,7 @@ fn traced_calls(
                 let inv = tollgate::Invocation::new("bench", Duration::from_secs(10));
                 let resp = routes.gateway.respond(&event, &inv).await;
                 anyhow::ensure!(resp.status == 200, "status {}", resp.status);
-                if let Some(provider) = &telemetry.provider
+                if let Some(provider) = telemetry.export.as_ref().map(|e| e.provider())
                     && (i + 1) % flush_every == 0
                 {
                     provider
@@ -534,7 +534,7 @@ fn traced_calls(
                         .map_err(|e| anyhow::anyhow!("flush: {e}"))?;
                 }
             }
-            if let Some(provider) = &telemetry.provider {
+            if let Some(provider) = telemetry.export.as_ref().map(|e| e.provider()) {
                 provider
                     .force_flush()
                     .map_err(|e| anyhow::anyhow!("flush: {e}"))?;

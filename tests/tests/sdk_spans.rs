@@ -85,9 +85,10 @@ async fn sdk_calls_get_a_client_span_named_in_their_trace_header() -> anyhow::Re
     get().instrument(request.clone()).await?;
     drop(request);
     telemetry
-        .provider
+        .export
         .as_ref()
         .expect("exporting")
+        .provider()
         .force_flush()
         .map_err(|e| anyhow::anyhow!("{e}"))?;
 

@@ -150,7 +150,8 @@ pub fn emf(record: &AuditRecord, timestamp_ms: u64) -> Emf<'_> {
         (record.cold_start, "ColdStarts"),
     ]
     .into_iter()
-    .filter_map(|(on, name)| on.then(|| count(name)))
+    .filter(|&(on, _)| on)
+    .map(|(_, name)| count(name))
     .collect();
     if !service_metrics.is_empty() {
         directives.push(Directive {

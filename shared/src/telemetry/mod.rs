@@ -302,6 +302,11 @@ impl<P: opentelemetry_sdk::trace::SpanProcessor> opentelemetry_sdk::trace::SpanP
 }
 
 impl Export {
+    /// The span pipeline's provider (to flush it directly, as a benchmark does).
+    pub fn provider(&self) -> &SdkTracerProvider {
+        &self.provider
+    }
+
     /// Takes the count of spans waiting for export: whether a flush has anything to do.
     fn take_ended(&self) -> bool {
         self.ended.swap(0, Ordering::AcqRel) > 0
