@@ -347,7 +347,7 @@ impl Server {
         ]
         .contains(&req.path())
         {
-            return self.connect_page(&req).await;
+            return Box::pin(self.connect_page(&req)).await;
         }
         if let Err(r) = transport::check(&req, &self.config) {
             let id = match r {
@@ -362,7 +362,7 @@ impl Server {
         let rpc = match jsonrpc::parse(&body) {
             Ok(Message::Request(rpc)) => rpc,
             Ok(Message::Notification { .. } | Message::Response) => {
-                return match self.auth.authenticate(&req).await {
+                return match Box::pin(self.auth.authenticate(&req)).await {
                     Ok(_) => Response::empty(202),
                     Err(d) => self.deny(&req, d.error.into(), None),
                 };
@@ -382,7 +382,11 @@ impl Server {
             &span_request_id(&rpc.id),
             &trace,
         );
-        let served = self.serve(&req, event, &rpc, &trace, inv, started);
+        // Boxed: `respond`'s own future stays small. Every caller (the Lambda handler, the local
+        // stack's HTTP front) moves it a few times before its first poll, and inlined, the
+        // pipeline's state machine (about 17 KB) was copied each time: about 100 KB of memory
+        // copies per call.
+        let served = Box::pin(self.serve(&req, event, &rpc, &trace, inv, started));
         telemetry::with_invocation_trace(trace.clone(), served.instrument(span)).await
     }
 
