@@ -14,13 +14,27 @@ METRICS_RS = ROOT / "shared" / "src" / "audit" / "metrics.rs"
 
 
 def declared() -> set[tuple[str, frozenset[str]]]:
-    """(metric, dimension names) pairs from the `directive(json!([[...]]), &[...])` calls."""
+    """(metric, dimension names) pairs from the writer's source: the `const NAME: &[Metric]`
+    lists, the `directive(&[&[...]], NAME)` calls, and the per-service directive whose metrics
+    are the names listed for `service_metrics`."""
     source = METRICS_RS.read_text()
-    pushed = re.findall(r'service_metrics\.push\(\(\s*"(\w+)"', source)
+    consts = {
+        name: [a or b for a, b in re.findall(r'count\(\s*"(\w+)"\s*\)|name:\s*"(\w+)"', body)]
+        for name, body in re.findall(r"const (\w+): &\[Metric\] = &\[(.*?)\];", source, re.S)
+    }
+
+    def dimension_sets(text: str) -> list[list[str]]:
+        return json.loads(text.replace("&", ""))
+
     out = set()
-    for dims, metrics in re.findall(r"directive\(\s*json!\((\[\[.*?\]\])\)\s*,\s*&(\[.*?\]|service_metrics)\s*,?\s*\)", source, re.S):
-        names = pushed if metrics == "service_metrics" else re.findall(r'\(\s*"(\w+)"\s*,', metrics)
-        for dim_set in json.loads(dims):
+    for dims, metrics in re.findall(r"directive\(\s*&(\[.*?\])\s*,\s*(\w+)\s*,?\s*\)", source, re.S):
+        for dim_set in dimension_sets(dims):
+            out.update((name, frozenset(dim_set)) for name in consts.get(metrics, []))
+    service = re.search(r"let service_metrics: Vec<Metric> = \[(.*?)\]\s*\.into_iter", source, re.S)
+    service_dims = re.search(r"dimensions:\s*&(\[.*?\])\s*,\s*metrics:\s*Cow::Owned\(service_metrics\)", source, re.S)
+    if service and service_dims:
+        names = re.findall(r'"(\w+)"\s*\)', service.group(1))
+        for dim_set in dimension_sets(service_dims.group(1)):
             out.update((name, frozenset(dim_set)) for name in names)
     return out
 
