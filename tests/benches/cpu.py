@@ -27,6 +27,7 @@ Usage: python tests/benches/cpu.py [--process function|dev] [--calls 300]
 from __future__ import annotations
 
 import argparse
+import http.server
 import json
 import os
 import queue
@@ -44,6 +45,15 @@ import cold_start  # noqa: E402
 import stackrun  # noqa: E402
 
 
+def per_call(user_ticks: int, system_ticks: int, tick: int, wall: float, calls: int) -> dict[str, float]:
+    """CPU (user, system, total) in us and wall time in ms per call, and the clock tick's share."""
+    return {"cpu_us_per_call": (user_ticks + system_ticks) / tick / calls * 1e6,
+            "wall_ms_per_call": wall / calls * 1e3,
+            "user_us_per_call": user_ticks / tick / calls * 1e6,
+            "system_us_per_call": system_ticks / tick / calls * 1e6,
+            "resolution_us": 1e6 / tick / calls}
+
+
 def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict[str, float]:
     caller = stackrun.Caller(inst, token, route)
     for _ in range(30):  # warm: key cached, policies cached, hashing key loaded, pool filled
@@ -59,10 +69,7 @@ def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict
     time.sleep(0.2)  # spans and logs written after each response are this call's cost too
     u1, s1 = inst.cpu_split()
     caller.close()
-    cpu_s = (u1 - u0 + s1 - s0) / tick
-    return {"cpu_us_per_call": cpu_s / calls * 1e6, "wall_ms_per_call": wall / calls * 1e3,
-            "user_us_per_call": (u1 - u0) / tick / calls * 1e6, "system_us_per_call": (s1 - s0) / tick / calls * 1e6,
-            "resolution_us": 1e6 / tick / calls}
+    return per_call(u1 - u0, s1 - s0, tick, wall, calls)
 
 
 def start_perf(pid: int, out: str | None) -> subprocess.Popen[bytes] | None:
@@ -81,7 +88,7 @@ def stop_perf(perf: subprocess.Popen[bytes] | None) -> None:
 
 
 class Feeder:
-    """A Lambda Runtime API on loopback that hands the function one event per `feed` and
+    """A Lambda Runtime API on loopback that hands the function one event per `call` and
     returns what it posted back."""
 
     def __init__(self) -> None:
@@ -89,7 +96,7 @@ class Feeder:
         self.responses: queue.Queue[bytes] = queue.Queue()
         feeder = self
 
-        class Handler(cold_start.http.server.BaseHTTPRequestHandler):
+        class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def log_message(self, *_):
@@ -116,7 +123,7 @@ class Feeder:
                 self.wfile.write(b"{}")
                 feeder.responses.put(body if self.path.endswith("/response") else b"error: " + body)
 
-        class Server(cold_start.http.server.ThreadingHTTPServer):
+        class Server(http.server.ThreadingHTTPServer):
             daemon_threads = True
 
             def handle_error(self, *_):
@@ -209,10 +216,7 @@ def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: 
         proc.wait(timeout=10)
         out.close()
         feeder.close()
-    cpu_s = (u1 - u0 + s1 - s0) / tick
-    return {"cpu_us_per_call": cpu_s / calls * 1e6, "wall_ms_per_call": wall / calls * 1e3,
-            "user_us_per_call": (u1 - u0) / tick / calls * 1e6, "system_us_per_call": (s1 - s0) / tick / calls * 1e6,
-            "resolution_us": 1e6 / tick / calls}
+    return per_call(u1 - u0, s1 - s0, tick, wall, calls)
 
 
 def main() -> None:
