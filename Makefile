@@ -55,11 +55,11 @@ fuzz: tools-afl ## coverage-guided fuzzing of the request pipeline (AFL++): make
 bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget figures, span cost, CPU per call, cost per million calls, managed-instances concurrency (release)
 	@# The functions alone, as `make build` builds each one: no feature of the test or admin crates unified in.
 	$(CARGO) build --release $(addprefix -p ,$(TOOLS))
-	$(CARGO) build --release --bin tollgate-dev --bin tollgate
+	$(CARGO) build --release --bin tollgate-dev --bin tollgate --bin floor-function
 	@mkdir -p target/bench
 	$(PY) tests/benches/cold_start.py --markdown target/bench/cold_start.md
 	$(CARGO) bench -p tollgate-tests --bench stack > target/bench/stack-logs.jsonl
-	$(PY) tests/benches/cpu.py --calls 300
+	$(PY) tests/benches/cpu.py --calls 300 --floor tollgate,none
 	$(PY) tests/benches/cpu.py --process dev --calls 300
 	$(PY) tests/benches/cost.py --calls 200 --json target/bench/cost.json | tee target/bench/cost.md
 	$(PY) tests/benches/concurrency.py --calls 1000 --json target/bench/concurrency.json | tee target/bench/concurrency.md

@@ -13,7 +13,13 @@ Two processes can be measured (`--process`):
   dev:      the local stack's `tollgate-dev` (an axum HTTP front, every function in one
             process), called over HTTP by one keep-alive client.
 
+`--floor` (function): after each run of the function, the same measurement of `floor-function`
+(tests/src/bin/floor-function.rs): `lambda_runtime` and the same `GetItem` through the same
+client, none of tollgate's pipeline; `none` is the runtime alone (no store request). The
+differences are what tollgate's pipeline and the store request each cost per call.
+
 Usage: python tests/benches/cpu.py [--process function|dev] [--calls 300]
+                                   [--floor tollgate,none,sdk] [--rounds N]
                                    [--route direct|gateway] [--store pooled|direct] [--workers N]
   --route: `dev` only (a function is its own route).
   --workers: the process's Tokio workers (TOKIO_WORKER_THREADS). dev: default 1; 0 leaves
@@ -33,6 +39,7 @@ import os
 import queue
 import secrets
 import socket
+import statistics
 import signal
 import subprocess
 import sys
@@ -52,6 +59,13 @@ def per_call(user_ticks: int, system_ticks: int, tick: int, wall: float, calls: 
             "user_us_per_call": user_ticks / tick / calls * 1e6,
             "system_us_per_call": system_ticks / tick / calls * 1e6,
             "resolution_us": 1e6 / tick / calls}
+
+
+def report(r: dict[str, float], what: str) -> None:
+    print(f"  {what}: whole-process CPU per warm call: {r['cpu_us_per_call']:.0f} us "
+          f"(user {r['user_us_per_call']:.0f}, system {r['system_us_per_call']:.0f}; "
+          f"+-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call",
+          file=sys.stderr)
 
 
 def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict[str, float]:
@@ -232,6 +246,13 @@ def main() -> None:
                     help="TOKIO_WORKER_THREADS of the measured process. dev: default 1, the one thread a "
                          "classic Lambda function runs its calls on (0: Tokio's default, one per CPU); function: "
                          "default unset (the function's own choice), N asks it for a multi-thread runtime of N workers")
+    ap.add_argument("--floor", nargs="?", const="tollgate,none",
+                    help="function: after each run of the function, also run floor-function (lambda_runtime and the "
+                         "same GetItem, no tollgate pipeline) once per variant named, comma-separated: `tollgate` (its "
+                         "store client on tollgate's connector), `sdk` (on the AWS SDK's own HTTPS client), `none` (no "
+                         "store request: the Lambda runtime alone); default `tollgate,none`. Prints what the "
+                         "pipeline and the store request cost by difference")
+    ap.add_argument("--rounds", type=int, default=1, help="function: runs of each binary, alternated")
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--perf", help="record a perf profile (call graphs) of the measured calls into this file")
     args = ap.parse_args()
@@ -243,13 +264,39 @@ def main() -> None:
         inst = stack.live[0]
         if args.process == "function":
             binary = Path(args.functions_dir) / "lookup_customer"
-            if not binary.exists():
-                raise SystemExit(f"{binary} is missing: cargo build --release -p lookup_customer")
+            floor = Path(args.functions_dir) / "floor-function"
+            for b in [binary] + ([floor] if args.floor else []):
+                if not b.exists():
+                    raise SystemExit(f"{b} is missing: cargo build --release -p lookup_customer"
+                                     " (and -p tollgate-tests --bin floor-function for --floor)")
             extra = {"TOKIO_WORKER_THREADS": str(workers)} if workers else {}
-            r = measure_function(stack, binary, args.calls, args.perf, extra)
             print(f"process: the lookup_customer function ({binary}) under a Lambda Runtime API; "
                   f"mode: {args.mode}; store connections: {args.store}; "
                   f"runtime: {f'{workers} workers' if workers else 'its own'}; {args.calls} calls", file=sys.stderr)
+            variants = [v for v in (args.floor or "").split(",") if v]
+            if any(v not in ("tollgate", "sdk", "none") for v in variants):
+                raise SystemExit(f"--floor: variants are tollgate, sdk and none, not {args.floor}")
+            runs: dict[str, list[float]] = {"lookup_customer": [], **{v: [] for v in variants}}
+            for i in range(args.rounds):
+                r = measure_function(stack, binary, args.calls, args.perf if i == 0 else None, extra)
+                runs["lookup_customer"].append(r["cpu_us_per_call"])
+                report(r, "lookup_customer")
+                for v in variants:
+                    f = measure_function(stack, floor, args.calls, None, {"FLOOR_HTTP": v})
+                    runs[v].append(f["cpu_us_per_call"])
+                    report(f, f"floor-function, store client: {v}")
+            if variants:
+                med = {k: statistics.median(v) for k, v in runs.items()}
+                print(f"  medians of {args.rounds} alternated round(s): "
+                      + ", ".join(f"{k} {v:.0f} us" for k, v in med.items()), file=sys.stderr)
+                if "tollgate" in med:
+                    print(f"  tollgate's pipeline (lookup_customer - floor on the same connector): "
+                          f"{med['lookup_customer'] - med['tollgate']:.0f} us per warm call", file=sys.stderr)
+                if "tollgate" in med and "none" in med:
+                    store = med["tollgate"] - med["none"]
+                    print(f"  the store request (floor with GetItem - floor without): {store:.0f} us; "
+                          f"lookup_customer without it: {med['lookup_customer'] - store:.0f} us per warm call",
+                          file=sys.stderr)
         else:
             if args.perf:
                 measure(inst, stack.token, args.route, 30)
@@ -258,8 +305,7 @@ def main() -> None:
             stop_perf(perf)
             print(f"process: tollgate-dev; mode: {args.mode}; route: {args.route}; store connections: {args.store}; "
                   f"runtime workers: {workers or 'one per CPU'}; {args.calls} calls", file=sys.stderr)
-        print(f"  whole-process CPU per warm call: {r['cpu_us_per_call']:.0f} us "
-              f"(user {r['user_us_per_call']:.0f}, system {r['system_us_per_call']:.0f}; +-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call", file=sys.stderr)
+            report(r, "tollgate-dev")
         if stack.proxy_url:
             c = stack.counts()
             print(f"  store connections opened: {c['connections']}", file=sys.stderr)
