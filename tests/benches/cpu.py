@@ -253,6 +253,8 @@ def main() -> None:
                          "store request: the Lambda runtime alone); default `tollgate,none`. Prints what the "
                          "pipeline and the store request cost by difference")
     ap.add_argument("--rounds", type=int, default=1, help="function: runs of each binary, alternated")
+    ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                    help="function: an extra environment variable of the measured processes (repeatable)")
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--perf", help="record a perf profile (call graphs) of the measured calls into this file")
     args = ap.parse_args()
@@ -270,6 +272,7 @@ def main() -> None:
                     raise SystemExit(f"{b} is missing: cargo build --release -p lookup_customer"
                                      " (and -p tollgate-tests --bin floor-function for --floor)")
             extra = {"TOKIO_WORKER_THREADS": str(workers)} if workers else {}
+            extra.update(kv.split("=", 1) for kv in args.env)
             print(f"process: the lookup_customer function ({binary}) under a Lambda Runtime API; "
                   f"mode: {args.mode}; store connections: {args.store}; "
                   f"runtime: {f'{workers} workers' if workers else 'its own'}; {args.calls} calls", file=sys.stderr)
@@ -282,7 +285,7 @@ def main() -> None:
                 runs["lookup_customer"].append(r["cpu_us_per_call"])
                 report(r, "lookup_customer")
                 for v in variants:
-                    f = measure_function(stack, floor, args.calls, None, {"FLOOR_HTTP": v})
+                    f = measure_function(stack, floor, args.calls, None, {**extra, "FLOOR_HTTP": v})
                     runs[v].append(f["cpu_us_per_call"])
                     report(f, f"floor-function, store client: {v}")
             if variants:
