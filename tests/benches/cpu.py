@@ -64,8 +64,8 @@ def per_call(user_ticks: int, system_ticks: int, tick: int, wall: float, calls: 
 def report(r: dict[str, float], what: str) -> None:
     print(f"  {what}: whole-process CPU per warm call: {r['cpu_us_per_call']:.0f} us "
           f"(user {r['user_us_per_call']:.0f}, system {r['system_us_per_call']:.0f}; "
-          f"+-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call",
-          file=sys.stderr)
+          f"+-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call"
+          + (f"; peak RSS {r['peak_rss_mb']:.1f} MB" if "peak_rss_mb" in r else ""), file=sys.stderr)
 
 
 def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict[str, float]:
@@ -225,12 +225,14 @@ def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: 
         time.sleep(0.2)  # spans and logs written after each response are this call's cost too
         u1, s1 = inst.cpu_split()
         stop_perf(perf)
+        peak_kb = next((int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
+                        if line.startswith("VmHWM:")), 0)
     finally:
         proc.terminate()
         proc.wait(timeout=10)
         out.close()
         feeder.close()
-    return per_call(u1 - u0, s1 - s0, tick, wall, calls)
+    return {**per_call(u1 - u0, s1 - s0, tick, wall, calls), "peak_rss_mb": peak_kb / 1024}
 
 
 def main() -> None:
