@@ -274,7 +274,11 @@ def main() -> None:
                     raise SystemExit(f"{b} is missing: cargo build --release -p lookup_customer"
                                      " (and -p tollgate-tests --bin floor-function for --floor)")
             extra = {"TOKIO_WORKER_THREADS": str(workers)} if workers else {}
-            extra.update(kv.split("=", 1) for kv in args.env)
+            for kv in args.env:
+                name, sep, value = kv.partition("=")
+                if not name or not sep:
+                    raise SystemExit(f"--env: expected NAME=VALUE, not {kv!r}")
+                extra[name] = value
             print(f"process: the lookup_customer function ({binary}) under a Lambda Runtime API; "
                   f"mode: {args.mode}; store connections: {args.store}; "
                   f"runtime: {f'{workers} workers' if workers else 'its own'}; {args.calls} calls", file=sys.stderr)
