@@ -118,6 +118,9 @@ class RuntimeApi:
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Buffered: each answer's head and body leave in one write, as Lambda's Runtime API
+            # (a Go net/http server) sends a small answer; the client then keeps the connection.
+            wbufsize = 1 << 16
 
             def log_message(self, *_):
                 pass

@@ -64,6 +64,9 @@ class FeedingRuntimeApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Buffered: each answer's head and body leave in one write, as Lambda's Runtime API
+            # (a Go net/http server) sends a small answer; the client then keeps the connection.
+            wbufsize = 1 << 16
 
             def do_GET(self) -> None:  # noqa: N802
                 request_id, body = api.events.get()

@@ -65,7 +65,12 @@ def report(r: dict[str, float], what: str) -> None:
     print(f"  {what}: whole-process CPU per warm call: {r['cpu_us_per_call']:.0f} us "
           f"(user {r['user_us_per_call']:.0f}, system {r['system_us_per_call']:.0f}; "
           f"+-{r['resolution_us']:.0f} us tick resolution); wall {r['wall_ms_per_call']:.2f} ms per call"
-          + (f"; peak RSS {r['peak_rss_mb']:.1f} MB" if "peak_rss_mb" in r else ""), file=sys.stderr)
+          + (f"; peak RSS {r['peak_rss_mb']:.1f} MB" if "peak_rss_mb" in r else "")
+          + (f"; Runtime API connections opened per call: {r['runtime_api_connections_per_call']:.2f}"
+             if "runtime_api_connections_per_call" in r else "")
+          + (f"; store requests per call: {sum(r['store_requests_per_call'].values()):.3f} ("
+             + ", ".join(f"{op} {n:.3f}" for op, n in sorted(r["store_requests_per_call"].items())) + ")"
+             if "store_requests_per_call" in r else ""), file=sys.stderr)
 
 
 def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict[str, float]:
@@ -108,13 +113,21 @@ class Feeder:
     def __init__(self) -> None:
         self.events: queue.Queue[tuple[str, bytes, str]] = queue.Queue()
         self.responses: queue.Queue[bytes] = queue.Queue()
+        self.connections = 0
         feeder = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Buffered: each answer's head and body leave in one write, as Lambda's Runtime API
+            # (a Go net/http server) sends a small answer; the client then keeps the connection.
+            wbufsize = 1 << 16
 
             def log_message(self, *_):
                 pass
+
+            def setup(self):
+                super().setup()
+                feeder.connections += 1
 
             def do_GET(self):
                 request_id, payload, trace = feeder.events.get()
@@ -217,6 +230,9 @@ def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: 
         perf = start_perf(proc.pid, perf_out)
         time.sleep(0.2)
         tick = os.sysconf("SC_CLK_TCK")
+        c0 = feeder.connections
+        if stack.proxy_url:
+            stack.reset_counts()
         (u0, s0), t0 = inst.cpu_split(), time.perf_counter()
         for _ in range(calls):
             status, body = feeder.call(stack.token)
@@ -224,6 +240,8 @@ def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: 
         wall = time.perf_counter() - t0
         time.sleep(0.2)  # spans and logs written after each response are this call's cost too
         u1, s1 = inst.cpu_split()
+        runtime_connections = feeder.connections - c0
+        store = store_requests(stack.counts()) if stack.proxy_url else None
         stop_perf(perf)
         peak_kb = next((int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
                         if line.startswith("VmHWM:")), 0)
@@ -232,7 +250,18 @@ def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: 
         proc.wait(timeout=10)
         out.close()
         feeder.close()
-    return {**per_call(u1 - u0, s1 - s0, tick, wall, calls), "peak_rss_mb": peak_kb / 1024}
+    return {**per_call(u1 - u0, s1 - s0, tick, wall, calls), "peak_rss_mb": peak_kb / 1024,
+            "runtime_api_connections_per_call": runtime_connections / calls,
+            **({"store_requests_per_call": {op: n / calls for op, n in store.items()}} if store is not None else {})}
+
+
+def store_requests(counts: dict) -> dict[str, int]:
+    """Requests to the store by operation (`GetItem`, `UpdateItem`, ...), from the counting proxy."""
+    by_op: dict[str, int] = {}
+    for key, c in counts["ops"].items():
+        op = key.split(" ")[0].partition(".")[2] or key
+        by_op[op] = by_op.get(op, 0) + c["requests"]
+    return by_op
 
 
 def main() -> None:
@@ -286,13 +315,16 @@ def main() -> None:
             if any(v not in ("tollgate", "sdk", "none") for v in variants):
                 raise SystemExit(f"--floor: variants are tollgate, sdk and none, not {args.floor}")
             runs: dict[str, list[float]] = {"lookup_customer": [], **{v: [] for v in variants}}
+            requests: dict[str, list[float]] = {k: [] for k in runs}
             for i in range(args.rounds):
                 r = measure_function(stack, binary, args.calls, args.perf if i == 0 else None, extra)
                 runs["lookup_customer"].append(r["cpu_us_per_call"])
+                requests["lookup_customer"].append(sum(r.get("store_requests_per_call", {}).values()))
                 report(r, "lookup_customer")
                 for v in variants:
                     f = measure_function(stack, floor, args.calls, None, {**extra, "FLOOR_HTTP": v})
                     runs[v].append(f["cpu_us_per_call"])
+                    requests[v].append(sum(f.get("store_requests_per_call", {}).values()))
                     report(f, f"floor-function, store client: {v}")
             if variants:
                 med = {k: statistics.median(v) for k, v in runs.items()}
@@ -301,11 +333,15 @@ def main() -> None:
                 if "tollgate" in med:
                     print(f"  tollgate's pipeline (lookup_customer - floor on the same connector): "
                           f"{med['lookup_customer'] - med['tollgate']:.0f} us per warm call", file=sys.stderr)
-                if "tollgate" in med and "none" in med:
-                    store = med["tollgate"] - med["none"]
-                    print(f"  the store request (floor with GetItem - floor without): {store:.0f} us; "
-                          f"lookup_customer without it: {med['lookup_customer'] - store:.0f} us per warm call",
-                          file=sys.stderr)
+                if "tollgate" in med and "none" in med and stack.proxy_url:
+                    # One store request's CPU, from the floor (one GetItem per call, nothing else);
+                    # the function's store time is its own requests per call at that price.
+                    per_request = (med["tollgate"] - med["none"]) / max(statistics.median(requests["tollgate"]), 1e-9)
+                    store = statistics.median(requests["lookup_customer"]) * per_request
+                    print(f"  one store request (floor with GetItem - floor without): {per_request:.0f} us; "
+                          f"lookup_customer makes {statistics.median(requests['lookup_customer']):.3f} per call; "
+                          f"lookup_customer with its store time excluded: {med['lookup_customer'] - store:.0f} us "
+                          f"per warm call; the Lambda runtime alone: {med['none']:.0f} us", file=sys.stderr)
         else:
             if args.perf:
                 measure(inst, stack.token, args.route, 30)

@@ -71,6 +71,9 @@ class ConcurrentRuntimeApi:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # Buffered: each answer's head and body leave in one write, as Lambda's Runtime API
+            # (a Go net/http server) sends a small answer; the client then keeps the connection.
+            wbufsize = 1 << 16
 
             def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
                 if self.path != f"{PREFIX}/invocation/next":
