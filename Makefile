@@ -59,7 +59,7 @@ bench: $(VENV)/.stamp ## cold start and size of every function, latency, budget 
 	@mkdir -p target/bench
 	$(PY) tests/benches/cold_start.py --markdown target/bench/cold_start.md
 	$(CARGO) bench -p tollgate-tests --bench stack > target/bench/stack-logs.jsonl
-	$(PY) tests/benches/cpu.py --calls 300 --floor tollgate,none
+	$(PY) tests/benches/cpu.py --calls 1000 --floor tollgate,none --rounds 3
 	$(PY) tests/benches/cpu.py --process dev --calls 300
 	$(PY) tests/benches/cost.py --calls 200 --json target/bench/cost.json | tee target/bench/cost.md
 	$(PY) tests/benches/concurrency.py --calls 1000 --json target/bench/concurrency.json | tee target/bench/concurrency.md

@@ -120,11 +120,16 @@ pub struct RateLimited {
 
 /// `RateLimit-Policy` header value (IETF httpapi ratelimit-headers draft, structured fields).
 pub fn rate_limit_policy_header(policies: &[(&'static str, u64, u64)]) -> String {
-    policies
-        .iter()
-        .map(|(name, q, w)| format!("\"{name}\";q={q};w={w}"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    use std::fmt::Write as _;
+    // One string written in place (this header is on every admitted call).
+    let mut out = String::with_capacity(policies.len() * 48);
+    for (i, (name, q, w)) in policies.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        let _ = write!(out, "\"{name}\";q={q};w={w}");
+    }
+    out
 }
 
 /// `RateLimit` header value: remaining quota `r` of `policy` and seconds `t` until it resets.

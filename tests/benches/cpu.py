@@ -18,8 +18,15 @@ Two processes can be measured (`--process`):
 client, none of tollgate's pipeline; `none` is the runtime alone (no store request). The
 differences are what tollgate's pipeline and the store request each cost per call.
 
+The measured function runs alone on the machine's last CPU, and the bench, moto and the store
+proxy on the others (`--no-pin` shares them all): on Lambda the store is another machine, and a
+store emulator working on the function's CPU while the function waits for it would evict the
+function's code and data from that CPU's caches, a cost a deployed function does not pay.
+`cpu.py` also counts the Runtime API connections the function opens and its store requests per
+call, and prices the store's share from the floor (one store request's CPU, times the requests).
+
 Usage: python tests/benches/cpu.py [--process function|dev] [--calls 300]
-                                   [--floor tollgate,none,sdk] [--rounds N]
+                                   [--floor tollgate,none,sdk] [--rounds N] [--no-pin]
                                    [--route direct|gateway] [--store pooled|direct] [--workers N]
   --route: `dev` only (a function is its own route).
   --workers: the process's Tokio workers (TOKIO_WORKER_THREADS). dev: default 1; 0 leaves
@@ -204,7 +211,7 @@ class Feeder:
 
 
 def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: str | None = None,
-                     extra_env: dict[str, str] | None = None) -> dict[str, float]:
+                     extra_env: dict[str, str] | None = None, cpu: int | None = None) -> dict[str, float]:
     """The function binary's own process over `calls` invocations, after 30 unmeasured ones
     (under `perf record` into `perf_out` when given)."""
     feeder = Feeder()
@@ -220,8 +227,9 @@ def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: 
     env.pop("TOLLGATE_DEV_CARRIER", None)
     env.update(extra_env or {})
     out = (stack.workdir / "function.stdout").open("wb")
+    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
     proc = subprocess.Popen([str(binary)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, cwd=stack.workdir)
+                            stdin=subprocess.DEVNULL, cwd=stack.workdir, preexec_fn=pin)
     try:
         inst = stackrun.Instance(proc, 0, stack.workdir)
         for _ in range(30):  # warm: key cached, policies cached, hashing key loaded, pool filled
@@ -286,6 +294,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1, help="function: runs of each binary, alternated")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="function: an extra environment variable of the measured processes (repeatable)")
+    ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
+                    help="function: run the measured process alone on the last CPU and the bench, moto and the "
+                         "store proxy on the others (default, with 2 or more CPUs); --no-pin shares them all")
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--perf", help="record a perf profile (call graphs) of the measured calls into this file")
     args = ap.parse_args()
@@ -293,6 +304,13 @@ def main() -> None:
     workers = args.workers if args.workers is not None else (1 if args.process == "dev" else None)
     if workers and args.process == "dev":
         env["TOKIO_WORKER_THREADS"] = str(workers)
+    # The measured function on a CPU of its own, everything else (this bench, the Runtime API,
+    # moto, the store proxy) on the others: on Lambda the store is another machine, so the
+    # function's CPU does not run the store's work in its caches while it waits.
+    cpus = sorted(os.sched_getaffinity(0))
+    pin = cpus[-1] if args.pin and len(cpus) >= 2 and args.process == "function" else None
+    if pin is not None:
+        os.sched_setaffinity(0, set(cpus[:-1]))
     with stackrun.Stack(instances=1, proxy=args.store == "pooled", env_extra=env) as stack:
         inst = stack.live[0]
         if args.process == "function":
@@ -310,19 +328,21 @@ def main() -> None:
                 extra[name] = value
             print(f"process: the lookup_customer function ({binary}) under a Lambda Runtime API; "
                   f"mode: {args.mode}; store connections: {args.store}; "
-                  f"runtime: {f'{workers} workers' if workers else 'its own'}; {args.calls} calls", file=sys.stderr)
+                  f"runtime: {f'{workers} workers' if workers else 'its own'}; {args.calls} calls; "
+                  + (f"measured process alone on CPU {pin}" if pin is not None else "CPUs shared with the store"),
+                  file=sys.stderr)
             variants = [v for v in (args.floor or "").split(",") if v]
             if any(v not in ("tollgate", "sdk", "none") for v in variants):
                 raise SystemExit(f"--floor: variants are tollgate, sdk and none, not {args.floor}")
             runs: dict[str, list[float]] = {"lookup_customer": [], **{v: [] for v in variants}}
             requests: dict[str, list[float]] = {k: [] for k in runs}
             for i in range(args.rounds):
-                r = measure_function(stack, binary, args.calls, args.perf if i == 0 else None, extra)
+                r = measure_function(stack, binary, args.calls, args.perf if i == 0 else None, extra, pin)
                 runs["lookup_customer"].append(r["cpu_us_per_call"])
                 requests["lookup_customer"].append(sum(r.get("store_requests_per_call", {}).values()))
                 report(r, "lookup_customer")
                 for v in variants:
-                    f = measure_function(stack, floor, args.calls, None, {**extra, "FLOOR_HTTP": v})
+                    f = measure_function(stack, floor, args.calls, None, {**extra, "FLOOR_HTTP": v}, pin)
                     runs[v].append(f["cpu_us_per_call"])
                     requests[v].append(sum(f.get("store_requests_per_call", {}).values()))
                     report(f, f"floor-function, store client: {v}")

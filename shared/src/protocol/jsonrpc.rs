@@ -65,7 +65,7 @@ pub enum ParseError {
 /// be read, so the error response can echo it.
 pub fn parse(body: &[u8]) -> Result<Message, (ParseError, Option<RequestId>)> {
     let value: Value = serde_json::from_slice(body).map_err(|_| (ParseError::NotJson, None))?;
-    let obj = match value {
+    let mut obj = match value {
         Value::Object(o) => o,
         Value::Array(_) => return Err((ParseError::Batch, None)),
         _ => return Err((ParseError::Invalid("the body must be a JSON object"), None)),
@@ -84,21 +84,17 @@ pub fn parse(body: &[u8]) -> Result<Message, (ParseError, Option<RequestId>)> {
     if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
         return Err((ParseError::Invalid("jsonrpc must be \"2.0\""), id));
     }
-    let params = match obj.get("params") {
+    // Taken out of the parsed object, not copied: it is dropped at the end anyway.
+    let params = match obj.remove("params") {
         None | Some(Value::Null) => serde_json::Map::new(),
-        Some(Value::Object(p)) => p.clone(),
+        Some(Value::Object(p)) => p,
         Some(_) => return Err((ParseError::Invalid("params must be an object"), id)),
     };
-    match (obj.get("method"), id) {
-        (Some(Value::String(method)), Some(id)) => Ok(Message::Request(RpcRequest {
-            id,
-            method: method.clone(),
-            params,
-        })),
-        (Some(Value::String(method)), None) => Ok(Message::Notification {
-            method: method.clone(),
-            params,
-        }),
+    match (obj.remove("method"), id) {
+        (Some(Value::String(method)), Some(id)) => {
+            Ok(Message::Request(RpcRequest { id, method, params }))
+        }
+        (Some(Value::String(method)), None) => Ok(Message::Notification { method, params }),
         (Some(_), id) => Err((ParseError::Invalid("method must be a string"), id)),
         (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => {
             Ok(Message::Response)
@@ -110,6 +106,24 @@ pub fn parse(body: &[u8]) -> Result<Message, (ParseError, Option<RequestId>)> {
 /// A JSON-RPC success response body.
 pub fn result_body(id: &RequestId, result: Value) -> Value {
     serde_json::json!({"jsonrpc": "2.0", "id": id, "result": result})
+}
+
+/// A JSON-RPC success response as text: the same members as [`result_body`], written straight
+/// from the id and the result (no envelope built as a tree and dropped on every call).
+pub fn result_text(id: &RequestId, result: &Value) -> String {
+    #[derive(serde::Serialize)]
+    struct Envelope<'a> {
+        id: &'a RequestId,
+        jsonrpc: &'static str,
+        result: &'a Value,
+    }
+    let envelope = Envelope {
+        id,
+        jsonrpc: "2.0",
+        result,
+    };
+    // Neither an id nor a `Value` can fail to serialize; the tree form is the fallback anyway.
+    serde_json::to_string(&envelope).unwrap_or_else(|_| result_body(id, result.clone()).to_string())
 }
 
 /// A JSON-RPC error response body; `id` is omitted when it could not be read.
@@ -148,6 +162,43 @@ mod tests {
         assert_eq!(
             result_body(&r.id, Value::Null)["id"],
             Value::String("7".into())
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn result_text_is_the_result_body(
+            id in prop_oneof![
+                any::<i64>().prop_map(|n| RequestId::Number(n.into())),
+                any::<u64>().prop_map(|n| RequestId::Number(n.into())),
+                ".{0,12}".prop_map(RequestId::String),
+            ],
+            text in ".{0,40}",
+            n in any::<i64>(),
+            flag in any::<bool>(),
+        ) {
+            let result = serde_json::json!({
+                "content": [{"type": "text", "text": text}],
+                "isError": flag,
+                "structuredContent": {"n": n, "nested": {"s": text, "list": [n, null]}},
+            });
+            let from_text: Value = serde_json::from_str(&result_text(&id, &result)).expect("JSON");
+            prop_assert_eq!(from_text, result_body(&id, result));
+        }
+    }
+
+    #[test]
+    fn result_text_puts_id_and_version_before_the_result() {
+        assert_eq!(
+            result_text(
+                &RequestId::String("a\"b".into()),
+                &serde_json::json!({"k": [1, "x"]})
+            ),
+            r#"{"id":"a\"b","jsonrpc":"2.0","result":{"k":[1,"x"]}}"#
+        );
+        assert_eq!(
+            result_text(&RequestId::Number(7.into()), &Value::Null),
+            r#"{"id":7,"jsonrpc":"2.0","result":null}"#
         );
     }
 

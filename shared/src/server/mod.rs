@@ -569,7 +569,7 @@ impl Server {
                 }
             }
         }
-        Response::json(200, &jsonrpc::result_body(id, result))
+        Response::json_text(200, jsonrpc::result_text(id, &result))
     }
 
     fn initialize_result(&self, version: &str) -> Value {
