@@ -13,10 +13,11 @@ Two processes can be measured (`--process`):
   dev:      the local stack's `tollgate-dev` (an axum HTTP front, every function in one
             process), called over HTTP by one keep-alive client.
 
-`--floor` (function): after each run of the function, the same measurement of `floor-function`
-(tests/src/bin/floor-function.rs): `lambda_runtime` and the same `GetItem` through the same
-client, none of tollgate's pipeline; `none` is the runtime alone (no store request). The
-differences are what tollgate's pipeline and the store request each cost per call.
+`--floor` (function): the same measurement of `floor-function` (tests/src/bin/floor-function.rs):
+`lambda_runtime` and the same `GetItem` through the same client, none of tollgate's pipeline;
+`none` is the runtime alone (no store request). The processes run side by side, each under its
+own Runtime API, and take turns of `--block` calls, so all of them see the same minutes of the
+machine. The differences are what tollgate's pipeline and the store request each cost per call.
 
 The measured function runs alone on the machine's last CPU, and the bench, moto and the store
 proxy on the others (`--no-pin` shares them all): on Lambda the store is another machine, and a
@@ -210,57 +211,98 @@ class Feeder:
         self.xray.close()
 
 
-def measure_function(stack: stackrun.Stack, binary: Path, calls: int, perf_out: str | None = None,
-                     extra_env: dict[str, str] | None = None, cpu: int | None = None) -> dict[str, float]:
-    """The function binary's own process over `calls` invocations, after 30 unmeasured ones
-    (under `perf record` into `perf_out` when given)."""
-    feeder = Feeder()
-    env = cold_start.lambda_env("lookup_customer", feeder.address)
-    env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "128"
-    env["AWS_XRAY_DAEMON_ADDRESS"] = feeder.xray_address
-    env.pop("AWS_SESSION_TOKEN")
-    # The store, the tables, the hashing key's secret and the budgets of the bench's stack.
-    for k, v in stack.env.items():
-        if k.startswith(("AWS_ENDPOINT_URL", "TOLLGATE_", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
-                         "NO_PROXY", "no_proxy")):
-            env[k] = v
-    env.pop("TOLLGATE_DEV_CARRIER", None)
-    env.update(extra_env or {})
-    out = (stack.workdir / "function.stdout").open("wb")
-    pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
-    proc = subprocess.Popen([str(binary)], env=env, stdout=out, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, cwd=stack.workdir, preexec_fn=pin)
+class Subject:
+    """One measured function process under a Runtime API of its own, warmed up."""
+
+    def __init__(self, stack: stackrun.Stack, name: str, binary: Path, extra_env: dict[str, str],
+                 cpu: int | None) -> None:
+        self.stack, self.name = stack, name
+        self.feeder = Feeder()
+        env = cold_start.lambda_env("lookup_customer", self.feeder.address)
+        env["AWS_LAMBDA_FUNCTION_MEMORY_SIZE"] = "128"
+        env["AWS_XRAY_DAEMON_ADDRESS"] = self.feeder.xray_address
+        env.pop("AWS_SESSION_TOKEN")
+        # The store, the tables, the hashing key's secret and the budgets of the bench's stack.
+        for k, v in stack.env.items():
+            if k.startswith(("AWS_ENDPOINT_URL", "TOLLGATE_", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                             "NO_PROXY", "no_proxy")):
+                env[k] = v
+        env.pop("TOLLGATE_DEV_CARRIER", None)
+        env.update(extra_env)
+        label = "".join(c if c.isalnum() else "-" for c in name)
+        self.out = (stack.workdir / f"{label}.stdout").open("wb")
+        pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        self.proc = subprocess.Popen([str(binary)], env=env, stdout=self.out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, cwd=stack.workdir, preexec_fn=pin)
+        self.inst = stackrun.Instance(self.proc, 0, stack.workdir)
+        self.calls_made = 0
+        self.wall = 0.0
+        self.store: dict[str, int] = {}
+        self.calls(30, measured=False)  # warm: key cached, policies cached, hashing key loaded, pool filled
+
+    def calls(self, n: int, measured: bool = True) -> None:
+        if measured and self.stack.proxy_url:
+            self.stack.reset_counts()
+        t0 = time.perf_counter()
+        for _ in range(n):
+            status, body = self.feeder.call(self.stack.token)
+            assert stackrun.ok_result(status, body), (self.name, status, body[:300])
+        if measured:
+            self.wall += time.perf_counter() - t0
+            self.calls_made += n
+            if self.stack.proxy_url:
+                for op, k in store_requests(self.stack.counts()).items():
+                    self.store[op] = self.store.get(op, 0) + k
+
+    def close(self) -> float:
+        """Stops the process; its peak RSS in MB."""
+        try:
+            peak_kb = next((int(line.split()[1]) for line in
+                            Path(f"/proc/{self.proc.pid}/status").read_text().splitlines()
+                            if line.startswith("VmHWM:")), 0)
+        finally:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.out.close()
+            self.feeder.close()
+        return peak_kb / 1024
+
+
+def measure_interleaved(stack: stackrun.Stack, subjects: list[tuple[str, Path, dict[str, str]]], calls: int,
+                        block: int, cpu: int | None, perf_out: str | None = None) -> dict[str, dict[str, float]]:
+    """Each subject's process over `calls` invocations, after 30 unmeasured ones, handed out in
+    turns of `block` calls (the first subject under `perf record` into `perf_out` when given).
+    Taking turns, every subject sees the same minutes of this machine; a process is idle
+    between its turns (blocked on its `/next` poll), so its CPU time over the whole run is
+    its turns' CPU time. Store requests are counted per turn."""
+    started: list[Subject] = []
     try:
-        inst = stackrun.Instance(proc, 0, stack.workdir)
-        for _ in range(30):  # warm: key cached, policies cached, hashing key loaded, pool filled
-            status, body = feeder.call(stack.token)
-            assert stackrun.ok_result(status, body), (status, body[:300])
-        perf = start_perf(proc.pid, perf_out)
+        for name, binary, env in subjects:
+            started.append(Subject(stack, name, binary, env, cpu))
+        perf = start_perf(started[0].proc.pid, perf_out)
         time.sleep(0.2)
         tick = os.sysconf("SC_CLK_TCK")
-        c0 = feeder.connections
-        if stack.proxy_url:
-            stack.reset_counts()
-        (u0, s0), t0 = inst.cpu_split(), time.perf_counter()
-        for _ in range(calls):
-            status, body = feeder.call(stack.token)
-            assert stackrun.ok_result(status, body), (status, body[:300])
-        wall = time.perf_counter() - t0
+        before = [(s.inst.cpu_split(), s.feeder.connections) for s in started]
+        done = 0
+        while done < calls:
+            n = min(block, calls - done)
+            for s in started:
+                s.calls(n)
+            done += n
         time.sleep(0.2)  # spans and logs written after each response are this call's cost too
-        u1, s1 = inst.cpu_split()
-        runtime_connections = feeder.connections - c0
-        store = store_requests(stack.counts()) if stack.proxy_url else None
+        after = [s.inst.cpu_split() for s in started]
         stop_perf(perf)
-        peak_kb = next((int(line.split()[1]) for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines()
-                        if line.startswith("VmHWM:")), 0)
+        out: dict[str, dict[str, float]] = {}
+        for s, ((u0, s0), c0), (u1, s1) in zip(started, before, after):
+            out[s.name] = {**per_call(u1 - u0, s1 - s0, tick, s.wall, calls),
+                           "runtime_api_connections_per_call": (s.feeder.connections - c0) / calls,
+                           **({"store_requests_per_call": {op: k / calls for op, k in s.store.items()}}
+                              if stack.proxy_url else {})}
     finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        out.close()
-        feeder.close()
-    return {**per_call(u1 - u0, s1 - s0, tick, wall, calls), "peak_rss_mb": peak_kb / 1024,
-            "runtime_api_connections_per_call": runtime_connections / calls,
-            **({"store_requests_per_call": {op: n / calls for op, n in store.items()}} if store is not None else {})}
+        peaks = [s.close() for s in started]
+    for s, peak in zip(started, peaks):
+        out[s.name]["peak_rss_mb"] = peak
+    return out
 
 
 def store_requests(counts: dict) -> dict[str, int]:
@@ -291,7 +333,12 @@ def main() -> None:
                          "store client on tollgate's connector), `sdk` (on the AWS SDK's own HTTPS client), `none` (no "
                          "store request: the Lambda runtime alone); default `tollgate,none`. Prints what the "
                          "pipeline and the store request cost by difference")
-    ap.add_argument("--rounds", type=int, default=1, help="function: runs of each binary, alternated")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="function: runs, each with fresh processes; the summary takes the medians")
+    ap.add_argument("--also", action="append", default=[], metavar="BINARY",
+                    help="function: another build of lookup_customer measured in the same turns (repeatable)")
+    ap.add_argument("--block", type=int, default=100,
+                    help="function: with --floor, the processes take turns of this many calls")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="function: an extra environment variable of the measured processes (repeatable)")
     ap.add_argument("--pin", action=argparse.BooleanOptionalAction, default=True,
@@ -334,22 +381,31 @@ def main() -> None:
             variants = [v for v in (args.floor or "").split(",") if v]
             if any(v not in ("tollgate", "sdk", "none") for v in variants):
                 raise SystemExit(f"--floor: variants are tollgate, sdk and none, not {args.floor}")
-            runs: dict[str, list[float]] = {"lookup_customer": [], **{v: [] for v in variants}}
-            requests: dict[str, list[float]] = {k: [] for k in runs}
+            names = {"lookup_customer": "lookup_customer", **{v: f"floor-function, store client: {v}" for v in variants}}
+            runs: dict[str, list[float]] = {k: [] for k in names}
+            requests: dict[str, list[float]] = {k: [] for k in names}
+            also_runs: dict[str, list[float]] = {}
             for i in range(args.rounds):
-                r = measure_function(stack, binary, args.calls, args.perf if i == 0 else None, extra, pin)
-                runs["lookup_customer"].append(r["cpu_us_per_call"])
-                requests["lookup_customer"].append(sum(r.get("store_requests_per_call", {}).values()))
-                report(r, "lookup_customer")
-                for v in variants:
-                    f = measure_function(stack, floor, args.calls, None, {**extra, "FLOOR_HTTP": v}, pin)
-                    runs[v].append(f["cpu_us_per_call"])
-                    requests[v].append(sum(f.get("store_requests_per_call", {}).values()))
-                    report(f, f"floor-function, store client: {v}")
+                subjects = [(names["lookup_customer"], binary, extra)]
+                subjects += [(f"lookup_customer ({p})", Path(p), extra) for p in args.also]
+                subjects += [(names[v], floor, {**extra, "FLOOR_HTTP": v}) for v in variants]
+                got = measure_interleaved(stack, subjects, args.calls, args.block, pin,
+                                          args.perf if i == 0 else None)
+                for key, name in names.items():
+                    r = got[name]
+                    runs[key].append(r["cpu_us_per_call"])
+                    requests[key].append(sum(r.get("store_requests_per_call", {}).values()))
+                    report(r, name)
+                for p in args.also:
+                    r = got[f"lookup_customer ({p})"]
+                    also_runs.setdefault(p, []).append(r["cpu_us_per_call"])
+                    report(r, f"lookup_customer ({p})")
             if variants:
                 med = {k: statistics.median(v) for k, v in runs.items()}
-                print(f"  medians of {args.rounds} alternated round(s): "
-                      + ", ".join(f"{k} {v:.0f} us" for k, v in med.items()), file=sys.stderr)
+                print(f"  medians of {args.rounds} round(s), the processes taking turns of {args.block} calls: "
+                      + ", ".join(f"{k} {v:.0f} us" for k, v in med.items())
+                      + "".join(f", {p} {statistics.median(v):.0f} us" for p, v in also_runs.items()),
+                      file=sys.stderr)
                 if "tollgate" in med:
                     print(f"  tollgate's pipeline (lookup_customer - floor on the same connector): "
                           f"{med['lookup_customer'] - med['tollgate']:.0f} us per warm call", file=sys.stderr)
