@@ -78,7 +78,9 @@ def report(r: dict[str, float], what: str) -> None:
              if "runtime_api_connections_per_call" in r else "")
           + (f"; store requests per call: {sum(r['store_requests_per_call'].values()):.3f} ("
              + ", ".join(f"{op} {n:.3f}" for op, n in sorted(r["store_requests_per_call"].items())) + ")"
-             if "store_requests_per_call" in r else ""), file=sys.stderr)
+             if "store_requests_per_call" in r else "")
+          + (f"; store connections opened: {r['store_connections']}" if "store_connections" in r else ""),
+          file=sys.stderr)
 
 
 def measure(inst: stackrun.Instance, token: str, route: str, calls: int) -> dict[str, float]:
@@ -235,10 +237,14 @@ class Subject:
         self.proc = subprocess.Popen([str(binary)], env=env, stdout=self.out, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=stack.workdir, preexec_fn=pin)
         self.inst = stackrun.Instance(self.proc, 0, stack.workdir)
-        self.calls_made = 0
         self.wall = 0.0
         self.store: dict[str, int] = {}
-        self.calls(30, measured=False)  # warm: key cached, policies cached, hashing key loaded, pool filled
+        self.store_connections = 0
+        try:
+            self.calls(30, measured=False)  # warm: key cached, policies cached, hashing key loaded, pool filled
+        except BaseException:
+            self.close()
+            raise
 
     def calls(self, n: int, measured: bool = True) -> None:
         if measured and self.stack.proxy_url:
@@ -249,9 +255,10 @@ class Subject:
             assert stackrun.ok_result(status, body), (self.name, status, body[:300])
         if measured:
             self.wall += time.perf_counter() - t0
-            self.calls_made += n
             if self.stack.proxy_url:
-                for op, k in store_requests(self.stack.counts()).items():
+                counts = self.stack.counts()
+                self.store_connections += counts["connections"]
+                for op, k in store_requests(counts).items():
                     self.store[op] = self.store.get(op, 0) + k
 
     def close(self) -> float:
@@ -296,8 +303,8 @@ def measure_interleaved(stack: stackrun.Stack, subjects: list[tuple[str, Path, d
         for s, ((u0, s0), c0), (u1, s1) in zip(started, before, after):
             out[s.name] = {**per_call(u1 - u0, s1 - s0, tick, s.wall, calls),
                            "runtime_api_connections_per_call": (s.feeder.connections - c0) / calls,
-                           **({"store_requests_per_call": {op: k / calls for op, k in s.store.items()}}
-                              if stack.proxy_url else {})}
+                           **({"store_requests_per_call": {op: k / calls for op, k in s.store.items()},
+                               "store_connections": s.store_connections} if stack.proxy_url else {})}
     finally:
         peaks = [s.close() for s in started]
     for s, peak in zip(started, peaks):
@@ -427,7 +434,7 @@ def main() -> None:
             print(f"process: tollgate-dev; mode: {args.mode}; route: {args.route}; store connections: {args.store}; "
                   f"runtime workers: {workers or 'one per CPU'}; {args.calls} calls", file=sys.stderr)
             report(r, "tollgate-dev")
-        if stack.proxy_url:
+        if stack.proxy_url and args.process == "dev":
             c = stack.counts()
             print(f"  store connections opened: {c['connections']}", file=sys.stderr)
         if args.hold:
