@@ -1185,7 +1185,7 @@ impl Server {
                         META_SERVER_INFO: {"name": self.identity.name, "version": self.identity.version},
                     },
                 });
-                Response::json(200, &jsonrpc::result_body(&rpc.id, result))
+                Response::json_text(200, jsonrpc::result_text(&rpc.id, &result))
             }
             Era::Legacy if declared && negotiated.version == URL_ELICITATION_LEGACY_VERSION => {
                 let body = jsonrpc::error_body(
