@@ -354,6 +354,8 @@ def main() -> None:
     ap.add_argument("--hold", action="store_true")
     ap.add_argument("--perf", help="record a perf profile (call graphs) of the measured calls into this file")
     args = ap.parse_args()
+    if args.calls < 1 or args.block < 1 or args.rounds < 1:
+        raise SystemExit("--calls, --block and --rounds must be at least 1")
     env = stackrun.lease_env(args.mode)
     workers = args.workers if args.workers is not None else (1 if args.process == "dev" else None)
     if workers and args.process == "dev":
@@ -374,6 +376,9 @@ def main() -> None:
                 if not b.exists():
                     raise SystemExit(f"{b} is missing: cargo build --release -p lookup_customer"
                                      " (and -p tollgate-tests --bin floor-function for --floor)")
+            for p in args.also:
+                if not Path(p).is_file():
+                    raise SystemExit(f"--also: {p} is not a file")
             extra = {"TOKIO_WORKER_THREADS": str(workers)} if workers else {}
             for kv in args.env:
                 name, sep, value = kv.partition("=")
